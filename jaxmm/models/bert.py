@@ -1,0 +1,252 @@
+"""BERT text encoder whose parameter tree mirrors Hugging Face `BertModel`.
+
+transformers 5 has no Flax models, so jaxmm carries its own: token + position + segment
+embeddings, LayerNorm (eps 1e-12), dropout, post-LN transformer layers with exact (erf) GELU,
+and the tanh pooler on [CLS]. Module names follow the PyTorch module names, so
+`encoder.layer.0.attention.self.query.weight` is `encoder/layer/0/attention/self/query/kernel`
+(transposed) and a checkpoint converts by walking names (`params_from_hf_state_dict`).
+"""
+import functools
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Google's BERT miniatures (tiny .. medium) and the two original sizes; intermediate = 4 x hidden.
+BERT_SIZES = {
+    "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
+    "mini": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
+    "small": dict(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "medium": dict(num_layers=8, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
+    "large": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
+}
+
+LAYER_NORM_EPS = 1e-12
+weight_init = nn.initializers.normal(stddev=0.02)  # HF BertConfig.initializer_range
+
+
+def dense(features: int, dtype: Any, name: str) -> nn.Dense:
+  return nn.Dense(features, kernel_init=weight_init, dtype=dtype, name=name)
+
+
+def layer_norm(dtype: Any) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, name="LayerNorm")
+
+
+class BertEmbeddings(nn.Module):
+  """Word + position + token-type embeddings -> LayerNorm -> dropout. ids [N, L] -> [N, L, H]."""
+  vocab_size: int
+  hidden_size: int
+  max_len: int
+  type_vocab_size: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, ids: jax.Array, type_ids: jax.Array, *, train: bool) -> jax.Array:
+    embed = functools.partial(nn.Embed, features=self.hidden_size, embedding_init=weight_init,
+                              dtype=self.dtype)
+    positions = jnp.arange(ids.shape[1])[None, :]
+    x = (embed(self.vocab_size, name="word_embeddings")(ids)
+         + embed(self.max_len, name="position_embeddings")(positions)
+         + embed(self.type_vocab_size, name="token_type_embeddings")(type_ids))
+    x = layer_norm(self.dtype)(x)
+    return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+class BertSelfAttention(nn.Module):
+  """Multi-head scaled dot-product self-attention. x [N, L, H], mask bool [N, 1, 1, L] (True
+  = attend to that key) -> context [N, L, H] before the output projection."""
+  num_heads: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+    n, length, hidden = x.shape
+    heads_shape = (n, length, self.num_heads, hidden // self.num_heads)
+    q, k, v = (dense(hidden, self.dtype, name)(x).reshape(heads_shape)
+               for name in ("query", "key", "value"))
+    use_dropout = train and self.dropout > 0
+    context = nn.dot_product_attention(
+        q, k, v, mask=mask, broadcast_dropout=False, dropout_rate=self.dropout,
+        dropout_rng=self.make_rng("dropout") if use_dropout else None,
+        deterministic=not use_dropout, dtype=self.dtype, force_fp32_for_softmax=True)
+    return context.reshape(n, length, hidden)
+
+
+class BertResidualOutput(nn.Module):
+  """dense -> dropout -> LayerNorm(. + residual): HF's BertSelfOutput and BertOutput.
+
+  x [N, L, any] -> [N, L, H] where H = residual.shape[-1].
+  """
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, residual: jax.Array, *, train: bool) -> jax.Array:
+    x = dense(residual.shape[-1], self.dtype, "dense")(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return layer_norm(self.dtype)(x + residual)
+
+
+class BertAttention(nn.Module):
+  """`self` attention then `output` projection + residual LayerNorm. [N, L, H] -> [N, L, H]."""
+  num_heads: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+    context = BertSelfAttention(self.num_heads, self.dropout, self.dtype, name="self")(
+        x, mask, train=train)
+    return BertResidualOutput(self.dropout, self.dtype, name="output")(context, x, train=train)
+
+
+class BertIntermediate(nn.Module):
+  """dense -> exact GELU. [N, L, H] -> [N, L, intermediate_size]."""
+  intermediate_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.gelu(dense(self.intermediate_size, self.dtype, "dense")(x), approximate=False)
+
+
+class BertLayer(nn.Module):
+  """One post-LN transformer layer: attention, intermediate, output. [N, L, H] -> [N, L, H]."""
+  num_heads: int
+  intermediate_size: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+    x = BertAttention(self.num_heads, self.dropout, self.dtype, name="attention")(
+        x, mask, train=train)
+    y = BertIntermediate(self.intermediate_size, self.dtype, name="intermediate")(x)
+    return BertResidualOutput(self.dropout, self.dtype, name="output")(y, x, train=train)
+
+
+class BertLayerStack(nn.Module):
+  """`num_layers` BertLayers named '0', '1', ... (HF's `encoder.layer` ModuleList)."""
+  num_layers: int
+  num_heads: int
+  intermediate_size: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+    for i in range(self.num_layers):
+      x = BertLayer(self.num_heads, self.intermediate_size, self.dropout, self.dtype,
+                    name=str(i))(x, mask, train=train)
+    return x
+
+
+class BertEncoder(nn.Module):
+  """HF's `encoder`: holds the layer stack under the name `layer`. [N, L, H] -> [N, L, H]."""
+  num_layers: int
+  num_heads: int
+  intermediate_size: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+    return BertLayerStack(self.num_layers, self.num_heads, self.intermediate_size,
+                          self.dropout, self.dtype, name="layer")(x, mask, train=train)
+
+
+class BertPooler(nn.Module):
+  """dense -> tanh on the [CLS] hidden state. [N, H] -> [N, H]."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, cls: jax.Array) -> jax.Array:
+    return jnp.tanh(dense(cls.shape[-1], self.dtype, "dense")(cls))
+
+
+class Bert(nn.Module):
+  """BERT encoder; defaults are BERT-base (uncased vocabulary).
+
+  __call__(input_ids [N, L] int, train, attention_mask [N, L] (1 = token, 0 = padding; None =
+  all tokens), token_type_ids [N, L] (None = zeros)) -> (features, out). features: "cls"
+  [N, H], or "pooled" when use_pooler. out (each marked with `perturb`): "last_hidden_state"
+  [N, L, H], "cls" [N, H] (its token 0), "pooled" [N, H] (tanh pooler on cls). The pooler
+  always exists, as in HF BertModel, so checkpoints load either way.
+  """
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_len: int = 512
+  type_vocab_size: int = 2
+  dropout: float = 0.1
+  use_pooler: bool = False
+  dtype: Any = jnp.float32
+
+  def check_inputs(self, input_ids: jax.Array) -> None:
+    """Raises ValueError on a head count that does not divide H or a too-long sequence."""
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"Bert hidden_size {self.hidden_size} is not divisible by "
+                       f"num_heads {self.num_heads}")
+    if input_ids.ndim != 2 or input_ids.shape[1] > self.max_len:
+      raise ValueError(f"Bert expects token ids [N, L] with L <= max_len {self.max_len}, "
+                       f"got shape {tuple(input_ids.shape)}")
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array, *, train: bool,
+               attention_mask: jax.Array | None = None,
+               token_type_ids: jax.Array | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    self.check_inputs(input_ids)
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    # Mask keys only, as HF's extended attention mask does: padded queries still attend.
+    mask = (attention_mask > 0)[:, None, None, :]
+    x = BertEmbeddings(self.vocab_size, self.hidden_size, self.max_len, self.type_vocab_size,
+                       self.dropout, self.dtype, name="embeddings")(
+                           input_ids, token_type_ids, train=train)
+    x = BertEncoder(self.num_layers, self.num_heads, self.intermediate_size, self.dropout,
+                    self.dtype, name="encoder")(x, mask, train=train)
+    out = {}
+    x = out["last_hidden_state"] = self.perturb("last_hidden_state", x)
+    cls = out["cls"] = self.perturb("cls", x[:, 0])
+    out["pooled"] = self.perturb("pooled", BertPooler(self.dtype, name="pooler")(cls))
+    return out["pooled" if self.use_pooler else "cls"], out
+
+
+def params_from_hf_state_dict(state_dict: Mapping[str, Any]) -> dict:
+  """Hugging Face BertModel state dict -> `Bert` params tree, by walking names.
+
+  `a.b.LayerNorm.weight` -> a/b/LayerNorm/scale; `a.x_embeddings.weight` -> a/x_embeddings/
+  embedding; any other `weight` [out, in] -> kernel [in, out]; `bias` -> bias. A leading
+  "bert." (task models) is dropped; keys outside embeddings/encoder/pooler (task heads) and
+  buffers (position_ids) are skipped. Values become float32 NumPy arrays (torch CPU tensors
+  convert through NumPy, so this module needs no torch).
+  """
+  params: dict = {}
+  for key, value in state_dict.items():
+    key = key.removeprefix("bert.")
+    if not key.startswith(("embeddings.", "encoder.", "pooler.")) or key.endswith("_ids"):
+      continue
+    *path, leaf = key.split(".")
+    value = np.asarray(value, dtype=np.float32)
+    if path[-1] == "LayerNorm":
+      leaf = {"weight": "scale", "bias": "bias"}[leaf]
+    elif path[-1].endswith("_embeddings"):
+      leaf = "embedding"
+    elif leaf == "weight":
+      leaf, value = "kernel", value.T
+    node = params
+    for name in path:
+      node = node.setdefault(name, {})
+    node[leaf] = value
+  return params

@@ -1,0 +1,41 @@
+"""Installs jaxmm: interpretable multimodal medical classification in JAX/Flax."""
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.10",
+    "flax>=0.12",
+    "optax>=0.2.5",
+    "orbax-checkpoint>=0.12",
+    "tensorflow-datasets>=4.9.10",
+    "array-record>=0.8",
+    "grain>=0.2.18",
+    "transformers>=5.0",
+    "scikit-learn>=1.5",
+    "scipy>=1.13",
+    "shap>=0.46",
+    "ml-collections>=1.0",
+    "absl-py>=2.1",
+    "matplotlib>=3.9",
+    "tqdm>=4.66",
+    "numpy>=1.26",
+    "pillow>=10",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "hypothesis>=6.100",
+    "torch==2.13.0",
+    "captum>=0.8",
+]
+
+setuptools.setup(
+    name="jaxmm",
+    version="0.1.0",
+    description="Interpretable multimodal medical classification in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["jaxmm", "jaxmm.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)

@@ -1,0 +1,118 @@
+"""BERT: parity with transformers' PyTorch BertModel on identical weights, HF parameter count."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from jaxmm.models.bert import Bert, params_from_hf_state_dict
+
+KEY = jax.random.key(0, impl="rbg")
+TINY = dict(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37,
+            max_len=64, type_vocab_size=2)
+
+
+@functools.cache
+def hf_tiny():
+  """A randomly initialised HF BertModel (no download) and its converted jaxmm params."""
+  torch.manual_seed(0)
+  config = transformers.BertConfig(
+      vocab_size=TINY["vocab_size"], hidden_size=TINY["hidden_size"],
+      num_hidden_layers=TINY["num_layers"], num_attention_heads=TINY["num_heads"],
+      intermediate_size=TINY["intermediate_size"], max_position_embeddings=TINY["max_len"],
+      type_vocab_size=TINY["type_vocab_size"], hidden_act="gelu", layer_norm_eps=1e-12)
+  model = transformers.BertModel(config).eval()
+  return model, params_from_hf_state_dict(model.state_dict())
+
+
+def padded_inputs():
+  rng = np.random.RandomState(0)
+  ids = rng.randint(1, TINY["vocab_size"], (3, 10)).astype(np.int32)
+  mask = np.ones((3, 10), np.int32)
+  mask[1, 6:] = 0
+  mask[2, 3:] = 0
+  type_ids = np.zeros((3, 10), np.int32)
+  type_ids[:, 4:] = 1
+  return ids, mask, type_ids
+
+
+def test_converted_tree_has_exactly_the_init_structure():
+  _, params = hf_tiny()
+  ids, _, _ = padded_inputs()
+  init_shapes = jax.eval_shape(functools.partial(Bert(**TINY).init, train=False), KEY, ids)
+  assert (jax.tree.map(lambda a: a.shape, init_shapes["params"])
+          == jax.tree.map(lambda a: a.shape, params))
+
+
+def test_matches_transformers_bert_with_padding():
+  hf_model, params = hf_tiny()
+  ids, mask, type_ids = padded_inputs()
+  with torch.no_grad():
+    expected = hf_model(input_ids=torch.tensor(ids, dtype=torch.long),
+                        attention_mask=torch.tensor(mask, dtype=torch.long),
+                        token_type_ids=torch.tensor(type_ids, dtype=torch.long))
+  features, out = Bert(**TINY).apply({"params": params}, ids, attention_mask=mask,
+                                     token_type_ids=type_ids, train=False)
+  np.testing.assert_allclose(out["last_hidden_state"], expected.last_hidden_state.numpy(),
+                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(out["pooled"], expected.pooler_output.numpy(), atol=1e-5, rtol=1e-5)
+  np.testing.assert_array_equal(out["cls"], out["last_hidden_state"][:, 0])
+  np.testing.assert_array_equal(features, out["cls"])
+  pooled_features, _ = Bert(**TINY, use_pooler=True).apply(
+      {"params": params}, ids, attention_mask=mask, token_type_ids=type_ids, train=False)
+  np.testing.assert_array_equal(pooled_features, out["pooled"])
+
+
+def test_padding_tokens_do_not_change_real_tokens():
+  _, params = hf_tiny()
+  ids, mask, type_ids = padded_inputs()
+  _, out = Bert(**TINY).apply({"params": params}, ids, attention_mask=mask,
+                              token_type_ids=type_ids, train=False)
+  _, trimmed = Bert(**TINY).apply({"params": params}, ids[2:, :3], attention_mask=mask[2:, :3],
+                                  token_type_ids=type_ids[2:, :3], train=False)
+  np.testing.assert_allclose(out["last_hidden_state"][2, :3], trimmed["last_hidden_state"][0],
+                             atol=1e-5)
+
+
+def test_converter_drops_task_model_prefix_and_heads():
+  hf_model, params = hf_tiny()
+  state = {f"bert.{k}": v for k, v in hf_model.state_dict().items()}
+  state["classifier.weight"] = torch.zeros(2, TINY["hidden_size"])
+  converted = params_from_hf_state_dict(state)
+  assert jax.tree.all(jax.tree.map(np.array_equal, converted, params))
+
+
+def test_bert_base_parameter_count_equals_transformers():
+  shapes = jax.eval_shape(functools.partial(Bert().init, train=False), KEY,
+                          jnp.zeros((1, 8), jnp.int32))
+  count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"]))
+  with torch.device("meta"):  # shapes only, nothing allocated
+    hf_model = transformers.BertModel(transformers.BertConfig())
+  hf_count = sum(p.numel() for p in hf_model.parameters())
+  assert count == hf_count == 109_482_240
+
+
+def test_rejects_too_long_sequences_and_bad_head_count():
+  with pytest.raises(ValueError, match="L <= max_len 64"):
+    jax.eval_shape(functools.partial(Bert(**TINY).init, train=False), KEY,
+                   jnp.zeros((1, 65), jnp.int32))
+  with pytest.raises(ValueError, match="not divisible by num_heads 5"):
+    jax.eval_shape(functools.partial(Bert(**{**TINY, "num_heads": 5}).init, train=False), KEY,
+                   jnp.zeros((1, 8), jnp.int32))
+
+
+def test_dropout_only_in_training():
+  _, params = hf_tiny()
+  ids, mask, _ = padded_inputs()
+  model = Bert(**TINY, dropout=0.1)
+  eval_a, _ = model.apply({"params": params}, ids, attention_mask=mask, train=False)
+  eval_b, _ = model.apply({"params": params}, ids, attention_mask=mask, train=False)
+  train_a, _ = model.apply({"params": params}, ids, attention_mask=mask, train=True,
+                           rngs={"dropout": jax.random.key(1)})
+  train_b, _ = model.apply({"params": params}, ids, attention_mask=mask, train=True,
+                           rngs={"dropout": jax.random.key(2)})
+  np.testing.assert_array_equal(eval_a, eval_b)
+  assert not np.allclose(train_a, train_b)
