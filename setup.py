@@ -8,6 +8,7 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.12",
     "tensorflow-datasets>=4.9.10",
     "array-record>=0.8",
+    "importlib-resources>=6",  # tfds builders defined outside tfds need it (etils.epath)
     "grain>=0.2.18",
     "transformers>=5.0",
     "scikit-learn>=1.5",

@@ -1,0 +1,229 @@
+"""Input pipeline: tfds data sources -> grain -> batches of the Batch contract.
+
+A training batch for step `s` is a pure function of (seed, s): the shuffled, repeated
+example stream is random-access, so resuming at step `s` needs nothing but `s`. Each process
+reads only its share of every global batch (interleaved by process index), so the global
+batch assembled across processes is the same as one process would see.
+"""
+import dataclasses
+import json
+import os
+from typing import Any, Iterator, Optional
+
+import grain
+import numpy as np
+
+from jaxmm.data import builders
+from jaxmm.data import metadata as metadata_lib
+from jaxmm.data import tokenizer as tokenizer_lib
+
+MODEL_KEYS = ("image", "meta", "text_ids", "text_mask")
+DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), "jaxmm_datasets")
+
+
+@dataclasses.dataclass
+class TaskInfo:
+  """What the model and metrics need to know about the dataset and task."""
+  num_classes: int
+  class_names: list
+  multilabel: bool
+  split_sizes: dict
+  meta_dim: int = 0
+  vocab_size: int = 0
+  image_shape: tuple = ()
+
+
+def data_dir(data_config) -> str:
+  return data_config.get("data_dir") or os.environ.get("JAXMM_DATA_DIR") or DEFAULT_DATA_DIR
+
+
+def load_builder(data_config):
+  """Prepares (builds once, then reuses) the configured tfds builder."""
+  overrides = dict(data_config.get("builder_overrides", None) or {})
+  builder = builders.get_builder(data_config.name, config=data_config.get("builder_config"),
+                                 data_dir=data_dir(data_config), **overrides)
+  builders.prepare(builder)
+  return builder
+
+
+def _decode(value):
+  return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def stack_examples(examples: list) -> dict:
+  """Stacks a list of raw tfds records into a dict of arrays (text fields become str arrays)."""
+  out = {}
+  for key in examples[0]:
+    values = [ex[key] for ex in examples]
+    if isinstance(values[0], (bytes, str)):
+      out[key] = np.array([_decode(v) for v in values], dtype=object)
+    else:
+      out[key] = np.stack([np.asarray(v) for v in values])
+  return out
+
+
+def read_fields(source, fields: tuple) -> dict:
+  """Reads named fields of every record of a data source (for fitting statistics)."""
+  rows = [source[i] for i in range(len(source))]
+  return {f: np.array([_decode(r[f]) for r in rows], dtype=object) for f in fields}
+
+
+class Preprocessor:
+  """Turns a stacked raw batch into the Batch contract (float images, encoded meta, tokens).
+
+  Fitted state (metadata statistics) comes from the training split only and is saved to the
+  workdir so evaluation and resumed runs reuse exactly the same encoding.
+  """
+
+  def __init__(self, data_config, meta_encoder=None, tokenizer=None):
+    self.config = data_config
+    self.meta_encoder = meta_encoder
+    self.tokenizer = tokenizer
+    self.mean = np.asarray(data_config.image_mean, np.float32)
+    self.std = np.asarray(data_config.image_std, np.float32)
+
+  def __call__(self, raw: dict) -> dict:
+    cfg = self.config
+    batch = {}
+    if "image" in raw:
+      image = raw["image"].astype(np.float32) / 255.0
+      batch["image"] = (image - self.mean) / self.std
+    if self.meta_encoder is not None:
+      batch["meta"] = self.meta_encoder.transform(
+          {f: raw[f] for f in self.meta_encoder.field_names})
+    if self.tokenizer is not None:
+      texts = [tokenizer_lib.clean_report(t) for t in raw[cfg.text_key]]
+      tokens = self.tokenizer(texts, padding="max_length", truncation=True,
+                              max_length=cfg.max_text_len, return_tensors="np")
+      batch["text_ids"] = tokens["input_ids"].astype(np.int32)
+      batch["text_mask"] = tokens["attention_mask"].astype(np.int32)
+    batch["label"] = raw[cfg.label_key].astype(np.int32)
+    if "roi_mask" in raw:
+      batch["roi_mask"] = raw["roi_mask"]
+    for key in cfg.get("keep_fields", ()):
+      if key in raw:
+        batch[key] = raw[key]
+    return batch
+
+
+def fit_preprocessor(data_config, builder, workdir: Optional[str]) -> Preprocessor:
+  """Fits (or reloads from `workdir/data/`) the metadata encoder; loads the tokenizer."""
+  meta_encoder = None
+  if data_config.get("use_meta", False):
+    path = os.path.join(workdir, "data", "metadata_encoder.json") if workdir else None
+    if path and os.path.exists(path):
+      with open(path) as f:
+        meta_encoder = metadata_lib.MetadataEncoder.from_json(f.read())
+    else:
+      fields = tuple(data_config.meta_fields)
+      train = read_fields(builder.as_data_source("train"), fields)
+      meta_encoder = metadata_lib.MetadataEncoder.fit(train)
+      if path:
+        write_text_atomic(path, meta_encoder.to_json())
+  tokenizer = None
+  if data_config.get("use_text", False):
+    tokenizer = tokenizer_lib.load_tokenizer(builder.data_dir)
+  return Preprocessor(data_config, meta_encoder, tokenizer)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes a text file through a temporary file and a rename, so readers never see half."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def task_info(data_config, builder, preprocessor: Preprocessor) -> TaskInfo:
+  """Reads class names and sizes from the builder's DatasetInfo."""
+  info = builder.info
+  feature = info.features[data_config.label_key]
+  multilabel = bool(data_config.get("multilabel", False))
+  if multilabel:
+    names = list(data_config.label_names)
+  elif hasattr(feature, "names"):
+    names = list(feature.names)
+  else:
+    names = list(data_config.label_names)
+  sizes = {name: split.num_examples for name, split in info.splits.items()}
+  meta_dim = preprocessor.meta_encoder.dim if preprocessor.meta_encoder is not None else 0
+  vocab = preprocessor.tokenizer.vocab_size if preprocessor.tokenizer is not None else 0
+  image_shape = tuple(info.features["image"].shape) if "image" in info.features else ()
+  return TaskInfo(len(names), names, multilabel, sizes, meta_dim, vocab, image_shape)
+
+
+def _raw_fields(data_config, preprocessor: Preprocessor) -> tuple:
+  fields = ["image", data_config.label_key]
+  if preprocessor.meta_encoder is not None:
+    fields += list(preprocessor.meta_encoder.field_names)
+  if preprocessor.tokenizer is not None:
+    fields.append(data_config.text_key)
+  return tuple(dict.fromkeys(fields))
+
+
+def train_batches(source, preprocessor: Preprocessor, *, global_batch_size: int, seed: int,
+                  start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                  num_threads: int = 2) -> Iterator[dict]:
+  """Endless training batches (this process's share of each global batch), from `start_step`.
+
+  Global batch `s` holds stream positions [s*B, (s+1)*B) of the per-epoch reshuffled stream;
+  process p reads positions congruent to p mod process_count.
+  """
+  if global_batch_size % process_count:
+    raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
+                     f"process count {process_count}")
+  if len(source) < global_batch_size:
+    raise ValueError(f"training split has {len(source)} examples, fewer than one global batch "
+                     f"({global_batch_size}); lower config.data.batch_size")
+  fields = _raw_fields(preprocessor.config, preprocessor)
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  ds = ds[process_index::process_count]
+  ds = ds.map(lambda ex: {k: ex[k] for k in fields})
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True,
+                batch_fn=stack_examples)
+  ds = ds[start_step:].map(preprocessor)
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                   prefetch_buffer_size=4)))
+
+
+def eval_batches(source, preprocessor: Preprocessor, *, batch_size: int,
+                 extra_fields: tuple = (), process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+  """One ordered pass over a split in fixed-size batches; the last one is padded.
+
+  Each batch has `weight` (1.0 real, 0.0 padding) and `index` (position in the split, -1 for
+  padding) so results can be matched back to examples.
+  """
+  n = len(source)
+  if n == 0:
+    raise ValueError("evaluation split is empty")
+  fields = _raw_fields(preprocessor.config, preprocessor) + tuple(extra_fields)
+  indices = np.arange(n)[process_index::process_count]
+  for start in range(0, len(indices), batch_size):
+    idx = indices[start:start + batch_size]
+    records = [source[int(i)] for i in idx]
+    raw = stack_examples([{k: r[k] for k in fields} for r in records])
+    batch = preprocessor(raw)
+    batch["weight"] = np.ones(len(idx), np.float32)
+    batch["index"] = idx.astype(np.int64)
+    yield pad_batch(batch, batch_size)
+
+
+def pad_batch(batch: dict, size: int) -> dict:
+  """Pads every array of a batch along axis 0 to `size` (weights 0, index -1)."""
+  n = len(batch["weight"])
+  if n == size:
+    return batch
+  out = {}
+  for key, value in batch.items():
+    pad = np.zeros((size - n,) + value.shape[1:], value.dtype) if value.dtype != object else \
+        np.array([""] * (size - n), dtype=object)
+    if key == "index":
+      pad = pad - 1
+    out[key] = np.concatenate([value, pad])
+  return out
+
+
+def to_jsonable(info: TaskInfo) -> dict:
+  return json.loads(json.dumps(dataclasses.asdict(info)))

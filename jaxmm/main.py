@@ -1,0 +1,48 @@
+r"""The one entry point: `python -m jaxmm.main --config=configs/x.py[:arg] --workdir=DIR --mode=M`.
+
+Modes: train (train, resume, evaluate the best checkpoint), eval (evaluate a trained workdir),
+pipeline (the README's main job: every variant in `config.pipeline.variants`, then a table).
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxmm import workflow
+from jaxmm.train import config_lib, loop
+
+MODES = {
+    "train": loop.train_and_evaluate,
+    "eval": loop.evaluate,
+    "pipeline": workflow.run_pipeline,
+}
+
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/synthetic_derm.py:smoke.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and analysis.")
+flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # orbax and tfds log every save/restore at INFO; --verbosity=0 brings them back.
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  MODES[flags.FLAGS.mode](flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+def preflight(argv) -> None:
+  """Fails early, with the valid keys, on a misspelt `--config.key=value` override."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec and any(a.startswith("--config.") for a in argv):
+    config_lib.check_override_paths(config_lib.load_config_file(spec), argv)
+
+
+if __name__ == "__main__":
+  try:
+    preflight(sys.argv)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  app.run(main)

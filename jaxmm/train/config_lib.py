@@ -1,0 +1,135 @@
+"""Helpers for config files: the `:arg` string, variants, and key validation.
+
+Config files call `parse_arg("model=film,smoke", model="concat", smoke=False)` (big_vision
+style) and `select_variant(config, name)`; `check_keys` reports a misspelt key together with
+the closest valid one.
+"""
+import difflib
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def closest(name: str, valid) -> str:
+  """' Did you mean X?' for the closest valid name, or '' if nothing is close."""
+  match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+  return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def _convert(value: str, default: Any) -> Any:
+  if isinstance(default, bool):
+    if value.lower() in ("1", "true", "yes", ""):
+      return True
+    if value.lower() in ("0", "false", "no"):
+      return False
+    raise ValueError(f"expected a boolean, got {value!r}")
+  if isinstance(default, int):
+    return int(value)
+  if isinstance(default, float):
+    return float(value)
+  return value
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses "k1=v1,flag,k2=v2" into a ConfigDict over `defaults` (a bare token sets True).
+
+  Unknown keys raise ValueError naming the valid ones (and the closest match).
+  """
+  out = dict(defaults)
+  for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+    key, _, value = token.partition("=")
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r} in {arg!r}; valid arguments: "
+                       f"{sorted(defaults)}.{closest(key, defaults)}")
+    out[key] = _convert(value, defaults[key]) if "=" in token else True
+  return ml_collections.ConfigDict(out)
+
+
+def select_variant(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Sets `config.model` modalities/fusion (and the data the modalities need) from
+  `config.variants[name]`; unknown names raise listing the valid variants."""
+  if name not in config.variants:
+    raise ValueError(f"unknown model variant {name!r}; valid variants: "
+                     f"{sorted(config.variants)}.{closest(name, config.variants)}")
+  variant = config.variants[name]
+  with config.unlocked() if hasattr(config, "unlocked") else _null():
+    config.variant = name
+    config.model.modalities = tuple(variant.modalities)
+    config.model.fusion = variant.fusion
+    config.data.use_meta = "meta" in variant.modalities
+    config.data.use_text = "text" in variant.modalities
+  return config
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
+               prefix: str = "config") -> None:
+  """Raises KeyError for the first key of `config` that `reference` lacks, with suggestions.
+
+  Used on `--config.x=y` overrides and on configs read back from a workdir.
+  """
+  for key, value in config.items():
+    if key not in reference:
+      raise KeyError(f"{prefix}.{key} is not a valid key; valid keys under {prefix}: "
+                     f"{sorted(reference.keys())}.{closest(key, reference.keys())}")
+    if isinstance(value, ml_collections.ConfigDict) and isinstance(
+        reference[key], ml_collections.ConfigDict):
+      check_keys(value, reference[key], f"{prefix}.{key}")
+
+
+def train_defaults() -> ml_collections.ConfigDict:
+  """`config.train` durations: each `*_epochs` has a `*_steps` twin (steps win when set)."""
+  train = ml_collections.ConfigDict()
+  for name in ("num", "warmup", "eval_every", "checkpoint_every"):
+    train[f"{name}_epochs"] = config_dict.placeholder(float)
+    train[f"{name}_steps"] = config_dict.placeholder(int)
+  return train
+
+
+def apply_smoke_schedule(train: ml_collections.ConfigDict, steps: int) -> None:
+  """A few steps, logged every step, one evaluation and checkpoint at the end."""
+  for name in ("num", "warmup", "eval_every", "checkpoint_every"):
+    train[f"{name}_epochs"] = None
+  train.num_steps = steps
+  train.warmup_steps = 1
+  train.eval_every_steps = steps
+  train.checkpoint_every_steps = steps
+  train.log_every_steps = 1
+  train.early_stopping.patience = None
+
+
+def check_override_paths(config: ml_collections.ConfigDict, argv, flag: str = "config") -> None:
+  """Checks every `--config.a.b=value` in `argv` against `config` before absl applies it,
+  so a misspelt key fails with the valid keys at that level and the closest one."""
+  prefix = f"--{flag}."
+  for arg in argv:
+    if not arg.startswith(prefix):
+      continue
+    path = arg[len(prefix):].split("=", 1)[0].split(".")
+    node, walked = config, flag
+    for key in path:
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise ValueError(f"--{walked}.{key}: {walked} has no key {key!r}; valid keys: {valid}."
+                         f"{closest(key, valid)}")
+      node, walked = node[key], f"{walked}.{key}"
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` the way `--config` does (for pre-flight checks)."""
+  import importlib.util
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_jaxmm_config", path)
+  if module_spec is None:
+    raise FileNotFoundError(f"config file {path!r} not found")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None) if arg else module.get_config()

@@ -1,0 +1,318 @@
+"""The training loop: setup, train epochs, evaluations, early stopping and checkpoints.
+
+`train_and_evaluate(config, workdir)` is resumable: run the same command on the same workdir
+and it continues from the latest checkpoint (step, params, optimizer state, batch stats, rng,
+data position = step, early-stopping state) and ends as an uninterrupted run would.
+"""
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from jaxmm.data import pipeline
+from jaxmm.models import build as model_build
+from jaxmm.train import checkpointing, losses, metrics as metrics_lib, optimizers, sharding, writer
+from jaxmm.train.steps import TrainState, eval_step, train_step
+
+TRAIN_KEYS = pipeline.MODEL_KEYS + ("label",)
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything set up for one run: data, model, step functions and bookkeeping."""
+  config: Any
+  workdir: str
+  builder: Any
+  preprocessor: pipeline.Preprocessor
+  info: pipeline.TaskInfo
+  model: Any
+  mesh: Any
+  tx: Any
+  schedule: Any
+  steps_per_epoch: int
+  total_steps: int
+  train_fn: Any
+  eval_fn: Any
+  loss_fn: Any
+  checkpointer: checkpointing.Checkpointer
+  writer: writer.MetricsWriter
+
+
+def model_config_for(model_config, info: pipeline.TaskInfo) -> ml_collections.ConfigDict:
+  """Fills the data-dependent model fields (classes, vocabulary, task type)."""
+  cfg = ml_collections.ConfigDict(model_config.to_dict())
+  cfg.num_classes = info.num_classes
+  cfg.multilabel = info.multilabel
+  if "text" in cfg and info.vocab_size:
+    cfg.text.vocab_size = info.vocab_size
+  return cfg
+
+
+def steps_from(config, steps_per_epoch: int, name: str, default: int = 0) -> int:
+  """Turns `train.<name>_steps` or `train.<name>_epochs` into steps (steps win if both)."""
+  steps = config.train.get(f"{name}_steps")
+  if steps is not None:
+    return int(steps)
+  epochs = config.train.get(f"{name}_epochs")
+  return default if epochs is None else int(round(float(epochs) * steps_per_epoch))
+
+
+def make_loss(config, info, builder) -> Any:
+  class_weights = None
+  if not info.multilabel and config.train.get("class_weights") == "balanced":
+    labels = pipeline.read_fields(builder.as_data_source("train"), (config.data.label_key,))
+    class_weights = losses.balanced_class_weights(
+        labels[config.data.label_key].astype(np.int64), info.num_classes)
+  return losses.make_loss_fn(info.multilabel, class_weights,
+                             config.train.get("uncertain_policy", "ignore"))
+
+
+def setup_run(config, workdir: str) -> Run:
+  """Builds data, model, optimizer, jitted steps and the checkpointer for `config`."""
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    writer.write_run_info(workdir, config.to_json_best_effort(indent=2), config.seed)
+  builder = pipeline.load_builder(config.data)
+  preprocessor = pipeline.fit_preprocessor(config.data, builder, workdir)
+  info = pipeline.task_info(config.data, builder, preprocessor)
+  model = model_build.build_model(model_config_for(config.model, info))
+  mesh = sharding.make_mesh()
+  batch_size = config.data.batch_size
+  sharding.check_batch_size(batch_size, mesh, "config.data.batch_size")
+  steps_per_epoch = info.split_sizes["train"] // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"training split has {info.split_sizes['train']} examples, fewer than one "
+                     f"batch of {batch_size}; lower config.data.batch_size")
+  total_steps = steps_from(config, steps_per_epoch, "num", None) or 1
+  warmup = steps_from(config, steps_per_epoch, "warmup", 0)
+  params_shape = init_variables_shape(model, preprocessor, builder, config)
+  tx, schedule = optimizers.make_optimizer(config.optimizer, params_shape["params"],
+                                           total_steps, warmup)
+  loss_fn = make_loss(config, info, builder)
+  train_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn),
+                     donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(eval_step, model=model))
+  return Run(config, workdir, builder, preprocessor, info, model, mesh, tx, schedule,
+             steps_per_epoch, total_steps, train_fn, eval_fn, loss_fn,
+             checkpointing.Checkpointer(workdir, async_save=config.train.get("async_checkpoints", True)),
+             writer.MetricsWriter(workdir, enabled=jax.process_index() == 0))
+
+
+def sample_batch(preprocessor, builder, config, size: int = 2) -> dict:
+  """A tiny real batch (model inputs only) used to initialise parameters."""
+  batch = next(pipeline.eval_batches(builder.as_data_source("train"), preprocessor,
+                                     batch_size=size))
+  return {k: v for k, v in batch.items() if k in pipeline.MODEL_KEYS}
+
+
+def init_variables_shape(model, preprocessor, builder, config) -> dict:
+  batch = sample_batch(preprocessor, builder, config)
+  return jax.eval_shape(functools.partial(model.init, train=False),
+                        {"params": jax.random.key(0), "dropout": jax.random.key(1)}, batch)
+
+
+def create_state(run: Run) -> TrainState:
+  """Initialises parameters from `config.seed` and replicates the state over the mesh."""
+  key = jax.random.key(run.config.seed)
+  init_key, dropout_key, step_key = jax.random.split(key, 3)
+  batch = sample_batch(run.preprocessor, run.builder, run.config)
+  variables = jax.jit(functools.partial(run.model.init, train=False))(
+      {"params": init_key, "dropout": dropout_key}, batch)
+  params = variables["params"]
+  state = TrainState(step=jnp.asarray(0, jnp.int32), params=params,
+                     batch_stats=variables.get("batch_stats", {}),
+                     opt_state=run.tx.init(params), rng=jax.random.key_data(step_key))
+  return sharding.replicate(state, run.mesh)
+
+
+def restore_or_init(run: Run) -> tuple[TrainState, dict]:
+  """The latest checkpoint if there is one (loop record too), else a fresh state."""
+  state = create_state(run)
+  restored = run.checkpointer.restore(checkpointing.abstract_like(state))
+  if restored is None:
+    return state, {"best_value": None, "best_step": None, "bad_evals": 0, "stopped": False}
+  state, record = restored
+  run.writer.truncate_after(int(state.step))
+  return state, record
+
+
+def predict(run: Run, state: TrainState, split: str, extra_fields: tuple = ()) -> dict:
+  """Logits, labels and example indices for a whole split (padding removed)."""
+  source = run.builder.as_data_source(split)
+  batch_size = run.config.data.get("eval_batch_size", run.config.data.batch_size)
+  sharding.check_batch_size(batch_size, run.mesh, "config.data.eval_batch_size")
+  outs = {"logits": [], "label": [], "index": []}
+  outs.update({f: [] for f in extra_fields})
+  for batch in pipeline.eval_batches(source, run.preprocessor, batch_size=batch_size,
+                                     extra_fields=extra_fields):
+    device_batch = sharding.shard_batch(
+        {k: v for k, v in batch.items() if k in pipeline.MODEL_KEYS}, run.mesh)
+    logits = np.asarray(jax.device_get(run.eval_fn(state, device_batch)))
+    keep = batch["weight"] > 0
+    outs["logits"].append(logits[keep])
+    for key in outs:
+      if key != "logits":
+        outs[key].append(np.asarray(batch[key])[keep])
+  return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def compute_metrics(run: Run, logits: np.ndarray, labels: np.ndarray) -> dict:
+  if run.info.multilabel:
+    return metrics_lib.masked_multilabel_metrics(
+        logits, labels, run.info.class_names, run.config.train.get("uncertain_policy", "ignore"))
+  return metrics_lib.multiclass_metrics(logits, labels, run.info.class_names)
+
+
+def evaluate_split(run: Run, state: TrainState, split: str) -> dict:
+  """Loss and metrics of the model on a split."""
+  pred = predict(run, state, split)
+  result = compute_metrics(run, pred["logits"], pred["label"])
+  result["loss"] = float(run.loss_fn(jnp.asarray(pred["logits"]), jnp.asarray(pred["label"])))
+  return result
+
+
+def log_train_metrics(run: Run, pending: list, first_step: int) -> None:
+  """Fetches the pending per-step metrics (the only host sync), checks them, logs the mean."""
+  values = jax.device_get(pending)
+  for offset, m in enumerate(values):
+    if not bool(m["finite"]):
+      index = first_step + offset  # 0-based position of the batch in the training stream
+      raise FloatingPointError(
+          f"non-finite loss ({float(m['loss'])}) or gradient norm ({float(m['grad_norm'])}) at "
+          f"step {index + 1} (training batch index {index}, epoch "
+          f"{index // run.steps_per_epoch}); the "
+          f"update was not applied and the last good checkpoint in "
+          f"{os.path.join(run.workdir, 'checkpoints')} is kept")
+  step = first_step + len(values)
+  run.writer.write(step, "train", {
+      "loss": float(np.mean([m["loss"] for m in values])),
+      "grad_norm": float(np.mean([m["grad_norm"] for m in values])),
+      "learning_rate": float(run.schedule(step - 1)),
+      "epoch": step / run.steps_per_epoch})
+
+
+def early_stopping_update(config, record: dict, value: float, step: int) -> tuple[dict, bool]:
+  """Updates the early-stopping record with a validation value; returns (record, improved)."""
+  es = config.train.early_stopping
+  sign = 1.0 if es.get("mode", "max") == "max" else -1.0
+  best = record["best_value"]
+  improved = value == value and (best is None or
+                                 sign * (value - best) > float(es.get("min_delta", 0.0)))
+  record = dict(record)
+  if improved:
+    record.update(best_value=float(value), best_step=int(step), bad_evals=0)
+  else:
+    record["bad_evals"] += 1
+  patience = es.get("patience", None)
+  record["stopped"] = bool(patience is not None and record["bad_evals"] >= patience)
+  return record, improved
+
+
+def run_validation(run: Run, state: TrainState, record: dict) -> tuple[dict, bool]:
+  step = int(state.step)
+  val = evaluate_split(run, state, "validation")
+  run.writer.write(step, "validation", metrics_lib.headline(val))
+  metric = run.config.train.early_stopping.metric
+  if metric not in val:
+    raise KeyError(f"train.early_stopping.metric {metric!r} is not a validation metric; "
+                   f"valid: {sorted(metrics_lib.headline(val))}")
+  return early_stopping_update(run.config, record, val[metric], step)
+
+
+def is_eval_step(run: Run, step: int) -> bool:
+  every = steps_from(run.config, run.steps_per_epoch, "eval_every", run.steps_per_epoch)
+  return step == run.total_steps or (every > 0 and step % every == 0)
+
+
+def is_checkpoint_step(run: Run, step: int) -> bool:
+  every = steps_from(run.config, run.steps_per_epoch, "checkpoint_every", run.steps_per_epoch)
+  return step == run.total_steps or (every > 0 and step % every == 0)
+
+
+def train_loop(run: Run, state: TrainState, record: dict) -> tuple[TrainState, dict]:
+  """Runs steps from `state.step` to the end (or early stop), evaluating and checkpointing."""
+  start = int(state.step)
+  if record.get("stopped") or start >= run.total_steps:
+    return state, record
+  batches = pipeline.train_batches(
+      run.builder.as_data_source("train"), run.preprocessor,
+      global_batch_size=run.config.data.batch_size, seed=run.config.seed, start_step=start,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_threads=run.config.data.get("num_threads", 2))
+  log_every = int(run.config.train.get("log_every_steps", 50))
+  pending, first = [], start
+  with tqdm(total=run.total_steps, initial=start, desc=f"train {os.path.basename(run.workdir)}",
+            disable=not run.config.train.get("progress", True), leave=False) as bar:
+    for step in range(start + 1, run.total_steps + 1):
+      batch = sharding.shard_batch({k: v for k, v in next(batches).items() if k in TRAIN_KEYS},
+                                   run.mesh)
+      state, m = run.train_fn(state, batch)
+      pending.append(m)
+      bar.update(1)
+      eval_now, ckpt_now = is_eval_step(run, step), is_checkpoint_step(run, step)
+      if step % log_every == 0 or eval_now or ckpt_now:
+        log_train_metrics(run, pending, first)
+        pending, first = [], step
+      improved = False
+      if eval_now:
+        record, improved = run_validation(run, state, record)
+      if ckpt_now or improved or record["stopped"]:
+        run.checkpointer.save(step, state, record, best=improved)
+      if record["stopped"]:
+        break
+  run.checkpointer.wait()
+  return state, record
+
+
+def final_evaluation(run: Run, state: TrainState, record: dict) -> dict:
+  """Evaluates the best checkpoint (or the final state) on validation and test."""
+  restored = run.checkpointer.restore(checkpointing.abstract_like(state), which="best")
+  best_state = restored[0] if restored is not None else state
+  results = {"best_step": record.get("best_step"), "final_step": int(state.step),
+             "early_stopped": bool(record.get("stopped")),
+             "task": pipeline.to_jsonable(run.info)}
+  for split in run.config.train.get("final_eval_splits", ("validation", "test")):
+    results[split] = evaluate_split(run, best_state, split)
+    run.writer.write(int(state.step), f"final_{split}", metrics_lib.headline(results[split]))
+  if jax.process_index() == 0:
+    pipeline.write_text_atomic(os.path.join(run.workdir, "results.json"),
+                               writer.dumps(results))
+  return results
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if possible), then evaluates the best checkpoint."""
+  run = setup_run(config, workdir)
+  try:
+    state, record = restore_or_init(run)
+    state, record = train_loop(run, state, record)
+    return final_evaluation(run, state, record)
+  finally:
+    run.checkpointer.close()
+
+
+def evaluate(config, workdir: str, which: str = "best") -> dict:
+  """Evaluates a trained workdir's checkpoint on `config.eval.splits`; writes eval_<split>.json."""
+  run = setup_run(config, workdir)
+  try:
+    template = create_state(run)
+    restored = run.checkpointer.restore(checkpointing.abstract_like(template), which=which)
+    if restored is None:
+      raise FileNotFoundError(f"no {which} checkpoint under {os.path.join(workdir, 'checkpoints')}"
+                              f"; train first with --mode=train")
+    state = restored[0]
+    out = {}
+    for split in config.get("eval", {}).get("splits", ("test",)):
+      out[split] = evaluate_split(run, state, split)
+      pipeline.write_text_atomic(os.path.join(workdir, f"eval_{split}.json"),
+                                 writer.dumps(out[split]))
+    return out
+  finally:
+    run.checkpointer.close()
