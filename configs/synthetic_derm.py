@@ -14,6 +14,7 @@ One model (variants: image, meta, concat, late, film; `smoke` shrinks everything
       --workdir=runs/derm_lr
 """
 import ml_collections
+from ml_collections import config_dict
 
 from jaxmm.train import config_lib
 
@@ -61,7 +62,7 @@ def model_config() -> ml_collections.ConfigDict:
       "num_classes": -1,  # filled from the data
       "multilabel": False,
       "dtype": "float32",
-      "image": {"encoder": "small_cnn", "in_channels": 3, "width": 64,
+      "image": {"encoder": "resnet_tiny", "in_channels": 3, "width": config_dict.placeholder(int),
                 "zero_init_last_bn": True, "dropout": 0.25},
       "meta": {"encoder": "mlp", "hidden": (64, 64), "dropout": 0.1},
       "head": {"hidden": (128, 64), "dropout": 0.3, "late_weights": None, "joint_hidden": 512},

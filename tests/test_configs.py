@@ -69,3 +69,31 @@ def test_cli_unknown_mode_lists_valid_modes(tmp_path):
   out = main_cli("--config=configs/synthetic_derm.py:smoke", f"--workdir={tmp_path}",
                  "--mode=trian")
   assert out.returncode != 0 and "pipeline" in out.stderr and "train" in out.stderr
+
+
+def test_cxr_freeze_keeps_paper_001_layers_fixed(smoke_config, tmp_path):
+  import jax
+  import numpy as np
+  from jaxmm.train import checkpointing
+  config = smoke_config("synthetic_cxr", "model=joint,freeze")
+  config.model.image.encoder = "resnet18"
+  config.model.image.width = 8
+  config.train.num_steps = 2
+  run = loop.setup_run(config, str(tmp_path))
+  try:
+    start = jax.device_get(loop.create_state(run).params)
+  finally:
+    run.checkpointer.close()
+  loop.train_and_evaluate(config, str(tmp_path))
+  run = loop.setup_run(config, str(tmp_path))
+  try:
+    end = jax.device_get(run.checkpointer.restore(
+        checkpointing.abstract_like(loop.create_state(run)))[0].params)
+  finally:
+    run.checkpointer.close()
+  for name in ("conv1", "bn1", "layer1", "layer2"):
+    jax.tree.map(np.testing.assert_array_equal, start["image"][name], end["image"][name])
+  jax.tree.map(np.testing.assert_array_equal, start["text"], end["text"])
+  changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)),
+                                         start["image"]["layer3"], end["image"]["layer3"]))
+  assert any(changed)

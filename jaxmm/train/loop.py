@@ -150,8 +150,10 @@ def predict(run: Run, state: TrainState, split: str, extra_fields: tuple = ()) -
   sharding.check_batch_size(batch_size, run.mesh, "config.data.eval_batch_size")
   outs = {"logits": [], "label": [], "index": []}
   outs.update({f: [] for f in extra_fields})
-  for batch in pipeline.eval_batches(source, run.preprocessor, batch_size=batch_size,
-                                     extra_fields=extra_fields):
+  batches = pipeline.eval_batches(source, run.preprocessor, batch_size=batch_size,
+                                  extra_fields=extra_fields)
+  for batch in tqdm(batches, total=-(-len(source) // batch_size), desc=f"predict {split}",
+                    disable=not run.config.train.get("progress", True), leave=False):
     device_batch = sharding.shard_batch(
         {k: v for k, v in batch.items() if k in pipeline.MODEL_KEYS}, run.mesh)
     logits = np.asarray(jax.device_get(run.eval_fn(state, device_batch)))
