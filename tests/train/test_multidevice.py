@@ -15,6 +15,10 @@ from jaxmm.train import config_lib, loop, sharding
 from jaxmm.data import pipeline
 config = config_lib.load_config_file(sys.argv[1])
 config.data.data_dir = sys.argv[2]
+# SGD: Adam's normalisation would blow reduction-order noise in near-zero gradients up to
+# full-size updates, hiding what this test checks.
+config.optimizer.name = "sgd"
+config.optimizer.learning_rate = 0.05
 run = loop.setup_run(config, sys.argv[3])
 state = loop.create_state(run)
 batches = pipeline.train_batches(run.builder.as_data_source("train"), run.preprocessor,
@@ -46,6 +50,10 @@ def test_eight_devices_match_one(data_dir, tmp_path):
   one = run_worker(1, data_dir, str(tmp_path / "one"))
   eight = run_worker(8, data_dir, str(tmp_path / "eight"))
   assert one["devices"] == 1 and eight["devices"] == 8
-  np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-6)
+  # The first loss is computed from identical parameters; later ones differ only by the order
+  # of the cross-device reductions (a per-device BatchNorm or a wrong sharding would be off
+  # by orders of magnitude more).
+  np.testing.assert_allclose(eight["losses"][0], one["losses"][0], rtol=1e-6)
+  np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
   for a, b in zip(one["leaves"], eight["leaves"]):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,10 @@
+"""Datasets (TF-free tfds builders), splits, metadata encoding, tokenization, input pipeline.
+
+  builders     registry DATASETS, get_builder / prepare / load
+  synthetic_derm, derm_rendering       HAM10000-shaped dermoscopy + metadata (paper 000)
+  synthetic_cxr, cxr_reports, cxr_rendering   MIMIC-CXR-shaped radiographs + reports (paper 001)
+  procedural   noise fields and pixel grids shared by the renderers
+  splits       lesion/patient-grouped stratified 64/16/20 splits
+  metadata     HAM10000 metadata encoder (median-imputed z-scored age, one-hot categories)
+  tokenizer    report cleaning, WordPiece vocabulary, local BertTokenizerFast
+"""

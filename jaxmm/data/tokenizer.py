@@ -1,0 +1,93 @@
+"""Radiology report cleaning and a local WordPiece vocabulary/tokenizer (no hub access).
+
+Cleaning follows section 2 of paper 001_02ed271d6d235282.txt: keep the FINDINGS and IMPRESSION
+sections, lower-case, remove punctuation and special characters, collapse whitespace.
+
+The vocabulary is BERT-shaped: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, then every word
+of the given texts (sorted), then single characters and their "##" continuations (a-z, 0-9)
+so that an unseen lower-case word still tokenizes into pieces instead of [UNK]. It is a
+deterministic function of its texts, so a dataset's vocab.txt can always be rebuilt.
+"""
+import os
+import re
+from typing import Iterable, Sequence
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+VOCAB_FILE = "vocab.txt"
+KEPT_SECTIONS = ("FINDINGS", "IMPRESSION")
+_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
+_PUNCTUATION = ".,:;!?'\"()[]/-_%+*&#<>=@"
+# A section header: upper-case words followed by a colon ("FINDINGS:", "FINAL REPORT:").
+_HEADER = re.compile(r"\b([A-Z][A-Z ]*[A-Z]):")
+# BERT's basic tokenization: runs of word characters, or single punctuation characters.
+_WORDS = re.compile(r"\w+|[^\w\s]")
+
+
+def report_sections(text: str) -> dict[str, str]:
+  """Splits a report into {HEADER: body}; text before the first header is under ""."""
+  sections, last, name = {}, 0, ""
+  for match in _HEADER.finditer(text):
+    sections[name] = (sections.get(name, "") + " " + text[last:match.start()]).strip()
+    name, last = match.group(1).strip(), match.end()
+  sections[name] = (sections.get(name, "") + " " + text[last:]).strip()
+  return sections
+
+
+def clean_report(text: str | bytes) -> str:
+  """FINDINGS + IMPRESSION text, lower-cased, without punctuation, single-spaced.
+
+  A report with neither section is cleaned whole.
+  """
+  if isinstance(text, bytes):
+    text = text.decode("utf-8")
+  sections = report_sections(text)
+  kept = [sections[name] for name in KEPT_SECTIONS if name in sections]
+  body = " ".join(kept) if kept else text
+  body = re.sub(r"[^a-z0-9\s]", " ", body.lower())
+  return " ".join(body.split())
+
+
+def words(text: str) -> list[str]:
+  """Lower-cased BERT basic tokens (words and single punctuation marks) of `text`."""
+  return _WORDS.findall(text.lower())
+
+
+def build_vocab(texts: Iterable[str]) -> list[str]:
+  """Vocabulary tokens: specials, sorted words of `texts`, then character fallbacks."""
+  found = sorted({w for text in texts for w in words(text)} - set(SPECIAL_TOKENS))
+  tokens = list(SPECIAL_TOKENS) + found
+  seen = set(tokens)
+  for token in list(_CHARACTERS + _PUNCTUATION) + [f"##{c}" for c in _CHARACTERS]:
+    if token not in seen:
+      tokens.append(token)
+      seen.add(token)
+  return tokens
+
+
+def write_vocab(path: str, tokens: Sequence[str]) -> None:
+  """Writes one token per line (line number = id), atomically."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write("\n".join(tokens) + "\n")
+  os.replace(tmp, path)
+
+
+def read_vocab(path: str) -> dict[str, int]:
+  """token -> id of a vocab.txt file."""
+  with open(path, encoding="utf-8") as f:
+    tokens = [line.rstrip("\n") for line in f]
+  return {token: i for i, token in enumerate(tokens) if token}
+
+
+def load_tokenizer(vocab_dir: str):
+  """A lower-casing WordPiece BertTokenizerFast from `vocab_dir/vocab.txt` (or a file path).
+
+  Built from the local file only; nothing is fetched from the Hugging Face hub.
+  """
+  from transformers import BertTokenizerFast  # heavy import, only needed by text models
+  path = os.path.join(vocab_dir, VOCAB_FILE) if os.path.isdir(vocab_dir) else vocab_dir
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no {VOCAB_FILE} at {path}; prepare the dataset with "
+                            f"jaxmm.data.builders.prepare(builder) to write it")
+  return BertTokenizerFast(vocab=read_vocab(path), do_lower_case=True)
