@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 from jaxmm.data import cxr_rendering
 from jaxmm.data import cxr_reports
 from jaxmm.data import splits
+from jaxmm.data import synthetic_base
 from jaxmm.data.cxr_reports import CHEXPERT_LABELS, Finding
 
 SPLIT_FRACTIONS = (0.64, 0.16, 0.20)
@@ -208,22 +209,12 @@ def vocabulary_texts() -> list[str]:
   return cxr_reports.vocabulary_texts()
 
 
-@dataclasses.dataclass(eq=False)
-class SyntheticCxrConfig(tfds.core.BuilderConfig):
+class SyntheticCxrConfig(synthetic_base.SyntheticConfig):
   """Size and seed of a synthetic_cxr build; `name` must identify these values."""
-  num_examples: int = 2000
-  image_size: int = 64
-  seed: int = 0
-
-  @classmethod
-  def custom(cls, num_examples: int, image_size: int, seed: int = 0) -> "SyntheticCxrConfig":
-    """A config whose name encodes its parameters (so builds never collide on disk)."""
-    return cls(name=f"n{num_examples}_px{image_size}_seed{seed}", num_examples=num_examples,
-               image_size=image_size, seed=seed,
-               description=f"{num_examples} studies of {image_size} px, seed {seed}")
+  unit = "studies"
 
 
-class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
+class SyntheticCxr(synthetic_base.SyntheticBuilder):
   """MIMIC-CXR-shaped synthetic radiographs + reports (array_record, no TensorFlow needed)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -238,8 +229,10 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = "default"
 
-  def __init__(self, *, file_format: str = "array_record", **kwargs):
-    super().__init__(file_format=file_format, **kwargs)
+  plan_dataset = staticmethod(plan_dataset)
+  split_indices = staticmethod(split_indices)
+  render_example = staticmethod(render_example)
+  example_key = staticmethod(study_id)
 
   def _info(self) -> tfds.core.DatasetInfo:
     size, k = self.builder_config.image_size, len(CHEXPERT_LABELS)
@@ -260,15 +253,3 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
         }),
         supervised_keys=("image", "label"),
     )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing is downloaded
-    cfg = self.builder_config
-    plan = plan_dataset(cfg.num_examples, cfg.seed)
-    return {name: self._generate_examples(plan, indices)
-            for name, indices in split_indices(plan, cfg.seed).items()}
-
-  def _generate_examples(self, plan: CxrPlan, indices: np.ndarray):
-    cfg = self.builder_config
-    for index in indices:
-      yield study_id(int(index)), render_example(plan, int(index), cfg.image_size, cfg.seed)

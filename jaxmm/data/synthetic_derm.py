@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 from jaxmm.data import derm_rendering
 from jaxmm.data import metadata
 from jaxmm.data import splits
+from jaxmm.data import synthetic_base
 
 CLASS_NAMES = ("nv", "mel", "bkl", "bcc", "akiec", "vasc", "df")
 # Percentages of table 1 of paper 000.
@@ -193,22 +194,12 @@ def split_indices(plan: DermPlan, seed: int) -> dict[str, np.ndarray]:
   return splits.grouped_stratified_split(plan.label, plan.lesion, SPLIT_FRACTIONS, seed)
 
 
-@dataclasses.dataclass(eq=False)
-class SyntheticDermConfig(tfds.core.BuilderConfig):
+class SyntheticDermConfig(synthetic_base.SyntheticConfig):
   """Size and seed of a synthetic_derm build; `name` must identify these values."""
-  num_examples: int = 3000
-  image_size: int = 64
-  seed: int = 0
-
-  @classmethod
-  def custom(cls, num_examples: int, image_size: int, seed: int = 0) -> "SyntheticDermConfig":
-    """A config whose name encodes its parameters (so builds never collide on disk)."""
-    return cls(name=f"n{num_examples}_px{image_size}_seed{seed}", num_examples=num_examples,
-               image_size=image_size, seed=seed,
-               description=f"{num_examples} images of {image_size} px, seed {seed}")
+  unit = "images"
 
 
-class SyntheticDerm(tfds.core.GeneratorBasedBuilder):
+class SyntheticDerm(synthetic_base.SyntheticBuilder):
   """HAM10000-shaped synthetic dermoscopy dataset (array_record, no TensorFlow needed)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -223,8 +214,10 @@ class SyntheticDerm(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = "default"
 
-  def __init__(self, *, file_format: str = "array_record", **kwargs):
-    super().__init__(file_format=file_format, **kwargs)
+  plan_dataset = staticmethod(plan_dataset)
+  split_indices = staticmethod(split_indices)
+  render_example = staticmethod(render_example)
+  example_key = staticmethod(image_id)
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
@@ -248,15 +241,3 @@ class SyntheticDerm(tfds.core.GeneratorBasedBuilder):
         }),
         supervised_keys=("image", "label"),
     )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing is downloaded
-    cfg = self.builder_config
-    plan = plan_dataset(cfg.num_examples, cfg.seed)
-    return {name: self._generate_examples(plan, indices)
-            for name, indices in split_indices(plan, cfg.seed).items()}
-
-  def _generate_examples(self, plan: DermPlan, indices: np.ndarray):
-    cfg = self.builder_config
-    for index in indices:
-      yield image_id(int(index)), render_example(plan, int(index), cfg.image_size, cfg.seed)

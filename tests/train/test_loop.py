@@ -1,4 +1,6 @@
 """End-to-end training on tiny configs: loss goes down, checkpoints round-trip, resume is exact."""
+import contextlib
+import functools
 import json
 import os
 
@@ -76,6 +78,21 @@ class Interrupt(Exception):
   pass
 
 
+@contextlib.contextmanager
+def wrapped_train_fn(monkeypatch, wrapper):
+  """Runs set up inside the block call `wrapper(real_train_fn, state, batch)` for each step."""
+  setup = loop.setup_run
+
+  def setup_wrapped(config, workdir):
+    run = setup(config, workdir)
+    run.train_fn = functools.partial(wrapper, run.train_fn)
+    return run
+
+  with monkeypatch.context() as patch:
+    patch.setattr(loop, "setup_run", setup_wrapped)
+    yield
+
+
 def test_interrupted_run_resumes_to_identical_parameters(smoke_config, tmp_path, monkeypatch):
   def make():
     config = smoke_config("synthetic_derm", "model=concat")
@@ -87,23 +104,13 @@ def test_interrupted_run_resumes_to_identical_parameters(smoke_config, tmp_path,
 
   loop.train_and_evaluate(make(), str(tmp_path / "straight"))
 
-  setup = loop.setup_run
+  def die_at_step_5(inner, state, batch):
+    if int(state.step) == 4:
+      raise Interrupt("simulated preemption before step 5")
+    return inner(state, batch)
 
-  def setup_that_dies_at_step_5(config, workdir):
-    run = setup(config, workdir)
-    inner = run.train_fn
-
-    def train_fn(state, batch):
-      if int(state.step) == 4:
-        raise Interrupt("simulated preemption before step 5")
-      return inner(state, batch)
-    run.train_fn = train_fn
-    return run
-
-  monkeypatch.setattr(loop, "setup_run", setup_that_dies_at_step_5)
-  with pytest.raises(Interrupt):
+  with wrapped_train_fn(monkeypatch, die_at_step_5), pytest.raises(Interrupt):
     loop.train_and_evaluate(make(), str(tmp_path / "resumed"))
-  monkeypatch.setattr(loop, "setup_run", setup)
   loop.train_and_evaluate(make(), str(tmp_path / "resumed"))
 
   a = params_of(str(tmp_path / "straight"), make())
@@ -121,23 +128,14 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(smoke_conf
   config.train.num_steps = 6
   config.train.checkpoint_every_steps = 2
   config.train.log_every_steps = 1
-  setup = loop.setup_run
+  def nan_at_step_3(inner, state, batch):
+    if int(state.step) == 2:
+      batch = dict(batch, meta=batch["meta"] * np.nan)
+    return inner(state, batch)
 
-  def setup_with_nan_at_step_3(config, workdir):
-    run = setup(config, workdir)
-    inner = run.train_fn
-
-    def train_fn(state, batch):
-      if int(state.step) == 2:
-        batch = dict(batch, meta=batch["meta"] * np.nan)
-      return inner(state, batch)
-    run.train_fn = train_fn
-    return run
-
-  monkeypatch.setattr(loop, "setup_run", setup_with_nan_at_step_3)
-  with pytest.raises(FloatingPointError, match=r"at step 3 \(training batch index 2"):
+  with wrapped_train_fn(monkeypatch, nan_at_step_3), pytest.raises(
+      FloatingPointError, match=r"at step 3 \(training batch index 2"):
     loop.train_and_evaluate(config, str(tmp_path))
-  monkeypatch.setattr(loop, "setup_run", setup)
   good = params_of(str(tmp_path), config)
   assert int(good.step) == 2
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(good.params))
