@@ -32,7 +32,7 @@ def data_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "name": "synthetic_cxr",
       "builder_config": "default",
-      "builder_overrides": {},
+      "builder_overrides": config_lib.builder_overrides(),  # num_examples, image_size, seed
       "data_dir": None,
       "label_key": "label",
       "label_names": CHEXPERT_LABELS,
@@ -93,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.freeze = tuple(p for p in FROZEN_BY_PAPER_001 if p.startswith("text"))
   if arg.smoke:
     config.data.builder_config = "small"
-    config.data.builder_overrides = {"num_examples": 160, "image_size": 32}
+    config.data.builder_overrides.update({"num_examples": 160, "image_size": 32})
     config.data.batch_size = 16
     config.data.eval_batch_size = 32
     config.data.max_text_len = 64

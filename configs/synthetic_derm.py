@@ -36,7 +36,7 @@ def data_config(arg) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "name": "synthetic_derm",
       "builder_config": "default",
-      "builder_overrides": {},
+      "builder_overrides": config_lib.builder_overrides(),  # num_examples, image_size, seed
       "data_dir": None,  # None: $JAXMM_DATA_DIR, else ~/jaxmm_datasets
       "label_key": "malignant" if arg.binary else "label",
       "label_names": ("benign", "malignant") if arg.binary else (),
@@ -91,7 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config_lib.select_variant(config, arg.model)
   if arg.smoke:
     config.data.builder_config = "small"
-    config.data.builder_overrides = {"num_examples": 160, "image_size": 32}
+    config.data.builder_overrides.update({"num_examples": 160, "image_size": 32})
     config.data.batch_size = 16
     config.data.eval_batch_size = 32
     config_lib.apply_smoke_schedule(config.train, steps=3)

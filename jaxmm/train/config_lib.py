@@ -85,6 +85,12 @@ def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.Conf
       check_keys(value, reference[key], f"{prefix}.{key}")
 
 
+def builder_overrides() -> ml_collections.ConfigDict:
+  """`config.data.builder_overrides`: unset (None) keeps the named builder config's value."""
+  return ml_collections.ConfigDict({name: config_dict.placeholder(int)
+                                    for name in ("num_examples", "image_size", "seed")})
+
+
 def train_defaults() -> ml_collections.ConfigDict:
   """`config.train` durations: each `*_epochs` has a `*_steps` twin (steps win when set)."""
   train = ml_collections.ConfigDict()

@@ -74,10 +74,14 @@ def make_loss(config, info, builder) -> Any:
                              config.train.get("uncertain_policy", "ignore"))
 
 
-def setup_run(config, workdir: str) -> Run:
-  """Builds data, model, optimizer, jitted steps and the checkpointer for `config`."""
+def setup_run(config, workdir: str, record_run: bool = True) -> Run:
+  """Builds data, model, optimizer, jitted steps and the checkpointer for `config`.
+
+  `record_run` writes config.json, env_info.json and requirements.lock (a training run does;
+  evaluating an existing workdir leaves the training run's records alone).
+  """
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
+  if record_run and jax.process_index() == 0:
     writer.write_run_info(workdir, config.to_json_best_effort(indent=2), config.seed)
   builder = pipeline.load_builder(config.data)
   preprocessor = pipeline.fit_preprocessor(config.data, builder, workdir)
@@ -286,7 +290,15 @@ def final_evaluation(run: Run, state: TrainState, record: dict) -> dict:
   if jax.process_index() == 0:
     pipeline.write_text_atomic(os.path.join(run.workdir, "results.json"),
                                writer.dumps(results))
+    for split in run.config.train.get("final_eval_splits", ("validation", "test")):
+      print_headline(f"{run.workdir} best step {results['best_step']}, {split}", results[split])
   return results
+
+
+def print_headline(label: str, metrics: dict) -> None:
+  shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics_lib.headline(metrics).items()
+                    if k != "num_examples")
+  print(f"{label}: {shown}", flush=True)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -302,7 +314,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def evaluate(config, workdir: str, which: str = "best") -> dict:
   """Evaluates a trained workdir's checkpoint on `config.eval.splits`; writes eval_<split>.json."""
-  run = setup_run(config, workdir)
+  run = setup_run(config, workdir, record_run=False)
   try:
     template = create_state(run)
     restored = run.checkpointer.restore(checkpointing.abstract_like(template), which=which)
@@ -315,6 +327,8 @@ def evaluate(config, workdir: str, which: str = "best") -> dict:
       out[split] = evaluate_split(run, state, split)
       pipeline.write_text_atomic(os.path.join(workdir, f"eval_{split}.json"),
                                  writer.dumps(out[split]))
+      print_headline(f"{workdir} {which} checkpoint (step {int(state.step)}), {split}",
+                     out[split])
     return out
   finally:
     run.checkpointer.close()

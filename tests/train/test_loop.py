@@ -59,6 +59,13 @@ def test_training_lowers_the_loss(smoke_config, tmp_path):
   assert json.loads((tmp_path / "env_info.json").read_text())["seed"] == config.seed
   assert set(results) >= {"validation", "test", "best_step"}
   assert 0.0 <= results["test"]["macro_f1"] <= 1.0
+  # --mode=eval on the workdir reproduces the best checkpoint's test metrics exactly.
+  config_json = (tmp_path / "config.json").read_text()
+  evaluated = loop.evaluate(config, str(tmp_path))["test"]
+  assert evaluated["macro_f1"] == results["test"]["macro_f1"]
+  assert evaluated["confusion_matrix"] == results["test"]["confusion_matrix"]
+  assert (tmp_path / "eval_test.json").exists()
+  assert (tmp_path / "config.json").read_text() == config_json
 
 
 def test_checkpoint_round_trip(smoke_config, tmp_path):
