@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from jaxmm.data.pipeline import write_text_atomic
+from jaxmm.data.atomic import write_text_atomic
 from jaxmm.train import config_lib, loop
 
 TABLE_COLUMNS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "pr_auc")

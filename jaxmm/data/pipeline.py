@@ -14,6 +14,7 @@ import grain
 import numpy as np
 
 from jaxmm.data import builders
+from jaxmm.data.atomic import write_text_atomic
 from jaxmm.data import metadata as metadata_lib
 from jaxmm.data import tokenizer as tokenizer_lib
 
@@ -124,15 +125,6 @@ def fit_preprocessor(data_config, builder, workdir: Optional[str]) -> Preprocess
   if data_config.get("use_text", False):
     tokenizer = tokenizer_lib.load_tokenizer(builder.data_dir)
   return Preprocessor(data_config, meta_encoder, tokenizer)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-  """Writes a text file through a temporary file and a rename, so readers never see half."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def task_info(data_config, builder, preprocessor: Preprocessor) -> TaskInfo:

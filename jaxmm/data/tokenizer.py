@@ -12,6 +12,8 @@ import os
 import re
 from typing import Iterable, Sequence
 
+from jaxmm.data.atomic import write_text_atomic
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_FILE = "vocab.txt"
 KEPT_SECTIONS = ("FINDINGS", "IMPRESSION")
@@ -66,11 +68,7 @@ def build_vocab(texts: Iterable[str]) -> list[str]:
 
 def write_vocab(path: str, tokens: Sequence[str]) -> None:
   """Writes one token per line (line number = id), atomically."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write("\n".join(tokens) + "\n")
-  os.replace(tmp, path)
+  write_text_atomic(path, "\n".join(tokens) + "\n")
 
 
 def read_vocab(path: str) -> dict[str, int]:

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxmm.data import pipeline
+from jaxmm.data.atomic import write_text_atomic
 from jaxmm.models import build as model_build
 from jaxmm.train import checkpointing, losses, metrics as metrics_lib, optimizers, sharding, writer
 from jaxmm.train.steps import TrainState, eval_step, train_step
@@ -288,7 +289,7 @@ def final_evaluation(run: Run, state: TrainState, record: dict) -> dict:
     results[split] = evaluate_split(run, best_state, split)
     run.writer.write(int(state.step), f"final_{split}", metrics_lib.headline(results[split]))
   if jax.process_index() == 0:
-    pipeline.write_text_atomic(os.path.join(run.workdir, "results.json"),
+    write_text_atomic(os.path.join(run.workdir, "results.json"),
                                writer.dumps(results))
     for split in run.config.train.get("final_eval_splits", ("validation", "test")):
       print_headline(f"{run.workdir} best step {results['best_step']}, {split}", results[split])
@@ -325,7 +326,7 @@ def evaluate(config, workdir: str, which: str = "best") -> dict:
     out = {}
     for split in config.get("eval", {}).get("splits", ("test",)):
       out[split] = evaluate_split(run, state, split)
-      pipeline.write_text_atomic(os.path.join(workdir, f"eval_{split}.json"),
+      write_text_atomic(os.path.join(workdir, f"eval_{split}.json"),
                                  writer.dumps(out[split]))
       print_headline(f"{workdir} {which} checkpoint (step {int(state.step)}), {split}",
                      out[split])

@@ -10,7 +10,7 @@ from typing import Any
 
 import jax
 
-from jaxmm.data.pipeline import write_text_atomic
+from jaxmm.data.atomic import write_text_atomic
 
 KEY_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
                 "grain", "transformers", "scikit-learn", "scipy", "numpy", "ml-collections",
@@ -58,7 +58,7 @@ class MetricsWriter:
   def truncate_after(self, step: int) -> None:
     """Drops records past `step` (written after the checkpoint a resumed run restarts from),
     so a resumed run's metrics.jsonl matches an uninterrupted one."""
-    if not os.path.exists(self.path):
+    if not self.enabled or not os.path.exists(self.path):
       return
     kept = [r for r in self.read() if r["step"] <= step]
     write_text_atomic(self.path, "".join(dumps(r) + "\n" for r in kept))
