@@ -12,32 +12,21 @@ K = len(cxr_reports.CHEXPERT_LABELS)
 DRAWABLE = np.array([n != "No Finding" for n in cxr_reports.CHEXPERT_LABELS])
 
 
-def _records(builder) -> dict:
-  out = {}
-  for split in ("train", "validation", "test"):
-    source = builder.as_data_source(split)
-    for i in range(len(source)):
-      record = dict(source[i])
-      record["split"] = split
-      out[record["study_id"].decode()] = record
-  return out
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, read_records):
   builder = builders.get_builder("synthetic_cxr", num_examples=N, image_size=SIZE,
                                  data_dir=str(tmp_path_factory.mktemp("cxr")))
   builders.prepare(builder)
-  return builder, _records(builder)
+  return builder, read_records(builder, "study_id")
 
 
-def test_two_builds_in_different_dirs_are_identical(built, tmp_path):
+def test_two_builds_in_different_dirs_are_identical(built, tmp_path, read_records):
   builder, records = built
   assert builder.builder_config.name == f"n{N}_px{SIZE}_seed0"
   other = builders.get_builder("synthetic_cxr", config=sc.SyntheticCxrConfig.custom(N, SIZE),
                                data_dir=str(tmp_path))
   builders.prepare(other)
-  again = _records(other)
+  again = read_records(other, "study_id")
   assert again.keys() == records.keys()
   for key, record in records.items():
     for field, value in record.items():

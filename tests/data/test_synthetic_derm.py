@@ -9,24 +9,12 @@ from jaxmm.data import synthetic_derm as sd
 N, SIZE = 120, 32
 
 
-def _records(builder) -> dict:
-  """image_id -> record (with its split) of every split."""
-  out = {}
-  for split in ("train", "validation", "test"):
-    source = builder.as_data_source(split)
-    for i in range(len(source)):
-      record = dict(source[i])
-      record["split"] = split
-      out[record["image_id"].decode()] = record
-  return out
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, read_records):
   builder = builders.get_builder("synthetic_derm", config="small", num_examples=N,
                                  image_size=SIZE, data_dir=str(tmp_path_factory.mktemp("a")))
   builders.prepare(builder)
-  return builder, _records(builder)
+  return builder, read_records(builder, "image_id")
 
 
 def test_custom_config_name_and_predefined_configs(built):
@@ -37,12 +25,12 @@ def test_custom_config_name_and_predefined_configs(built):
   assert configs == {"small": (1200, 32), "default": (3000, 64), "large": (10015, 224)}
 
 
-def test_two_builds_in_different_dirs_are_identical(built, tmp_path):
+def test_two_builds_in_different_dirs_are_identical(built, tmp_path, read_records):
   _, records = built
   other = builders.get_builder("synthetic_derm", config=sd.SyntheticDermConfig.custom(N, SIZE),
                                data_dir=str(tmp_path))
   builders.prepare(other)
-  again = _records(other)
+  again = read_records(other, "image_id")
   assert again.keys() == records.keys()
   for key, record in records.items():
     for field, value in record.items():
