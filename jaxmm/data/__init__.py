@@ -7,4 +7,7 @@
   splits       lesion/patient-grouped stratified 64/16/20 splits
   metadata     HAM10000 metadata encoder (median-imputed z-scored age, one-hot categories)
   tokenizer    report cleaning, WordPiece vocabulary, local BertTokenizerFast
+  synthetic_base  shared config and plan -> split -> render generation of the synthetic builders
+  pipeline     grain input pipeline: preprocessing fitted on train, resumable training batches
+  atomic       atomic text writes (temporary file, then rename)
 """
