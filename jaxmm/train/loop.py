@@ -97,7 +97,7 @@ def setup_run(config, workdir: str, record_run: bool = True) -> Run:
                      f"batch of {batch_size}; lower config.data.batch_size")
   total_steps = steps_from(config, steps_per_epoch, "num", None) or 1
   warmup = steps_from(config, steps_per_epoch, "warmup", 0)
-  params_shape = init_variables_shape(model, preprocessor, builder, config)
+  params_shape = init_variables_shape(model, sample_batch(preprocessor, builder))
   tx, schedule = optimizers.make_optimizer(config.optimizer, params_shape["params"],
                                            total_steps, warmup)
   loss_fn = make_loss(config, info, builder)
@@ -110,15 +110,15 @@ def setup_run(config, workdir: str, record_run: bool = True) -> Run:
              writer.MetricsWriter(workdir, enabled=jax.process_index() == 0))
 
 
-def sample_batch(preprocessor, builder, config, size: int = 2) -> dict:
+def sample_batch(preprocessor, builder, size: int = 2) -> dict:
   """A tiny real batch (model inputs only) used to initialise parameters."""
   batch = next(pipeline.eval_batches(builder.as_data_source("train"), preprocessor,
                                      batch_size=size))
   return {k: v for k, v in batch.items() if k in pipeline.MODEL_KEYS}
 
 
-def init_variables_shape(model, preprocessor, builder, config) -> dict:
-  batch = sample_batch(preprocessor, builder, config)
+def init_variables_shape(model, batch: dict) -> dict:
+  """Shapes and dtypes of the model's variables, without computing them."""
   return jax.eval_shape(functools.partial(model.init, train=False),
                         {"params": jax.random.key(0), "dropout": jax.random.key(1)}, batch)
 
@@ -127,7 +127,7 @@ def create_state(run: Run) -> TrainState:
   """Initialises parameters from `config.seed` and replicates the state over the mesh."""
   key = jax.random.key(run.config.seed)
   init_key, dropout_key, step_key = jax.random.split(key, 3)
-  batch = sample_batch(run.preprocessor, run.builder, run.config)
+  batch = sample_batch(run.preprocessor, run.builder)
   variables = jax.jit(functools.partial(run.model.init, train=False))(
       {"params": init_key, "dropout": dropout_key}, batch)
   params = variables["params"]
