@@ -8,7 +8,7 @@ batch assembled across processes is the same as one process would see.
 import dataclasses
 import json
 import os
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import grain
 import numpy as np
@@ -107,8 +107,18 @@ class Preprocessor:
     return batch
 
 
-def fit_preprocessor(data_config, builder, workdir: Optional[str]) -> Preprocessor:
-  """Fits (or reloads from `workdir/data/`) the metadata encoder; loads the tokenizer."""
+def statistics_fields(data_config) -> tuple:
+  """The training-split fields setup fits statistics on: the label and the metadata fields."""
+  return (data_config.label_key,) + tuple(data_config.get("meta_fields", ()) or ())
+
+
+def fit_preprocessor(data_config, builder, workdir: Optional[str],
+                     train_columns: Optional[Callable[[], dict]] = None) -> Preprocessor:
+  """Fits (or reloads from `workdir/data/`) the metadata encoder; loads the tokenizer.
+
+  `train_columns()` returns the training split's `statistics_fields` (read once by the caller,
+  who also needs the labels); by default they are read here.
+  """
   meta_encoder = None
   if data_config.get("use_meta", False):
     path = os.path.join(workdir, "data", "metadata_encoder.json") if workdir else None
@@ -116,9 +126,12 @@ def fit_preprocessor(data_config, builder, workdir: Optional[str]) -> Preprocess
       with open(path) as f:
         meta_encoder = metadata_lib.MetadataEncoder.from_json(f.read())
     else:
-      fields = tuple(data_config.meta_fields)
-      train = read_fields(builder.as_data_source("train"), fields)
-      meta_encoder = metadata_lib.MetadataEncoder.fit(train)
+      if train_columns is None:
+        train = read_fields(builder.as_data_source("train"), tuple(data_config.meta_fields))
+      else:
+        train = train_columns()
+      meta_encoder = metadata_lib.MetadataEncoder.fit(
+          {f: train[f] for f in data_config.meta_fields})
       if path:
         write_text_atomic(path, meta_encoder.to_json())
   tokenizer = None

@@ -65,10 +65,11 @@ def steps_from(config, steps_per_epoch: int, name: str, default: int = 0) -> int
   return default if epochs is None else int(round(float(epochs) * steps_per_epoch))
 
 
-def make_loss(config, info, builder) -> Any:
+def make_loss(config, info, train_columns) -> Any:
+  """The task's loss; `balanced` class weights come from `train_columns()`' labels."""
   class_weights = None
   if not info.multilabel and config.train.get("class_weights") == "balanced":
-    labels = pipeline.read_fields(builder.as_data_source("train"), (config.data.label_key,))
+    labels = train_columns()
     class_weights = losses.balanced_class_weights(
         labels[config.data.label_key].astype(np.int64), info.num_classes)
   return losses.make_loss_fn(info.multilabel, class_weights,
@@ -85,7 +86,10 @@ def setup_run(config, workdir: str, record_run: bool = True) -> Run:
   if record_run and jax.process_index() == 0:
     writer.write_run_info(workdir, config.to_json_best_effort(indent=2), config.seed)
   builder = pipeline.load_builder(config.data)
-  preprocessor = pipeline.fit_preprocessor(config.data, builder, workdir)
+  # One pass over the training split serves the metadata statistics and the class weights.
+  train_columns = functools.cache(lambda: pipeline.read_fields(
+      builder.as_data_source("train"), pipeline.statistics_fields(config.data)))
+  preprocessor = pipeline.fit_preprocessor(config.data, builder, workdir, train_columns)
   info = pipeline.task_info(config.data, builder, preprocessor)
   model = model_build.build_model(model_config_for(config.model, info))
   mesh = sharding.make_mesh()
@@ -100,7 +104,7 @@ def setup_run(config, workdir: str, record_run: bool = True) -> Run:
   params_shape = init_variables_shape(model, sample_batch(preprocessor, builder))
   tx, schedule = optimizers.make_optimizer(config.optimizer, params_shape["params"],
                                            total_steps, warmup)
-  loss_fn = make_loss(config, info, builder)
+  loss_fn = make_loss(config, info, train_columns)
   train_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn),
                      donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(eval_step, model=model))
