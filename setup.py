@@ -11,6 +11,7 @@ INSTALL_REQUIRES = [
     "importlib-resources>=6",  # tfds builders defined outside tfds need it (etils.epath)
     "grain>=0.2.18",
     "transformers>=5.0",
+    "safetensors>=0.4",  # pretrained weights without torch (jaxmm.third_party)
     "scikit-learn>=1.5",
     "scipy>=1.13",
     "shap>=0.46",

@@ -10,6 +10,7 @@ pretrained encoders.
   python -m jaxmm.main --config=configs/synthetic_cxr.py:model=joint,smoke --workdir=/tmp/s
 """
 import ml_collections
+from ml_collections import config_dict
 
 from jaxmm.train import config_lib
 
@@ -58,10 +59,13 @@ def model_config() -> ml_collections.ConfigDict:
       "num_classes": -1,
       "multilabel": True,
       "dtype": "float32",
+      # init_from: local pretrained weights (jaxmm/train/pretrained.py); None = random init.
       "image": {"encoder": "resnet18", "in_channels": 1, "width": 64,
-                "zero_init_last_bn": True, "dropout": 0.0},
+                "zero_init_last_bn": True, "dropout": 0.0,
+                "init_from": config_dict.placeholder(str)},
       "text": {"encoder": "bert", "size": "tiny", "vocab_size": -1, "max_len": 128,
-               "type_vocab_size": 2, "dropout": 0.1, "use_pooler": False},
+               "type_vocab_size": 2, "dropout": 0.1, "use_pooler": False,
+               "init_from": config_dict.placeholder(str)},
       "head": {"hidden": (128, 64), "dropout": 0.5, "late_weights": None, "joint_hidden": 512},
   })
 

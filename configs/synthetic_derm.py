@@ -62,8 +62,10 @@ def model_config() -> ml_collections.ConfigDict:
       "num_classes": -1,  # filled from the data
       "multilabel": False,
       "dtype": "float32",
+      # init_from: local pretrained weights (jaxmm/train/pretrained.py); None = random init.
       "image": {"encoder": "resnet_tiny", "in_channels": 3, "width": config_dict.placeholder(int),
-                "zero_init_last_bn": True, "dropout": 0.25},
+                "zero_init_last_bn": True, "dropout": 0.25,
+                "init_from": config_dict.placeholder(str)},
       "meta": {"encoder": "mlp", "hidden": (64, 64), "dropout": 0.1},
       "head": {"hidden": (128, 64), "dropout": 0.3, "late_weights": None, "joint_hidden": 512},
   })

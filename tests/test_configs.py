@@ -6,10 +6,36 @@ import sys
 
 import pytest
 
+import fixture_trees
 from jaxmm.train import config_lib, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+# Configs of the real (manually downloaded) datasets run on generated fixture trees.
+FIXTURE_TREES = {
+    "ham10000": lambda root: fixture_trees.make_ham10000(root, n=60),
+    "isic2020": lambda root: fixture_trees.make_isic2020(root, n=60),
+    "mimic_cxr": lambda root: fixture_trees.make_mimic_cxr(root, n_subjects=24),
+}
+# A real-dataset config runs a full smoke step for the variants that exercise each of its
+# encoders and its fusion once; its other variants (the same modules, run here or by the
+# synthetic configs) are set up on the fixture tree without training (data, model shapes,
+# optimizer), which keeps the suite's time budget (a full smoke step compiles for ~13 s).
+FULL_SMOKE = {"ham10000": ("meta", "concat"), "isic2020": ("image",),
+              "mimic_cxr": ("text", "joint")}
+
+
+@pytest.fixture(scope="module")
+def manual_dirs(tmp_path_factory):
+  """Factory: the fixture tree of a real dataset config (written once per module), or None."""
+  made = {}
+
+  def get(name: str):
+    if name in FIXTURE_TREES and name not in made:
+      made[name] = str(tmp_path_factory.mktemp(f"manual_{name}"))
+      FIXTURE_TREES[name](made[name])
+    return made.get(name)
+  return get
 
 
 def all_variants():
@@ -22,11 +48,17 @@ def all_variants():
 def test_there_are_configs_for_both_datasets():
   names = {os.path.basename(p)[:-3] for p in CONFIG_FILES}
   assert {"synthetic_derm", "synthetic_cxr"} <= names
+  assert set(FIXTURE_TREES) <= names  # the papers' real datasets
 
 
 @pytest.mark.parametrize("name,variant", list(all_variants()))
-def test_config_variant_runs_a_smoke_step(smoke_config, tmp_path, name, variant):
+def test_config_variant_runs_a_smoke_step(smoke_config, manual_dirs, tmp_path, name, variant):
   config = smoke_config(name, f"model={variant}")
+  if name in FIXTURE_TREES:
+    config.data.manual_dir = manual_dirs(name)
+    if variant not in FULL_SMOKE[name]:
+      assert_sets_up(config, str(tmp_path))
+      return
   config.train.num_steps = 1
   config.train.eval_every_steps = 1
   config.train.checkpoint_every_steps = 1
@@ -34,6 +66,27 @@ def test_config_variant_runs_a_smoke_step(smoke_config, tmp_path, name, variant)
   assert results["final_step"] == 1
   headline = "roc_auc" if config.data.multilabel else "macro_f1"
   assert headline in results["test"]
+
+
+def assert_sets_up(config, workdir: str) -> None:
+  """Data, preprocessing, model (abstract init) and optimizer of `config` set up."""
+  from jaxmm.models.fusion import BATCH_KEYS
+  run = loop.setup_run(config, workdir, record_run=False)
+  try:
+    assert run.info.split_sizes["train"] >= config.data.batch_size
+    batch = loop.sample_batch(run.preprocessor, run.builder)
+    assert {k for m in config.model.modalities for k in BATCH_KEYS[m]} <= set(batch)
+    shapes = loop.init_variables_shape(run.model, batch)
+    assert set(config.model.modalities) <= set(shapes["params"])
+  finally:
+    run.checkpointer.close()
+
+
+def test_isic_resnet_encoder_sets_up(smoke_config, manual_dirs, tmp_path):
+  config = smoke_config("isic2020", "encoder=resnet")
+  config.data.manual_dir = manual_dirs("isic2020")
+  assert (config.model.image.encoder, config.data.builder_config) == ("resnet_tiny", "default")
+  assert_sets_up(config, str(tmp_path))
 
 
 def test_config_docstrings_hold_a_command():
@@ -97,3 +150,52 @@ def test_cxr_freeze_keeps_paper_001_layers_fixed(smoke_config, tmp_path):
   changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)),
                                          start["image"]["layer3"], end["image"]["layer3"]))
   assert any(changed)
+
+
+def test_real_dataset_configs_follow_their_papers():
+  load = lambda spec: config_lib.load_config_file(os.path.join(REPO, "configs", spec))
+  ham = load("ham10000.py:model=late,binary")
+  assert (ham.model.image.encoder, ham.optimizer.name, ham.optimizer.learning_rate,
+          ham.data.batch_size, ham.train.class_weights) == ("resnet50", "adam", 1e-3, 64,
+                                                             "balanced")
+  assert (ham.model.fusion, ham.data.label_key, ham.model.head.hidden) == ("late", "malignant",
+                                                                           (128, 64))
+  isic = load("isic2020.py")
+  assert (isic.model.image.encoder, isic.data.builder_config) == ("small_cnn", "px32")
+  assert (isic.train.early_stopping.metric, isic.train.early_stopping.mode) == ("loss", "min")
+  assert load("isic2020.py:encoder=resnet").model.image.encoder == "resnet50"
+  mimic = load("mimic_cxr.py")
+  assert (mimic.model.image.encoder, mimic.model.image.in_channels, mimic.model.text.size,
+          mimic.model.head.joint_hidden, mimic.model.head.dropout) == ("resnet18", 1, "base",
+                                                                       512, 0.5)
+  assert (mimic.optimizer.name, mimic.optimizer.learning_rate, mimic.data.batch_size,
+          mimic.train.num_epochs, mimic.train.uncertain_policy) == ("adamw", 1e-5, 32, 10.0,
+                                                                    "zeros")
+  for config in (ham, isic, mimic):
+    assert config.data.manual_dir is None
+    assert config.model.image.init_from is None
+  assert mimic.model.text.init_from is None
+
+
+def test_mimic_variants_freeze_their_share_of_paper_001_layers():
+  from jaxmm import workflow
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", "mimic_cxr.py"))
+  assert config.optimizer.freeze == ("image/(conv1|bn1|layer1|layer2)/", "text/")
+  assert workflow.variant_config(config, "image").optimizer.freeze == (
+      "image/(conv1|bn1|layer1|layer2)/",)
+  assert workflow.variant_config(config, "text").optimizer.freeze == ("text/",)
+  unfrozen = config_lib.load_config_file(os.path.join(REPO, "configs", "mimic_cxr.py") +
+                                         ":freeze=false")
+  assert workflow.variant_config(unfrozen, "joint").optimizer.freeze == ()
+
+
+def test_early_stopping_on_validation_loss_keeps_the_lowest():
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", "isic2020.py"))
+  config.train.early_stopping.patience = 2
+  record = {"best_value": None, "best_step": None, "bad_evals": 0, "stopped": False}
+  improved = []
+  for step, loss in enumerate((0.9, 0.7, 0.8, 0.6, 0.65, 0.61), 1):
+    record, better = loop.early_stopping_update(config, record, loss, step)
+    improved.append(better)
+  assert improved == [True, True, False, True, False, False]
+  assert (record["best_value"], record["best_step"], record["stopped"]) == (0.6, 4, True)

@@ -15,6 +15,10 @@ TRAINING split only and then applied unchanged to every split:
 Total D = 24 columns, in the order age | sex | localization | dx_type. Empty values of a
 categorical field become "unknown"; values outside the vocabulary become "unknown" too, or
 raise a ValueError naming the field, the value and the valid values when `strict=True`.
+
+Other datasets pass their own categorical fields and categories as `vocabularies` (ISIC 2020:
+sex and its 7 anatomical sites, jaxmm.data.isic2020.VOCABULARIES); age is always the first
+column.
 """
 import dataclasses
 import json
@@ -70,16 +74,17 @@ def parse_age(value: Any, row: int | None = None) -> float:
   return float(value)
 
 
-def _columns(records: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> dict:
+def _columns(records: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
+             field_names: Sequence[str] = FIELD_NAMES) -> dict:
   """Turns a dict of arrays or a list of row dicts into a dict field -> list of values."""
   if isinstance(records, Mapping):
     columns = {name: list(np.asarray(records[name], dtype=object).reshape(-1))
-               for name in FIELD_NAMES if name in records}
+               for name in field_names if name in records}
   else:
-    columns = {name: [row.get(name) for row in records] for name in FIELD_NAMES}
-  missing = [name for name in FIELD_NAMES if name not in columns]
+    columns = {name: [row.get(name) for row in records] for name in field_names}
+  missing = [name for name in field_names if name not in columns]
   if missing:
-    raise ValueError(f"metadata records lack fields {missing}; expected {list(FIELD_NAMES)}")
+    raise ValueError(f"metadata records lack fields {missing}; expected {list(field_names)}")
   lengths = {len(values) for values in columns.values()}
   if len(lengths) != 1:
     raise ValueError(f"metadata fields have different lengths: "
@@ -109,8 +114,13 @@ class MetadataEncoder:
   @classmethod
   def fit(cls, records, *, strict: bool = False,
           vocabularies: Mapping[str, Sequence[str]] | None = None) -> "MetadataEncoder":
-    """Fits age statistics on training `records` (dict of arrays or list of row dicts)."""
-    columns = _columns(records)
+    """Fits age statistics on training `records` (dict of arrays or list of row dicts).
+
+    `vocabularies` (default HAM10000_VOCABULARIES) names the categorical fields and their
+    categories; the records must hold "age" and those fields (e.g. ISIC 2020's sites).
+    """
+    vocabularies = vocabularies or HAM10000_VOCABULARIES
+    columns = _columns(records, (AGE_FIELD,) + tuple(vocabularies))
     ages = np.array([parse_age(v, i) for i, v in enumerate(columns[AGE_FIELD])], np.float64)
     missing = np.isnan(ages)
     if missing.all():
@@ -118,7 +128,7 @@ class MetadataEncoder:
     median = float(np.median(ages[~missing]))
     imputed = np.where(missing, median, ages)
     std = float(imputed.std())
-    vocabs = {k: tuple(v) for k, v in (vocabularies or HAM10000_VOCABULARIES).items()}
+    vocabs = {k: tuple(v) for k, v in vocabularies.items()}
     encoder = cls(age_median=median, age_mean=float(imputed.mean()),
                   age_std=std if std > 0 else 1.0, num_imputed=int(missing.sum()),
                   vocabularies=vocabs, strict=strict)
@@ -175,7 +185,7 @@ class MetadataEncoder:
 
   def transform(self, records) -> np.ndarray:
     """Encodes records (dict of arrays or list of row dicts) -> float32 [N, D]."""
-    columns = _columns(records)
+    columns = _columns(records, self.field_names)
     n = len(columns[AGE_FIELD])
     out = np.zeros((n, self.dim), np.float32)
     out[:, 0] = self.encode_age(columns[AGE_FIELD])

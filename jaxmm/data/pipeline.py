@@ -16,6 +16,7 @@ import numpy as np
 from jaxmm.data import builders
 from jaxmm.data.atomic import write_text_atomic
 from jaxmm.data import metadata as metadata_lib
+from jaxmm.data import saved_statistics
 from jaxmm.data import tokenizer as tokenizer_lib
 
 MODEL_KEYS = ("image", "meta", "text_ids", "text_mask")
@@ -39,10 +40,15 @@ def data_dir(data_config) -> str:
 
 
 def load_builder(data_config):
-  """Prepares (builds once, then reuses) the configured tfds builder."""
+  """Prepares (builds once, then reuses) the configured tfds builder.
+
+  Real datasets read their release from `data_config.manual_dir` (None: $JAXMM_MANUAL_DIR/
+  <name>, else <data_dir>/manual/<name>; see jaxmm.data.manual_dir).
+  """
   overrides = dict(data_config.get("builder_overrides", None) or {})
   builder = builders.get_builder(data_config.name, config=data_config.get("builder_config"),
-                                 data_dir=data_dir(data_config), **overrides)
+                                 data_dir=data_dir(data_config),
+                                 manual_dir=data_config.get("manual_dir", None), **overrides)
   builders.prepare(builder)
   return builder
 
@@ -112,31 +118,58 @@ def statistics_fields(data_config) -> tuple:
   return (data_config.label_key,) + tuple(data_config.get("meta_fields", ()) or ())
 
 
+def dataset_encoder(data_config, builder):
+  """The metadata encoder saved with the dataset (fitted on its train split when it was
+  prepared; saved_statistics), or None; ValueError if its fields are not `meta_fields`."""
+  encoder = saved_statistics.read_encoder(builder.data_dir)
+  if encoder is not None and tuple(data_config.meta_fields) != encoder.field_names:
+    raise ValueError(f"config.data.meta_fields {tuple(data_config.meta_fields)} differ from the "
+                     f"fields of {data_config.name}'s saved metadata statistics "
+                     f"{encoder.field_names} ({saved_statistics.encoder_path(builder.data_dir)})")
+  return encoder
+
+
+def load_meta_encoder(data_config, builder, workdir: Optional[str],
+                      train_columns: Optional[Callable[[], dict]] = None):
+  """The run's metadata encoder (see fit_preprocessor), its workdir copy written."""
+  path = os.path.join(workdir, "data", "metadata_encoder.json") if workdir else None
+  if path and os.path.exists(path):
+    with open(path) as f:
+      return metadata_lib.MetadataEncoder.from_json(f.read())
+  meta_encoder = dataset_encoder(data_config, builder)
+  if meta_encoder is None:
+    if train_columns is None:
+      train = read_fields(builder.as_data_source("train"), tuple(data_config.meta_fields))
+    else:
+      train = train_columns()
+    meta_encoder = metadata_lib.MetadataEncoder.fit(
+        {f: train[f] for f in data_config.meta_fields})
+  if path:
+    write_text_atomic(path, meta_encoder.to_json())
+  return meta_encoder
+
+
 def fit_preprocessor(data_config, builder, workdir: Optional[str],
-                     train_columns: Optional[Callable[[], dict]] = None) -> Preprocessor:
+                     train_columns: Optional[Callable[[], dict]] = None,
+                     tokenizer_dir: Optional[str] = None) -> Preprocessor:
   """Fits (or reloads from `workdir/data/`) the metadata encoder; loads the tokenizer.
 
+  The encoder is, first found: the run's copy `workdir/data/metadata_encoder.json`, the one
+  saved with the dataset (real datasets: fitted on its train split when prepared), or one
+  fitted here on the train split; the workdir copy is then written.
+
   `train_columns()` returns the training split's `statistics_fields` (read once by the caller,
-  who also needs the labels); by default they are read here.
+  who also needs the labels); by default they are read here. The tokenizer is the dataset's
+  vocabulary, or with `tokenizer_dir` (a pretrained text encoder's Hugging Face directory,
+  `model.text.init_from`) that model's own tokenizer.
   """
   meta_encoder = None
   if data_config.get("use_meta", False):
-    path = os.path.join(workdir, "data", "metadata_encoder.json") if workdir else None
-    if path and os.path.exists(path):
-      with open(path) as f:
-        meta_encoder = metadata_lib.MetadataEncoder.from_json(f.read())
-    else:
-      if train_columns is None:
-        train = read_fields(builder.as_data_source("train"), tuple(data_config.meta_fields))
-      else:
-        train = train_columns()
-      meta_encoder = metadata_lib.MetadataEncoder.fit(
-          {f: train[f] for f in data_config.meta_fields})
-      if path:
-        write_text_atomic(path, meta_encoder.to_json())
+    meta_encoder = load_meta_encoder(data_config, builder, workdir, train_columns)
   tokenizer = None
   if data_config.get("use_text", False):
-    tokenizer = tokenizer_lib.load_tokenizer(builder.data_dir)
+    tokenizer = (tokenizer_lib.load_pretrained_tokenizer(tokenizer_dir) if tokenizer_dir
+                 else tokenizer_lib.load_tokenizer(builder.data_dir))
   return Preprocessor(data_config, meta_encoder, tokenizer)
 
 

@@ -6,7 +6,9 @@ sections, lower-case, remove punctuation and special characters, collapse whites
 The vocabulary is BERT-shaped: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, then every word
 of the given texts (sorted), then single characters and their "##" continuations (a-z, 0-9)
 so that an unseen lower-case word still tokenizes into pieces instead of [UNK]. It is a
-deterministic function of its texts, so a dataset's vocab.txt can always be rebuilt.
+deterministic function of its texts, so a dataset's vocab.txt can always be rebuilt. A
+pretrained text encoder's own tokenizer (`model.text.init_from`) loads from its Hugging Face
+directory instead (`load_pretrained_tokenizer`).
 """
 import os
 import re
@@ -16,6 +18,8 @@ from jaxmm.data.atomic import write_text_atomic
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_FILE = "vocab.txt"
+# What a Hugging Face BERT-family model directory holds its tokenizer in (either suffices).
+PRETRAINED_TOKENIZER_FILES = ("tokenizer.json", VOCAB_FILE)
 KEPT_SECTIONS = ("FINDINGS", "IMPRESSION")
 _CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 _PUNCTUATION = ".,:;!?'\"()[]/-_%+*&#<>=@"
@@ -89,3 +93,22 @@ def load_tokenizer(vocab_dir: str):
     raise FileNotFoundError(f"no {VOCAB_FILE} at {path}; prepare the dataset with "
                             f"jaxmm.data.builders.prepare(builder) to write it")
   return BertTokenizerFast(vocab=read_vocab(path), do_lower_case=True)
+
+
+def load_pretrained_tokenizer(model_dir: str):
+  """The WordPiece tokenizer of a local Hugging Face BERT-family model directory.
+
+  Reads tokenizer.json or vocab.txt with tokenizer_config.json's settings (do_lower_case,
+  special tokens; lower-casing when there is no tokenizer_config.json), local files only:
+  nothing is fetched from the Hugging Face hub. Used for `model.text.init_from`.
+  """
+  from transformers import BertTokenizerFast  # heavy import, only needed by text models
+  model_dir = os.path.expanduser(model_dir)
+  if not os.path.isdir(model_dir):
+    raise FileNotFoundError(f"tokenizer directory {model_dir!r} does not exist (local paths "
+                            f"only; hub ids are not downloaded)")
+  if not any(os.path.exists(os.path.join(model_dir, name))
+             for name in PRETRAINED_TOKENIZER_FILES):
+    raise FileNotFoundError(f"no tokenizer in {model_dir}: expected one of "
+                            f"{list(PRETRAINED_TOKENIZER_FILES)}")
+  return BertTokenizerFast.from_pretrained(model_dir, local_files_only=True)

@@ -4,15 +4,15 @@ transformers 5 has no Flax models, so jaxmm carries its own: token + position + 
 embeddings, LayerNorm (eps 1e-12), dropout, post-LN transformer layers with exact (erf) GELU,
 and the tanh pooler on [CLS]. Module names follow the PyTorch module names, so
 `encoder.layer.0.attention.self.query.weight` is `encoder/layer/0/attention/self/query/kernel`
-(transposed) and a checkpoint converts by walking names (`params_from_hf_state_dict`).
+(transposed) and a checkpoint converts by walking names
+(`jaxmm.third_party.bert_hf.params_from_hf_state_dict`).
 """
 import functools
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # Google's BERT miniatures (tiny .. medium) and the two original sizes; intermediate = 4 x hidden.
 BERT_SIZES = {
@@ -175,7 +175,9 @@ class Bert(nn.Module):
 
   __call__(input_ids [N, L] int, train, attention_mask [N, L] (1 = token, 0 = padding; None =
   all tokens), token_type_ids [N, L] (None = zeros)) -> (features, out). features: "cls"
-  [N, H], or "pooled" when use_pooler. out (each marked with `perturb`): "last_hidden_state"
+  [N, H], or "pooled" when use_pooler. out (each marked with `perturb`): "embedding_output"
+  [N, L, H] (word + position + type embeddings after LayerNorm and dropout: token-level
+  attribution replaces it on the path from a reference sequence), "last_hidden_state"
   [N, L, H], "cls" [N, H] (its token 0), "pooled" [N, H] (tanh pooler on cls). The pooler
   always exists, as in HF BertModel, so checkpoints load either way.
   """
@@ -214,39 +216,11 @@ class Bert(nn.Module):
     x = BertEmbeddings(self.vocab_size, self.hidden_size, self.max_len, self.type_vocab_size,
                        self.dropout, self.dtype, name="embeddings")(
                            input_ids, token_type_ids, train=train)
+    out = {}
+    x = out["embedding_output"] = self.perturb("embedding_output", x)
     x = BertEncoder(self.num_layers, self.num_heads, self.intermediate_size, self.dropout,
                     self.dtype, name="encoder")(x, mask, train=train)
-    out = {}
     x = out["last_hidden_state"] = self.perturb("last_hidden_state", x)
     cls = out["cls"] = self.perturb("cls", x[:, 0])
     out["pooled"] = self.perturb("pooled", BertPooler(self.dtype, name="pooler")(cls))
     return out["pooled" if self.use_pooler else "cls"], out
-
-
-def params_from_hf_state_dict(state_dict: Mapping[str, Any]) -> dict:
-  """Hugging Face BertModel state dict -> `Bert` params tree, by walking names.
-
-  `a.b.LayerNorm.weight` -> a/b/LayerNorm/scale; `a.x_embeddings.weight` -> a/x_embeddings/
-  embedding; any other `weight` [out, in] -> kernel [in, out]; `bias` -> bias. A leading
-  "bert." (task models) is dropped; keys outside embeddings/encoder/pooler (task heads) and
-  buffers (position_ids) are skipped. Values become float32 NumPy arrays (torch CPU tensors
-  convert through NumPy, so this module needs no torch).
-  """
-  params: dict = {}
-  for key, value in state_dict.items():
-    key = key.removeprefix("bert.")
-    if not key.startswith(("embeddings.", "encoder.", "pooler.")) or key.endswith("_ids"):
-      continue
-    *path, leaf = key.split(".")
-    value = np.asarray(value, dtype=np.float32)
-    if path[-1] == "LayerNorm":
-      leaf = {"weight": "scale", "bias": "bias"}[leaf]
-    elif path[-1].endswith("_embeddings"):
-      leaf = "embedding"
-    elif leaf == "weight":
-      leaf, value = "kernel", value.T
-    node = params
-    for name in path:
-      node = node.setdefault(name, {})
-    node[leaf] = value
-  return params

@@ -48,7 +48,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 def select_variant(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   """Sets `config.model` modalities/fusion (and the data the modalities need) from
-  `config.variants[name]`; unknown names raise listing the valid variants."""
+  `config.variants[name]`, and `config.optimizer.freeze` when the variant has a `freeze`
+  entry; unknown names raise listing the valid variants."""
   if name not in config.variants:
     raise ValueError(f"unknown model variant {name!r}; valid variants: "
                      f"{sorted(config.variants)}.{closest(name, config.variants)}")
@@ -59,6 +60,8 @@ def select_variant(config: ml_collections.ConfigDict, name: str) -> ml_collectio
     config.model.fusion = variant.fusion
     config.data.use_meta = "meta" in variant.modalities
     config.data.use_text = "text" in variant.modalities
+    if "freeze" in variant:
+      config.optimizer.freeze = tuple(variant.freeze)
   return config
 
 

@@ -20,6 +20,7 @@ from jaxmm.data import pipeline
 from jaxmm.data.atomic import write_text_atomic
 from jaxmm.models import build as model_build
 from jaxmm.train import checkpointing, losses, metrics as metrics_lib, optimizers, sharding, writer
+from jaxmm.train import pretrained
 from jaxmm.train.steps import TrainState, eval_step, train_step
 
 TRAIN_KEYS = pipeline.MODEL_KEYS + ("label",)
@@ -53,7 +54,7 @@ def model_config_for(model_config, info: pipeline.TaskInfo) -> ml_collections.Co
   cfg.multilabel = info.multilabel
   if "text" in cfg and info.vocab_size:
     cfg.text.vocab_size = info.vocab_size
-  return cfg
+  return pretrained.text_config_from_checkpoint(cfg, info.vocab_size)
 
 
 def steps_from(config, steps_per_epoch: int, name: str, default: int = 0) -> int:
@@ -89,7 +90,8 @@ def setup_run(config, workdir: str, record_run: bool = True) -> Run:
   # One pass over the training split serves the metadata statistics and the class weights.
   train_columns = functools.cache(lambda: pipeline.read_fields(
       builder.as_data_source("train"), pipeline.statistics_fields(config.data)))
-  preprocessor = pipeline.fit_preprocessor(config.data, builder, workdir, train_columns)
+  preprocessor = pipeline.fit_preprocessor(config.data, builder, workdir, train_columns,
+                                          pretrained.init_from(config.model, "text"))
   info = pipeline.task_info(config.data, builder, preprocessor)
   model = model_build.build_model(model_config_for(config.model, info))
   mesh = sharding.make_mesh()
@@ -127,13 +129,19 @@ def init_variables_shape(model, batch: dict) -> dict:
                         {"params": jax.random.key(0), "dropout": jax.random.key(1)}, batch)
 
 
-def create_state(run: Run) -> TrainState:
-  """Initialises parameters from `config.seed` and replicates the state over the mesh."""
+def create_state(run: Run, load_pretrained: bool = True) -> TrainState:
+  """Initialises parameters from `config.seed` and replicates the state over the mesh.
+
+  With `load_pretrained`, encoders with a `model.<m>.init_from` start from those weights
+  (pretrained.load_pretrained); a restore template does not need them.
+  """
   key = jax.random.key(run.config.seed)
   init_key, dropout_key, step_key = jax.random.split(key, 3)
   batch = sample_batch(run.preprocessor, run.builder)
   variables = jax.jit(functools.partial(run.model.init, train=False))(
       {"params": init_key, "dropout": dropout_key}, batch)
+  if load_pretrained:
+    variables = pretrained.load_pretrained(run.config.model, variables)
   params = variables["params"]
   state = TrainState(step=jnp.asarray(0, jnp.int32), params=params,
                      batch_stats=variables.get("batch_stats", {}),
@@ -143,7 +151,7 @@ def create_state(run: Run) -> TrainState:
 
 def restore_or_init(run: Run) -> tuple[TrainState, dict]:
   """The latest checkpoint if there is one (loop record too), else a fresh state."""
-  state = create_state(run)
+  state = create_state(run, load_pretrained=run.checkpointer.latest_step() is None)
   restored = run.checkpointer.restore(checkpointing.abstract_like(state))
   if restored is None:
     return state, {"best_value": None, "best_step": None, "bad_evals": 0, "stopped": False}
@@ -321,7 +329,7 @@ def evaluate(config, workdir: str, which: str = "best") -> dict:
   """Evaluates a trained workdir's checkpoint on `config.eval.splits`; writes eval_<split>.json."""
   run = setup_run(config, workdir, record_run=False)
   try:
-    template = create_state(run)
+    template = create_state(run, load_pretrained=False)
     restored = run.checkpointer.restore(checkpointing.abstract_like(template), which=which)
     if restored is None:
       raise FileNotFoundError(f"no {which} checkpoint under {os.path.join(workdir, 'checkpoints')}"

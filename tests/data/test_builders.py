@@ -6,6 +6,9 @@ import sys
 import pytest
 
 from jaxmm.data import builders
+from jaxmm.data import ham10000
+from jaxmm.data import isic2020
+from jaxmm.data import mimic_cxr
 from jaxmm.data import synthetic_cxr
 from jaxmm.data import synthetic_derm
 from jaxmm.data import tokenizer
@@ -13,7 +16,9 @@ from jaxmm.data import tokenizer
 
 def test_registry_and_unknown_names(tmp_path):
   assert builders.DATASETS == {"synthetic_derm": synthetic_derm.SyntheticDerm,
-                               "synthetic_cxr": synthetic_cxr.SyntheticCxr}
+                               "synthetic_cxr": synthetic_cxr.SyntheticCxr,
+                               "ham10000": ham10000.Ham10000, "isic2020": isic2020.Isic2020,
+                               "mimic_cxr": mimic_cxr.MimicCxr}
   with pytest.raises(ValueError, match=r"'mnist'.*synthetic_cxr.*synthetic_derm"):
     builders.get_builder("mnist", data_dir=str(tmp_path))
   with pytest.raises(ValueError, match=r"'huge'.*default.*large.*small"):

@@ -8,7 +8,8 @@ import pytest
 import torch
 import transformers
 
-from jaxmm.models.bert import Bert, params_from_hf_state_dict
+from jaxmm.models.bert import Bert
+from jaxmm.third_party.bert_hf import params_from_hf_state_dict
 
 KEY = jax.random.key(0, impl="rbg")
 TINY = dict(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37,

@@ -20,7 +20,7 @@ ALL = ("image", "text", "meta")
 SUBSETS = [s for r in (1, 2, 3) for s in itertools.combinations(ALL, r)]
 ENCODER_KEYS = {
     "image": {"stem", "stage1", "stage2", "stage3", "stage4", "pre_logits"},
-    "text": {"last_hidden_state", "cls", "pooled"},
+    "text": {"embedding_output", "last_hidden_state", "cls", "pooled"},
     "meta": {"embedding"},
 }
 

@@ -1,0 +1,117 @@
+r"""HAM10000 (the real release, paper 000): image-only, metadata-only, concat and late fusion.
+
+The release needs a manual download (terms of use): put it, in its official layout
+(HAM10000_metadata.csv, HAM10000_images_part_1/, HAM10000_images_part_2/ and optionally
+HAM10000_segmentations_lesion_tschandl/; see jaxmm/data/ham10000.py), in a folder and pass it
+as config.data.manual_dir (or put it in $JAXMM_MANUAL_DIR/ham10000). It is read once, when the
+dataset is first built into $JAXMM_DATA_DIR (default ~/jaxmm_datasets):
+
+  python -m jaxmm.main --config=configs/ham10000.py --workdir=runs/ham_concat \
+      --config.data.manual_dir=~/data/HAM10000
+  JAXMM_MANUAL_DIR=~/data python -m jaxmm.main --config=configs/ham10000.py \
+      --workdir=runs/ham --mode=pipeline
+  python -m jaxmm.main --config=configs/ham10000.py:model=late,binary --workdir=runs/ham_late \
+      --config.data.manual_dir=~/data/HAM10000 --config.model.image.init_from=~/w/resnet50.pth
+
+Variants (`model=`): image, meta, concat (early fusion), late (mean of the per-modality
+probabilities); `binary` is malignant (mel, bcc, akiec) vs benign instead of the 7 classes;
+`smoke` runs a few steps at 32 px with tiny encoders. Paper 000's setup: ResNet-50 features
+(`model.image.init_from`: local torchvision/Hugging Face weights, None = random init), metadata
+as age (training-median imputed, z-scored) + one-hot sex / localization / dx_type, fusion MLP
+128-64 with dropout 0.3, class-weighted cross-entropy, Adam 1e-3, batch 64, 64/16/20 splits
+grouped by lesion_id. Bad rows of the release stop the build with their CSV line; skip and
+count them with --config.data.builder_overrides.skip_bad_rows=True.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from jaxmm.train import config_lib
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def variants() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "image": {"modalities": ("image",), "fusion": "concat"},
+      "meta": {"modalities": ("meta",), "fusion": "concat"},
+      "concat": {"modalities": ("image", "meta"), "fusion": "concat"},
+      "late": {"modalities": ("image", "meta"), "fusion": "late"},
+  })
+
+
+def builder_overrides() -> ml_collections.ConfigDict:
+  """Unset (None) keeps the builder config's value (jaxmm.data.manual_base.ManualConfig)."""
+  return ml_collections.ConfigDict({"image_size": config_dict.placeholder(int),
+                                    "skip_bad_rows": config_dict.placeholder(bool),
+                                    "seed": config_dict.placeholder(int)})
+
+
+def data_config(arg) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "name": "ham10000",
+      "builder_config": "default",  # 224 px, strict
+      "builder_overrides": builder_overrides(),
+      "data_dir": None,  # None: $JAXMM_DATA_DIR, else ~/jaxmm_datasets
+      # None: $JAXMM_MANUAL_DIR/ham10000, else <data_dir>/manual/ham10000
+      "manual_dir": config_dict.placeholder(str),
+      "label_key": "malignant" if arg.binary else "label",
+      "label_names": ("benign", "malignant") if arg.binary else (),
+      "multilabel": False,
+      "use_meta": True,
+      "meta_fields": ("age", "sex", "localization", "dx_type"),
+      "use_text": False,
+      "text_key": "",
+      "max_text_len": 0,
+      "image_mean": IMAGENET_MEAN,
+      "image_std": IMAGENET_STD,
+      "batch_size": 64,
+      "eval_batch_size": 256,
+      "num_threads": 2,
+      "keep_fields": (),
+  })
+
+
+def model_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "modalities": ("image", "meta"),
+      "fusion": "concat",
+      "num_classes": -1,  # filled from the data
+      "multilabel": False,
+      "dtype": "float32",
+      "image": {"encoder": "resnet50", "in_channels": 3, "width": config_dict.placeholder(int),
+                "zero_init_last_bn": True, "dropout": 0.0,
+                "init_from": config_dict.placeholder(str)},
+      "meta": {"encoder": "mlp", "hidden": (64, 64), "dropout": 0.1},
+      "head": {"hidden": (128, 64), "dropout": 0.3, "late_weights": None, "joint_hidden": 512},
+  })
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = config_lib.parse_arg(arg, model="concat", smoke=False, binary=False)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.variants = variants()
+  config.data = data_config(arg)
+  config.model = model_config()
+  config.optimizer = {"name": "adam", "learning_rate": 1e-3, "weight_decay": 0.0,
+                      "schedule": "constant", "grad_clip_norm": config_dict.placeholder(float),
+                      "freeze": ()}
+  config.train = config_lib.train_defaults()
+  config.train.update({
+      "num_epochs": 30.0, "warmup_epochs": 0.0, "log_every_steps": 50,
+      "eval_every_epochs": 1.0, "checkpoint_every_epochs": 1.0,
+      "class_weights": "balanced", "uncertain_policy": "ignore",
+      "early_stopping": {"metric": "macro_f1", "mode": "max", "patience": 6, "min_delta": 0.0},
+      "final_eval_splits": ("validation", "test"), "progress": True, "async_checkpoints": True,
+  })
+  config.eval = {"splits": ("test",)}
+  config.pipeline = {"variants": ("image", "meta", "concat", "late")}
+  config_lib.select_variant(config, arg.model)
+  if arg.smoke:
+    config.data.builder_overrides.image_size = 32
+    config.data.batch_size = 16
+    config.data.eval_batch_size = 32
+    config.model.image.encoder = "resnet_tiny"
+    config_lib.apply_smoke_schedule(config.train, steps=3)
+  return config

@@ -1,0 +1,141 @@
+r"""MIMIC-CXR-JPG radiographs + reports, 14 CheXpert labels: paper 001's image, text, joint models.
+
+The release needs credentialed PhysioNet access: put MIMIC-CXR-JPG 2.x (the three
+mimic-cxr-2.0.0-*.csv files and files/) plus the reports of MIMIC-CXR (mimic-cxr-reports.zip,
+unzipped into the same files/ tree) in one folder, as released (jaxmm/data/mimic_cxr.py), and
+pass it as config.data.manual_dir (or put it in $JAXMM_MANUAL_DIR/mimic_cxr). It is read once,
+when the dataset is first built:
+
+  python -m jaxmm.main --config=configs/mimic_cxr.py --workdir=runs/mimic_joint \
+      --config.data.manual_dir=~/physionet/mimic-cxr-jpg \
+      --config.model.image.init_from=~/w/resnet18.pth \
+      --config.model.text.init_from=~/w/BiomedVLP-CXR-BERT-specialized
+  JAXMM_MANUAL_DIR=~/physionet python -m jaxmm.main --config=configs/mimic_cxr.py \
+      --workdir=runs/mimic --mode=pipeline
+  python -m jaxmm.main --config=configs/mimic_cxr.py:model=image,split=grouped \
+      --workdir=runs/mimic_image --config.data.manual_dir=~/physionet/mimic-cxr-jpg
+
+Paper 001's setup: frontal (PA/AP) images at 224 px, grayscale ResNet-18 (1-channel conv1) with
+conv1, bn1, layer1 and layer2 frozen; a frozen BERT-base-sized CXR-BERT whose [CLS] vector
+(768) is concatenated with the image's 512 features -> 2-layer head (512 hidden, dropout 0.5);
+masked BCE over the 14 labels (blank = -2 ignored; uncertain -1 clamped to 0, as the paper's
+torch.clamp(targets, 0, 1)); AdamW 1e-5, batch 32, 10 epochs. `init_from` loads local
+pretrained weights (None = random init); with a text `init_from` its Hugging Face directory's
+tokenizer is used, otherwise a WordPiece vocabulary built from the training reports. Arguments:
+`model=image|text|joint`, `freeze` (default on; freeze=false trains everything), `split=
+official|grouped` (grouped: 64/16/20 by subject), `smoke` (a few steps, 32 px, tiny encoders).
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from jaxmm.train import config_lib
+
+CHEXPERT_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
+                   "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion", "Lung Opacity",
+                   "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
+                   "Pneumothorax", "Support Devices")
+FROZEN_BY_PAPER_001 = ("image/(conv1|bn1|layer1|layer2)/", "text/")
+
+
+def frozen_patterns(modalities, freeze: bool) -> tuple:
+  """Paper 001's frozen parameters, restricted to the modalities the model has."""
+  if not freeze:
+    return ()
+  return tuple(p for p in FROZEN_BY_PAPER_001 if p.split("/")[0] in modalities)
+
+
+def variants(freeze: bool) -> ml_collections.ConfigDict:
+  """Each variant also sets optimizer.freeze (config_lib.select_variant) to its modalities'
+  share of paper 001's frozen layers."""
+  out = {"image": ("image",), "text": ("text",), "joint": ("image", "text")}
+  return ml_collections.ConfigDict({
+      name: {"modalities": modalities, "fusion": "joint",
+             "freeze": frozen_patterns(modalities, freeze)}
+      for name, modalities in out.items()})
+
+
+def builder_overrides() -> ml_collections.ConfigDict:
+  """Unset (None) keeps the builder config's value (jaxmm.data.mimic_cxr.MimicCxrConfig)."""
+  return ml_collections.ConfigDict({"image_size": config_dict.placeholder(int),
+                                    "skip_bad_rows": config_dict.placeholder(bool),
+                                    "seed": config_dict.placeholder(int),
+                                    "split": config_dict.placeholder(str),
+                                    "views": config_dict.placeholder(tuple)})
+
+
+def data_config(arg) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "name": "mimic_cxr",
+      "builder_config": "grouped" if arg.split == "grouped" else "default",
+      "builder_overrides": builder_overrides(),
+      "data_dir": None,
+      # None: $JAXMM_MANUAL_DIR/mimic_cxr, else <data_dir>/manual/mimic_cxr
+      "manual_dir": config_dict.placeholder(str),
+      "label_key": "label",
+      "label_names": CHEXPERT_LABELS,
+      "multilabel": True,
+      "use_meta": False,
+      "meta_fields": (),
+      "use_text": True,
+      "text_key": "report",
+      "max_text_len": 256,
+      "image_mean": (0.5,),
+      "image_std": (0.25,),
+      "batch_size": 32,
+      "eval_batch_size": 128,
+      "num_threads": 2,
+      "keep_fields": (),
+  })
+
+
+def model_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "modalities": ("image", "text"),
+      "fusion": "joint",
+      "num_classes": -1,
+      "multilabel": True,
+      "dtype": "float32",
+      "image": {"encoder": "resnet18", "in_channels": 1, "width": 64,
+                "zero_init_last_bn": True, "dropout": 0.0,
+                "init_from": config_dict.placeholder(str)},
+      "text": {"encoder": "bert", "size": "base", "vocab_size": -1, "max_len": 512,
+               "type_vocab_size": 2, "dropout": 0.1, "use_pooler": False,
+               "init_from": config_dict.placeholder(str)},
+      "head": {"hidden": (128, 64), "dropout": 0.5, "late_weights": None, "joint_hidden": 512},
+  })
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = config_lib.parse_arg(arg, model="joint", smoke=False, freeze=True, split="official")
+  if arg.split not in ("official", "grouped"):
+    raise ValueError(f"unknown split {arg.split!r}; valid: ['grouped', 'official']")
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.variants = variants(arg.freeze)
+  config.data = data_config(arg)
+  config.model = model_config()
+  config.optimizer = {"name": "adamw", "learning_rate": 1e-5, "weight_decay": 1e-2,
+                      "schedule": "constant", "grad_clip_norm": config_dict.placeholder(float),
+                      "freeze": ()}
+  config.train = config_lib.train_defaults()
+  config.train.update({
+      "num_epochs": 10.0, "warmup_epochs": 0.0, "log_every_steps": 50,
+      "eval_every_epochs": 1.0, "checkpoint_every_epochs": 1.0,
+      "class_weights": None, "uncertain_policy": "zeros",
+      "early_stopping": {"metric": "roc_auc", "mode": "max",
+                         "patience": config_dict.placeholder(int), "min_delta": 0.0},
+      "final_eval_splits": ("validation", "test"), "progress": True, "async_checkpoints": True,
+  })
+  config.eval = {"splits": ("test",)}
+  config.pipeline = {"variants": ("image", "text", "joint")}
+  config_lib.select_variant(config, arg.model)
+  if arg.smoke:
+    config.data.builder_overrides.image_size = 32
+    config.data.batch_size = 16
+    config.data.eval_batch_size = 32
+    config.data.max_text_len = 64
+    config.model.image.encoder = "resnet_tiny"
+    config.model.text.size = "tiny"
+    config.model.text.max_len = 128
+    config_lib.apply_smoke_schedule(config.train, steps=3)
+  return config

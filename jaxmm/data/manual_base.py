@@ -1,0 +1,197 @@
+"""What the builders of manually downloaded releases share: config, layout check, bad rows, splits.
+
+A builder reads its release in two passes. `read_entries` walks the CSV tables (text and
+file-existence checks only) and returns one `Entry` per example with the counts of the build;
+splits are assigned on the entries; then `make_example` decodes pixels and text entry by entry
+while each split is written, so even MIMIC-CXR's 377k images never sit in memory. A problem
+found in either pass goes through `bad_rows.BadRowLog`: a strict build stops with the CSV file
+and line, a `skip_bad_rows=True` build leaves the row out and counts it.
+
+`info.metadata["build"]` (saved as metadata.json next to the records) records the build:
+`csv_file`, `csv_rows`, `filtered` ({reason: rows left out by design, e.g. a view filter}),
+`skipped` (bad_rows summary) and builder-specific facts; always
+  csv_rows == sum of split sizes + skipped["count"] + sum(filtered.values()).
+Subclasses define `LAYOUT`, `CSV_FILE`, `MANUAL_DOWNLOAD_INSTRUCTIONS`, `_info`,
+`read_entries` and `make_example`, and may override `assign_splits`.
+"""
+import dataclasses
+import math
+import os
+from typing import ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxmm.data import bad_rows
+from jaxmm.data import manual_dir as manual_dir_lib
+from jaxmm.data import metadata
+from jaxmm.data import splits
+
+SPLIT_FRACTIONS = (0.64, 0.16, 0.20)
+
+
+@dataclasses.dataclass(eq=False)
+class ManualConfig(tfds.core.BuilderConfig):
+  """Build options of a manual release; `name` must identify these values.
+
+  Attributes:
+    image_size: images (and masks) are stored resized to image_size x image_size.
+    skip_bad_rows: leave bad rows out and count them (True) or stop with an error (False).
+    seed: seed of the grouped stratified split.
+  """
+  image_size: int = 224
+  skip_bad_rows: bool = False
+  seed: int = 0
+
+  def name_parts(self) -> list[str]:
+    """Pieces of a custom config's name, one per field value."""
+    return [f"px{self.image_size}", f"seed{self.seed}"] + (["skip"] if self.skip_bad_rows else [])
+
+  @classmethod
+  def custom(cls, **values) -> "ManualConfig":
+    """A config whose name encodes its values (so builds never collide on disk)."""
+    name = "_".join(cls(name="custom", **values).name_parts())
+    return cls(name=name, description=f"custom build: {values}", **values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One example found by the first pass: its key, CSV line, split group and stratum."""
+  key: str
+  line: int
+  group: str
+  stratum: int
+  fields: dict
+
+
+def image_feature(size: int, channels: int) -> tfds.features.Tensor:
+  """uint8 [size, size, channels] stored zlib-compressed (no TensorFlow needed)."""
+  return tfds.features.Tensor(shape=(size, size, channels), dtype=np.uint8, encoding="zlib")
+
+
+def category(field: str, value: str, vocabulary: tuple, blank: str | None = "unknown") -> str:
+  """Lower-cased `value` from `vocabulary`; blank -> `blank` (None: blank is an error too)."""
+  text = value.strip().lower()
+  if not text and blank is not None:
+    return blank
+  if text not in vocabulary:
+    raise bad_rows.BadInput("unknown_category",
+                            f"{field} {value!r} is not one of {list(vocabulary)}")
+  return text
+
+
+def build_summary(name: str, config: str, info) -> str:
+  """One line: CSV rows -> examples per split, skipped and filtered rows by reason."""
+  build = info.metadata["build"]
+  sizes = {split: info.splits[split].num_examples for split in info.splits}
+  skipped = build["skipped"]
+  return (f"{name}/{config}: {build['csv_rows']} rows of {build['csv_file']} -> "
+          f"{sum(sizes.values())} examples {sizes}; {skipped['count']} bad rows skipped "
+          f"{skipped['by_kind']}; filtered out {build['filtered']}")
+
+
+class ManualBuilder(tfds.core.GeneratorBasedBuilder):
+  """A release read from `dl_manager.manual_dir` (array_record, no TensorFlow needed)."""
+
+  LAYOUT: ClassVar[manual_dir_lib.Layout]
+  CSV_FILE: ClassVar[str]
+  # Vocabularies of the metadata encoder fitted on the train split (None: no metadata).
+  META_VOCABULARIES: ClassVar[dict | None] = None
+
+  def __init__(self, *, manual_dir: str | None = None, file_format: str = "array_record",
+               **kwargs):
+    super().__init__(file_format=file_format, **kwargs)
+    self.manual_dir = manual_dir
+
+  def read_entries(self, root: str, log: bad_rows.BadRowLog) -> tuple[list[Entry], dict]:
+    """First pass: valid entries in CSV order and build facts (`csv_rows`, `filtered`, ...)."""
+    raise NotImplementedError
+
+  def make_example(self, root: str, entry: Entry) -> dict:
+    """Second pass: the features of one entry; raises bad_rows.BadInput on a bad file."""
+    raise NotImplementedError
+
+  def assign_splits(self, entries: list[Entry]) -> dict[str, list[Entry]]:
+    """64/16/20 split grouped by `Entry.group`, stratified by `Entry.stratum`."""
+    groups = [e.group for e in entries]
+    try:
+      parts = splits.grouped_stratified_split([e.stratum for e in entries], groups,
+                                              SPLIT_FRACTIONS, self.builder_config.seed)
+    except ValueError as e:
+      raise ValueError(f"{self.name}: cannot split {len(entries)} examples of "
+                       f"{len(set(groups))} groups into grouped stratified {SPLIT_FRACTIONS} "
+                       f"splits: {e}") from None
+    return {name: [entries[i] for i in idx] for name, idx in parts.items()}
+
+  def checked_root(self, dl_manager) -> str:
+    """The manual folder, with every required file of LAYOUT present."""
+    try:
+      root = os.fspath(dl_manager.manual_dir)
+    except AssertionError as e:  # tfds: the folder is missing or empty
+      raise FileNotFoundError(f"{self.name}: {e}") from None
+    manual_dir_lib.check(root, self.LAYOUT)
+    return root
+
+  def _split_generators(self, dl_manager):
+    root = self.checked_root(dl_manager)
+    log = bad_rows.BadRowLog(self.name, strict=not self.builder_config.skip_bad_rows)
+    entries, build = self.read_entries(root, log)
+    log.check()
+    if not entries:
+      raise ValueError(f"{self.name}: no usable rows in {os.path.join(root, self.CSV_FILE)}")
+    parts = self.assign_splits(entries)
+    empty = [name for name, part in parts.items() if not part]
+    if empty:
+      raise ValueError(f"{self.name}: split(s) {empty} would be empty (sizes "
+                       f"{ {k: len(v) for k, v in parts.items()} } from {len(entries)} usable "
+                       f"rows of {os.path.join(root, self.CSV_FILE)})")
+    self.info.metadata["build"] = {"csv_file": self.CSV_FILE, "filtered": {}, **build,
+                                   "skipped": log.summary()}
+    return {name: self._generate_examples(root, part, log) for name, part in parts.items()}
+
+  def _generate_examples(self, root: str, entries: list[Entry], log: bad_rows.BadRowLog):
+    for entry in entries:
+      try:
+        example = self.make_example(root, entry)
+      except bad_rows.BadInput as problem:
+        log.add(self.CSV_FILE, entry.line, entry.key, problem)
+        log.check()
+        self.info.metadata["build"] = {**self.info.metadata["build"], "skipped": log.summary()}
+        continue
+      yield entry.key, example
+
+  def _post_download_and_prepare_hook(self) -> None:
+    print(build_summary(self.name, self.builder_config.name, self.info), flush=True)
+
+
+def log_table_problem(log: bad_rows.BadRowLog, file: str, row, key: str = "") -> bool:
+  """Records a malformed CSV row (wrong field count); True if it was bad."""
+  if row.problem is None:
+    return False
+  log.add(file, row.line, key, bad_rows.BadInput("malformed_row", row.problem))
+  return True
+
+
+def first_seen(seen: dict, key: str, line: int, what: str) -> None:
+  """Registers `key` at `line`; BadInput("duplicate_id") if it was already seen."""
+  if key in seen:
+    raise bad_rows.BadInput("duplicate_id", f"{what} {key} repeats line {seen[key]}")
+  seen[key] = line
+
+
+def nonempty(field: str, value: str) -> str:
+  """`value`, or BadInput("missing_id") when the id field is blank."""
+  if not value:
+    raise bad_rows.BadInput("missing_id", f"{field} is empty")
+  return value
+
+
+def parse_age(field: str, text: str) -> float:
+  """Age in years (NaN when blank); BadInput for text that is not a non-negative number."""
+  try:
+    age = metadata.parse_age(text)
+  except ValueError:
+    raise bad_rows.BadInput("non_numeric_age", f"{field} {text!r} is not a number") from None
+  if math.isinf(age) or age < 0:
+    raise bad_rows.BadInput("non_numeric_age", f"{field} {text!r} is not a non-negative number")
+  return age

@@ -1,0 +1,65 @@
+"""Metadata-encoding statistics fitted on a prepared dataset's train split and saved with it.
+
+Paper 000 imputes missing ages with the TRAINING median and z-scores them with training
+statistics. For the real datasets these statistics are fitted once, when the dataset is
+prepared, on exactly the examples of its train split, and written next to the records as
+`<builder.data_dir>/metadata_encoder.json` (a metadata.MetadataEncoder), so every training run
+and evaluation on that dataset encodes metadata the same way. pipeline.fit_preprocessor uses
+it when present (a run's own copy in `<workdir>/data/` still wins, for resumed runs).
+"""
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from jaxmm.data import metadata
+from jaxmm.data.atomic import write_text_atomic
+
+ENCODER_FILE = "metadata_encoder.json"
+
+
+def encoder_path(data_dir: str) -> str:
+  """Where a prepared dataset's metadata encoder lives."""
+  return os.path.join(os.fspath(data_dir), ENCODER_FILE)
+
+
+def read_columns(source, fields: Sequence[str]) -> dict:
+  """{field: object array of every record's value} of a random-access source."""
+  decode = lambda v: v.decode("utf-8") if isinstance(v, bytes) else v
+  rows = [source[i] for i in range(len(source))]
+  return {f: np.array([decode(r[f]) for r in rows], dtype=object) for f in fields}
+
+
+def fit_train_encoder(builder, vocabularies: Mapping[str, Sequence[str]]):
+  """MetadataEncoder fitted on the train split of a prepared builder (strict categories)."""
+  fields = (metadata.AGE_FIELD,) + tuple(vocabularies)
+  return metadata.MetadataEncoder.fit(read_columns(builder.as_data_source("train"), fields),
+                                      vocabularies=vocabularies, strict=True)
+
+
+def describe(encoder, num_train: int) -> str:
+  """One line on the age statistics (the imputed count is what paper 000 reports)."""
+  return (f"age: {encoder.num_imputed} of {num_train} training ages missing, imputed with the "
+          f"training median {encoder.age_median:g}; z-score mean {encoder.age_mean:.3f}, "
+          f"std {encoder.age_std:.3f}")
+
+
+def write_encoder(builder, vocabularies: Mapping[str, Sequence[str]]) -> None:
+  """Fits and writes the dataset's encoder unless `metadata_encoder.json` already exists."""
+  path = encoder_path(builder.data_dir)
+  if os.path.exists(path):
+    return
+  encoder = fit_train_encoder(builder, vocabularies)
+  write_text_atomic(path, encoder.to_json())
+  num_train = builder.info.splits["train"].num_examples
+  print(f"{builder.name}/{builder.builder_config.name}: {describe(encoder, num_train)} "
+        f"-> {path}", flush=True)
+
+
+def read_encoder(data_dir: str):
+  """The saved MetadataEncoder of a prepared dataset, or None when it has none."""
+  path = encoder_path(data_dir)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return metadata.MetadataEncoder.from_json(f.read())

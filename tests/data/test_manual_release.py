@@ -1,0 +1,134 @@
+"""What the real-dataset builders share: manual_dir resolution, config overrides, CSV reading,
+image decoding, reuse without the release, the config.data plumbing, no TensorFlow."""
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+import fixture_trees
+from jaxmm.data import bad_rows
+from jaxmm.data import builders
+from jaxmm.data import image_files
+from jaxmm.data import manual_dir
+from jaxmm.data import pipeline
+from jaxmm.data import release_csv
+
+
+def test_manual_dir_resolution_order(tmp_path, monkeypatch):
+  d = str(tmp_path)
+  monkeypatch.delenv(manual_dir.ENV_VAR, raising=False)
+  assert manual_dir.resolve("ham10000", None, d) == os.path.join(d, "manual", "ham10000")
+  monkeypatch.setenv(manual_dir.ENV_VAR, os.path.join(d, "releases"))
+  assert manual_dir.resolve("ham10000", None, d) == os.path.join(d, "releases", "ham10000")
+  assert manual_dir.resolve("ham10000", os.path.join(d, "mine"), d) == os.path.join(d, "mine")
+  builder = builders.get_builder("isic2020", data_dir=d)
+  assert builder.manual_dir == os.path.join(d, "releases", "isic2020")
+  with pytest.raises(ValueError, match="synthetic_derm is generated locally"):
+    builders.get_builder("synthetic_derm", data_dir=d, manual_dir=d)
+
+
+def test_config_overrides_are_the_builders_config_fields(tmp_path):
+  d = str(tmp_path)
+  assert builders.config_fields(builders.DATASETS["synthetic_derm"]) == (
+      "num_examples", "image_size", "seed")
+  assert builders.config_fields(builders.DATASETS["ham10000"]) == (
+      "image_size", "skip_bad_rows", "seed")
+  assert builders.config_fields(builders.DATASETS["mimic_cxr"]) == (
+      "image_size", "skip_bad_rows", "seed", "split", "views")
+  with pytest.raises(ValueError, match=r"\['num_examples'\] of ham10000; valid overrides: "
+                                       r"\['image_size', 'skip_bad_rows', 'seed'\]"):
+    builders.get_builder("ham10000", data_dir=d, num_examples=5)
+  ham = builders.get_builder("ham10000", data_dir=d, image_size=64, skip_bad_rows=True)
+  assert ham.builder_config.name == "px64_seed0_skip"
+  assert builders.config_values(ham) == {"image_size": 64, "skip_bad_rows": True, "seed": 0}
+  assert builders.get_builder("ham10000", data_dir=d, image_size=224).builder_config.name == \
+      "default"  # equal to the predefined config: nothing changes
+  isic = builders.get_builder("isic2020", config="px32", data_dir=d, seed=None)
+  assert isic.builder_config.name == "px32"
+  mimic = builders.get_builder("mimic_cxr", config="grouped", data_dir=d, views=["PA", "AP"])
+  assert mimic.builder_config.name == "grouped"  # a list override equals the tuple default
+  mimic = builders.get_builder("mimic_cxr", data_dir=d, image_size=32, views=("pa", "ll"))
+  assert (mimic.builder_config.name, mimic.builder_config.views) == (
+      "px32_seed0_official_PA_LL", ("PA", "LL"))
+
+
+def test_csv_rows_carry_line_numbers_and_malformed_rows_are_flagged(tmp_path):
+  path = tmp_path / "t.csv"
+  path.write_text('\ufeffa,b,c\n1,2,3\n\n4,"two\nlines",6\n7,8\n9,10,11,12\n', encoding="utf-8")
+  rows = list(release_csv.read_rows(str(path), ("a", "c")))
+  assert [(r.line, r.fields["a"], r.problem) for r in rows] == [
+      (2, "1", None), (5, "4", None), (6, "7", "has 2 fields, the header has 3"),
+      (7, "9", "has 4 fields, the header has 3")]
+  assert rows[1].fields["b"] == "two\nlines" and rows[2].fields["c"] == ""
+  with pytest.raises(ValueError, match=r"t.csv: missing column\(s\) \['d'\]; its header is "
+                                       r"\['a', 'b', 'c'\]"):
+    list(release_csv.read_rows(str(path), ("a", "d")))
+
+
+def test_images_resized_and_bad_files_named(tmp_path):
+  pixels = np.zeros((30, 40, 3), np.uint8)
+  pixels[:, 20:] = 200
+  Image.fromarray(pixels).save(tmp_path / "a.png")
+  out = image_files.load_image(str(tmp_path / "a.png"), 8)
+  assert out.shape == (8, 8, 3) and out[:, :3].max() < 10 and out[:, -3:].min() > 190
+  gray = image_files.load_image(str(tmp_path / "a.png"), 8, "L")
+  assert gray.shape == (8, 8, 1)
+  mask = np.zeros((30, 40), np.uint8)
+  mask[10:20, 10:30] = 255
+  Image.fromarray(mask).save(tmp_path / "m.png")
+  small = image_files.load_mask(str(tmp_path / "m.png"), 4)
+  # Nearest samples pixel centres (x 5, 15, 25, 35; y 3.75, 11.25, 18.75, 26.25).
+  np.testing.assert_array_equal(small, [[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]])
+  (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+  with pytest.raises(bad_rows.BadInput, match=r"cannot decode image file .*bad.jpg") as error:
+    image_files.load_image(str(tmp_path / "bad.jpg"), 8)
+  assert error.value.kind == "corrupt_image"
+  with pytest.raises(bad_rows.BadInput, match=r"mask file .*none.png not found") as error:
+    image_files.load_mask(str(tmp_path / "none.png"), 8)
+  assert error.value.kind == "missing_mask"
+
+
+def test_prepared_dataset_is_reused_without_its_release(tmp_path):
+  release = str(tmp_path / "release")
+  fixture_trees.make_isic2020(release, n=24)
+  data = str(tmp_path / "data")
+  first = builders.prepare(builders.get_builder("isic2020", data_dir=data, manual_dir=release,
+                                                image_size=8))
+  os.rename(release, str(tmp_path / "moved"))
+  source = builders.load("isic2020", "train", data_dir=data, image_size=8,
+                         manual_dir=str(tmp_path / "nowhere"))
+  assert len(source) == first.info.splits["train"].num_examples
+
+
+def test_pipeline_reads_manual_dir_from_the_data_config(tmp_path):
+  release = str(tmp_path / "release")
+  fixture_trees.make_mimic_cxr(release, n_subjects=6)
+  config = ml_collections.ConfigDict({
+      "name": "mimic_cxr", "builder_config": "default", "data_dir": str(tmp_path / "data"),
+      "manual_dir": release, "builder_overrides": {"image_size": 8, "split": "grouped"}})
+  builder = pipeline.load_builder(config)
+  assert builder.builder_config.name == "px8_seed0_grouped_PA_AP"
+  assert builder.manual_dir == release
+  config.manual_dir = None
+  config.builder_overrides.image_size = 12
+  with pytest.raises(FileNotFoundError, match=r"(?s)mimic_cxr.*manual/mimic_cxr.*"
+                                              r"mimic-cxr-2.0.0-metadata.csv.*physionet"):
+    pipeline.load_builder(config)
+
+
+def test_building_a_real_dataset_never_imports_tensorflow(tmp_path):
+  release = str(tmp_path / "release")
+  fixture_trees.make_ham10000(release, n=20)
+  code = (
+      "import sys\n"
+      "from jaxmm.data import builders\n"
+      f"s = builders.load('ham10000', 'train', data_dir={str(tmp_path)!r}, "
+      f"manual_dir={release!r}, image_size=8, seed=1)\n"
+      "assert s[0]['image'].shape == (8, 8, 3)\n"
+      "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]
