@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmm.models import fast_backward
+
 ModuleDef = Any
 
 # He init (fan_out, normal) as torchvision initialises ResNet convs.
@@ -37,9 +39,11 @@ def batch_norm(*, train: bool, dtype: Any, name: str, zero_scale: bool = False) 
 
 
 def conv(features: int, kernel: int, strides: int, dtype: Any, name: str) -> nn.Conv:
-  """Bias-free square conv with torchvision's symmetric padding (kernel // 2)."""
+  """Bias-free square conv with torchvision's symmetric padding (kernel // 2); strided ones
+  take their input gradient the fast way (fast_backward)."""
   return nn.Conv(features, (kernel, kernel), strides, padding=kernel // 2, use_bias=False,
-                 kernel_init=conv_init, dtype=dtype, name=name)
+                 kernel_init=conv_init, dtype=dtype, name=name,
+                 conv_general_dilated=fast_backward.conv_general_dilated)
 
 
 class Downsample(nn.Module):
@@ -151,7 +155,7 @@ class ResNet(nn.Module):
     validate_image(x, self.in_channels, type(self).__name__)
     x = conv(self.width, 7, 2, self.dtype, name="conv1")(x)
     x = nn.relu(batch_norm(train=train, dtype=self.dtype, name="bn1")(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = fast_backward.max_pool(x, 3, 2, (1, 1))
     out = {}
     x = out["stem"] = self.perturb("stem", x)
     for i, num_blocks in enumerate(self.stage_sizes):

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmm.models import fast_backward
 from jaxmm.models.resnet import validate_image
 
 
@@ -53,7 +54,7 @@ class SmallCNN(nn.Module):
         index = 2 * block + j
         x = self.conv_bn(x, features, index, train)
         x = out[f"conv{index}"] = self.perturb(f"conv{index}", x)
-      x = nn.max_pool(x, (2, 2), (2, 2))
+      x = fast_backward.max_pool(x, 2, 2, (0, 0))
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
       x = out[f"stage{block + 1}"] = self.perturb(f"stage{block + 1}", x)
     x = x.reshape(x.shape[0], -1)

@@ -1,0 +1,144 @@
+"""Strided conv and max pool with input gradients XLA's CPU backend computes fast.
+
+Both give the same values as `lax.conv_general_dilated` / `nn.max_pool`; only how the
+gradient with respect to the input is computed changes (the parameter gradient is the
+standard one, and XLA drops it when only input gradients are taken, as in saliency):
+  * strided conv: XLA computes d input as a convolution of the lhs-dilated output gradient,
+    which wastes (stride^2 - 1) / stride^2 of its work on inserted zeros (the 7x7/2 ResNet
+    stem: 153 ms vs 42 ms forward for 16 images at 224 px, 2-core CPU). Here it is one
+    stride-1 convolution of the output gradient with the stride^2 polyphase sub-kernels
+    (stacked as output channels), then depth-to-space: 60 ms.
+  * max pool: XLA's select-and-scatter takes 253 ms vs 23 ms forward (3x3/2, 16 x 112^2 x 64);
+    here the gradient goes to the first maximum of each window through k^2 masked, padded
+    adds into stride^2 phase planes: a few elementwise passes.
+"""
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def polyphase_input_gradient(g: jax.Array, kernel: jax.Array, stride: int,
+                             padding: Sequence[tuple[int, int]],
+                             input_hw: tuple[int, int]) -> jax.Array:
+  """d input of y = conv(x, kernel, stride, padding) given g = d y. g [N, Oh, Ow, Cout],
+  kernel [Kh, Kw, Cin, Cout] -> [N, H, W, Cin].
+
+  Input row i receives sum_j g[q - j] kernel[s j + r] with i + pad = s q + r: for each phase r
+  a stride-1 correlation of g with the flipped sub-kernel kernel[r::s], all phases at once.
+  """
+  s = stride
+  kh, kw, cin, cout = kernel.shape
+  n, oh, ow, _ = g.shape
+  jh, jw = -(-kh // s), -(-kw // s)
+  qh = (input_hw[0] - 1 + padding[0][0]) // s + 1
+  qw = (input_hw[1] - 1 + padding[1][0]) // s + 1
+  k = jnp.pad(kernel, ((0, s * jh - kh), (0, s * jw - kw), (0, 0), (0, 0)))
+  k = k.reshape(jh, s, jw, s, cin, cout)[::-1, :, ::-1]
+  k = k.transpose(0, 2, 5, 1, 3, 4).reshape(jh, jw, cout, s * s * cin)
+  z = lax.conv_general_dilated(
+      g, k.astype(g.dtype), (1, 1), ((jh - 1, max(0, qh - oh)), (jw - 1, max(0, qw - ow))),
+      dimension_numbers=NHWC)[:, :qh, :qw]
+  z = z.reshape(n, qh, qw, s, s, cin).transpose(0, 1, 3, 2, 4, 5).reshape(
+      n, qh * s, qw * s, cin)
+  return z[:, padding[0][0]:padding[0][0] + input_hw[0],
+           padding[1][0]:padding[1][0] + input_hw[1]]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def strided_conv(x: jax.Array, kernel: jax.Array, stride: int,
+                 padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """NHWC / HWIO convolution with equal strides in both dimensions (no dilation, groups)."""
+  return lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=NHWC)
+
+
+def _strided_conv_fwd(x, kernel, stride, padding):
+  return strided_conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _strided_conv_bwd(stride, padding, residuals, g):
+  x, kernel = residuals
+  dx = polyphase_input_gradient(g, kernel, stride, padding, x.shape[1:3]).astype(x.dtype)
+  _, kernel_vjp = jax.vjp(lambda k: lax.conv_general_dilated(
+      x, k, (stride, stride), padding, dimension_numbers=NHWC), kernel)
+  return dx, kernel_vjp(g)[0]
+
+
+strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs):
+  """Drop-in for `lax.conv_general_dilated` (flax nn.Conv's `conv_general_dilated`) that
+  routes square-strided, undilated, ungrouped NHWC convs with kernels wider than stride + 1
+  to `strided_conv`."""
+  # Only kernels wider than stride + 1 (the 7x7/2 stem): for 3x3/2 and 1x1/2 XLA's own
+  # gradient is as fast or faster (measured on a 2-core CPU).
+  plain = (lhs.ndim == 4 and len(set(window_strides)) == 1 and window_strides[0] > 1
+           and min(rhs.shape[:2]) > window_strides[0] + 1
+           and all(d == 1 for d in (lhs_dilation or (1, 1)))
+           and all(d == 1 for d in (rhs_dilation or (1, 1)))
+           and feature_group_count == 1 and not isinstance(padding, str)
+           and precision is None and not kwargs and dimension_numbers is not None
+           and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+           == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
+  if plain:
+    return strided_conv(lhs, rhs, int(window_strides[0]), tuple(map(tuple, padding)))
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                  rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                  feature_group_count=feature_group_count, precision=precision,
+                                  **kwargs)
+
+
+def _pool_max(x, window, stride, padding):
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1),
+                           ((0, 0), padding, padding, (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x: jax.Array, window: int, stride: int, padding: tuple[int, int]) -> jax.Array:
+  """Square max pool of NHWC x (padding with -inf), as `nn.max_pool`."""
+  return _pool_max(x, window, stride, padding)
+
+
+def _max_pool_fwd(x, window, stride, padding):
+  y = _pool_max(x, window, stride, padding)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, stride, padding, residuals, g):
+  """The gradient of each window goes to its first maximum (row-major window order): the
+  window offset of that maximum is found in one pass, then each of the stride^2 phase planes
+  of the (padded) input gathers the gradients of the windows whose maximum it holds."""
+  x, y = residuals
+  n, h, w, c = x.shape
+  oh, ow = y.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), padding, padding, (0, 0)), constant_values=-jnp.inf)
+  qh, qw = -(-xp.shape[1] // stride), -(-xp.shape[2] // stride)
+  offsets = [(a, b) for a in range(window) for b in range(window)]
+  first = jnp.full(y.shape, len(offsets) - 1, jnp.int32)
+  for k, (a, b) in reversed(list(enumerate(offsets))):
+    candidate = lax.slice(xp, (0, a, b, 0), (n, a + stride * (oh - 1) + 1,
+                                             b + stride * (ow - 1) + 1, c),
+                          (1, stride, stride, 1))
+    first = jnp.where(candidate == y, k, first)
+  planes = {}
+  for k, (a, b) in enumerate(offsets):
+    part = jnp.pad(jnp.where(first == k, g, jnp.zeros((), g.dtype)),
+                   ((0, 0), (a // stride, qh - oh - a // stride),
+                    (b // stride, qw - ow - b // stride), (0, 0)))
+    key = (a % stride, b % stride)
+    planes[key] = part if key not in planes else planes[key] + part
+  zero = jnp.zeros((n, qh, qw, c), g.dtype)
+  grid = jnp.stack([jnp.stack([planes.get((ra, rb), zero) for rb in range(stride)], 3)
+                    for ra in range(stride)], 2)  # [n, qh, s, qw, s, c]
+  dx = grid.reshape(n, qh * stride, qw * stride, c)
+  return (dx[:, padding[0]:padding[0] + h, padding[0]:padding[0] + w],)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -1,0 +1,67 @@
+"""The fast-backward strided conv and max pool equal lax's values and gradients."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxmm.models import fast_backward
+
+NHWC = fast_backward.NHWC
+
+
+@pytest.mark.parametrize("kernel,stride,size,cin", [(7, 2, 32, 3), (3, 2, 15, 4), (1, 2, 16, 5),
+                                                     (5, 3, 17, 2), (3, 2, 16, 1)])
+def test_strided_conv_values_and_both_gradients_match_lax(kernel, stride, size, cin):
+  rng = np.random.default_rng(kernel + size)
+  x = jnp.asarray(rng.normal(size=(2, size, size + 1, cin)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, cin, 6)), jnp.float32)
+  pad = ((kernel // 2, kernel // 2),) * 2
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), pad,
+                                              dimension_numbers=NHWC)
+  ours = lambda x, w: fast_backward.strided_conv(x, w, stride, pad)
+  np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+  g = jnp.asarray(rng.normal(size=ref(x, w).shape), jnp.float32)
+  loss = lambda f: lambda x, w: jnp.sum(f(x, w) * g)
+  dx, dw = jax.grad(loss(ours), (0, 1))(x, w)
+  dx_ref, dw_ref = jax.grad(loss(ref), (0, 1))(x, w)
+  np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_flax_conv_routes_strided_convs_through_the_custom_gradient(monkeypatch):
+  import flax.linen as nn
+  calls = []
+  original = fast_backward.strided_conv
+  monkeypatch.setattr(fast_backward, "strided_conv",
+                      lambda *a: calls.append(a[2:]) or original(*a))
+  x = jnp.ones((1, 8, 8, 2))
+  for stride in (1, 2):
+    layer = nn.Conv(4, (5, 5), stride, padding=1, use_bias=False,
+                    conv_general_dilated=fast_backward.conv_general_dilated)
+    plain = nn.Conv(4, (5, 5), stride, padding=1, use_bias=False)
+    variables = plain.init(jax.random.key(0), x)
+    np.testing.assert_allclose(layer.apply(variables, x), plain.apply(variables, x),
+                               rtol=1e-6)
+  assert calls == [(2, ((1, 1), (1, 1)))]
+
+
+@pytest.mark.parametrize("window,stride,pad,size", [(3, 2, 1, 16), (3, 2, 1, 15), (2, 2, 0, 8),
+                                                    (3, 1, 1, 7)])
+def test_max_pool_values_and_gradient_match_lax_without_ties(window, stride, pad, size):
+  rng = np.random.default_rng(size)
+  x = jnp.asarray(rng.permutation(2 * size * size * 3).reshape(2, size, size, 3), jnp.float32)
+  ref = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1),
+                                    (1, stride, stride, 1),
+                                    ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  ours = lambda x: fast_backward.max_pool(x, window, stride, (pad, pad))
+  np.testing.assert_array_equal(ours(x), ref(x))
+  g = jnp.asarray(rng.normal(size=ref(x).shape), jnp.float32)
+  np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(ours(x) * g))(x),
+                             jax.grad(lambda x: jnp.sum(ref(x) * g))(x), rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_ties_send_the_gradient_to_one_maximum():
+  x = jnp.zeros((1, 4, 4, 1))
+  dx = jax.grad(lambda x: fast_backward.max_pool(x, 2, 2, (0, 0)).sum())(x)
+  np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 0, 1, 0], [0, 0, 0, 0]] * 2)
