@@ -25,6 +25,7 @@ count them with --config.data.builder_overrides.skip_bad_rows=True.
 import ml_collections
 from ml_collections import config_dict
 
+from jaxmm.saliency import runner as saliency_runner
 from jaxmm.train import config_lib
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -106,9 +107,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "final_eval_splits": ("validation", "test"), "progress": True, "async_checkpoints": True,
   })
   config.eval = {"splits": ("test",)}
-  config.pipeline = {"variants": ("image", "meta", "concat", "late")}
+  config.pipeline = {"variants": ("image", "meta", "concat", "late"),
+                     # the main job ends with saliency overlays of this variant's test images
+                     "saliency_variant": "concat", "saliency_examples": 8}
+  config.saliency = saliency_runner.default_config()
   config_lib.select_variant(config, arg.model)
   if arg.smoke:
+    saliency_runner.shrink_for_smoke(config.saliency)
     config.data.builder_overrides.image_size = 32
     config.data.batch_size = 16
     config.data.eval_batch_size = 32

@@ -16,6 +16,7 @@ One model (variants: image, meta, concat, late, film; `smoke` shrinks everything
 import ml_collections
 from ml_collections import config_dict
 
+from jaxmm.saliency import runner as saliency_runner
 from jaxmm.train import config_lib
 
 HAM_MEAN = (0.485, 0.456, 0.406)
@@ -89,9 +90,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "final_eval_splits": ("validation", "test"), "progress": True, "async_checkpoints": True,
   })
   config.eval = {"splits": ("test",)}
-  config.pipeline = {"variants": ("image", "meta", "concat")}
+  config.pipeline = {"variants": ("image", "meta", "concat"),
+                     # the main job ends with saliency overlays of this variant's test images
+                     "saliency_variant": "concat", "saliency_examples": 8}
+  config.saliency = saliency_runner.default_config()
+  # ResNetTiny's stage4 is 2x2 at 64 px (1x1 at 32): Grad-CAM reads the 4x4 stage3.
+  config.saliency.layer = "image/stage3"
   config_lib.select_variant(config, arg.model)
   if arg.smoke:
+    saliency_runner.shrink_for_smoke(config.saliency)
     config.data.builder_config = "small"
     config.data.builder_overrides.update({"num_examples": 160, "image_size": 32})
     config.data.batch_size = 16

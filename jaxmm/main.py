@@ -1,7 +1,8 @@
 r"""The one entry point: `python -m jaxmm.main --config=configs/x.py[:arg] --workdir=DIR --mode=M`.
 
 Modes: train (train, resume, evaluate the best checkpoint), eval (evaluate a trained workdir),
-pipeline (the README's main job: every variant in `config.pipeline.variants`, then a table).
+pipeline (the README's main job: every variant in `config.pipeline.variants`, then a table),
+saliency (maps of a trained workdir's checkpoint for `config.saliency.split`, resumable shards).
 """
 import sys
 
@@ -9,12 +10,14 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxmm import workflow
+from jaxmm.saliency import runner as saliency_runner
 from jaxmm.train import config_lib, loop
 
 MODES = {
     "train": loop.train_and_evaluate,
     "eval": loop.evaluate,
     "pipeline": workflow.run_pipeline,
+    "saliency": saliency_runner.run_saliency,
 }
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/synthetic_derm.py:smoke.",

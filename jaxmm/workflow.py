@@ -1,8 +1,10 @@
-"""The main job (`--mode=pipeline`): train every variant, evaluate on test, compare.
+"""The main job (`--mode=pipeline`): train every variant, evaluate on test, compare, explain.
 
 Each variant is a full, resumable run in `workdir/<variant>/`; the comparison (a table shaped
 like table 4 of paper 000, plus the fusion-vs-unimodal margins) goes to
-`workdir/comparison.{csv,json}` and stdout.
+`workdir/comparison.{csv,json}` and stdout. Then the saliency runner explains a sample of test
+examples of `config.pipeline.saliency_variant` (Grad-CAM, IG + SmoothGrad, and the multimodal
+IG when it has text or metadata) and overlay figures go to `workdir/<variant>/figures/saliency/`.
 """
 import csv
 import io
@@ -11,7 +13,10 @@ import os
 
 import ml_collections
 
+from jaxmm.data import metadata as metadata_lib
 from jaxmm.data.atomic import write_text_atomic
+from jaxmm.report import saliency_figures
+from jaxmm.saliency import runner as saliency_runner
 from jaxmm.train import config_lib, loop
 
 TABLE_COLUMNS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "pr_auc")
@@ -83,4 +88,33 @@ def run_pipeline(config, workdir: str) -> dict:
   for model, deltas in margins.items():
     text = ", ".join(f"{k[3:]} {v:+.3f}" for k, v in deltas.items())
     print(f"{model} {metric} margin over unimodal models: {text}")
-  return {"rows": rows, "fusion_margins": margins}
+  figures = explain_sample(config, workdir, results)
+  return {"rows": rows, "fusion_margins": margins, "saliency_figures": figures}
+
+
+def explain_sample(config, workdir: str, results: dict) -> list:
+  """Saliency maps and overlay figures for the first test examples of the saliency variant."""
+  name = config.pipeline.get("saliency_variant")
+  if not name or name not in results or not config.pipeline.get("saliency_examples"):
+    return []
+  cfg, res = results[name]
+  with cfg.unlocked():
+    cfg.saliency = saliency_runner.saliency_config(cfg)
+    cfg.saliency.max_examples = int(config.pipeline.saliency_examples)
+    cfg.saliency.shard_size = cfg.saliency.max_examples
+    cfg.saliency.output_name = f"{cfg.saliency.split}_sample"
+    cfg.saliency.progress = cfg.train.get("progress", True)
+  run_dir = os.path.join(workdir, name)
+  summary = saliency_runner.run_saliency(cfg, run_dir)
+  data = saliency_runner.load_saliency(summary["directory"])
+  field_names = None
+  encoder_path = os.path.join(run_dir, "data", "metadata_encoder.json")
+  if os.path.exists(encoder_path):
+    with open(encoder_path) as f:
+      field_names = list(metadata_lib.MetadataEncoder.from_json(f.read()).field_names)
+  paths = saliency_figures.saliency_figures(
+      data, summary["methods"], res["task"]["class_names"], cfg.model.modalities,
+      os.path.join(run_dir, "figures", "saliency"), field_names)
+  print(f"saliency overlays of {len(data['index'])} test examples of {name} "
+        f"({', '.join(summary['methods'])}): {', '.join(paths)}", flush=True)
+  return paths

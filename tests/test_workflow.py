@@ -40,4 +40,13 @@ def test_pipeline_trains_each_variant_and_compares(smoke_config, tmp_path, capsy
   meta_f1 = json.loads((tmp_path / "meta" / "results.json").read_text())["test"]["macro_f1"]
   concat_f1 = json.loads((tmp_path / "concat" / "results.json").read_text())["test"]["macro_f1"]
   assert summary["fusion_margins"]["concat"]["vs_meta"] == pytest.approx(concat_f1 - meta_f1)
-  assert "concat macro_f1 margin over unimodal models: meta" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "concat macro_f1 margin over unimodal models: meta" in out
+  assert "saliency overlays of 8 test examples of concat" in out
+  # The job ends with saliency overlays of the fusion variant's first test examples.
+  figures = tmp_path / "concat" / "figures" / "saliency"
+  assert sorted(p.name for p in figures.iterdir()) == ["methods.png", "modalities.png"]
+  assert [str(figures / "methods.png"), str(figures / "modalities.png")] == \
+      summary["saliency_figures"]
+  shards = list((tmp_path / "concat" / "analysis" / "saliency" / "test_sample").glob("shard_*.npz"))
+  assert len(shards) == 1

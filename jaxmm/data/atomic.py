@@ -5,10 +5,17 @@ Readers (and a run killed mid-write) see the old file or the new one, never half
 import os
 
 
-def write_text_atomic(path: str, text: str) -> None:
-  """Writes `text` to `path` through `path.tmp-<pid>` and `os.replace`."""
+def write_bytes_atomic(path: str, data: bytes) -> None:
+  """Writes `data` to `path` through `path.tmp-<pid>` (flushed to disk) and `os.replace`."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes `text` (UTF-8) to `path` atomically."""
+  write_bytes_atomic(path, text.encode("utf-8"))

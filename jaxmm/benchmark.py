@@ -1,0 +1,195 @@
+r"""Side-by-side performance against peer libraries, same weights, inputs and machine.
+
+  python -m jaxmm.benchmark saliency [--image_size=224 --batch=2 --steps=16 --samples=2]
+
+saliency: ResNet-18 (transformers' PyTorch ResNetForImageClassification, randomly initialised,
+converted to jaxmm with jaxmm.third_party.resnet_hf), IG + SmoothGrad path points per second
+and Grad-CAM images per second, jaxmm vs captum, and the ratio. torch and captum are test-only
+dependencies: install them with `pip install -e '.[test]'`. Each measurement is the median
+of --repeats timed calls after a warm-up call (the warm-up includes jaxmm's compilation,
+reported apart).
+"""
+import argparse
+import functools
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmm.models.resnet import ResNet18
+from jaxmm.saliency import cams, model_fns, smoothgrad
+from jaxmm.saliency.targets import target_scores
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+  """(seconds of the first call, median seconds of `repeats` further calls)."""
+  start = time.perf_counter()
+  fn()
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return first, statistics.median(times)
+
+
+def torch_resnet18(num_classes: int):
+  """transformers' ResNet-18 (basic blocks, 64..512) with a head, eval mode, BN stats set."""
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  config = transformers.ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512],
+                                     depths=[2, 2, 2, 2], layer_type="basic",
+                                     num_labels=num_classes)
+  model = transformers.ResNetForImageClassification(config)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.uniform_(-0.1, 0.1)
+        module.running_var.uniform_(0.5, 1.5)
+  return model.eval()
+
+
+def jaxmm_resnet18_like(torch_model, num_classes: int):
+  """jaxmm ResNet-18 variables converted from the torch model (head copied too)."""
+  from jaxmm.third_party import resnet_hf
+  with tempfile.TemporaryDirectory() as tmp:
+    torch_model.save_pretrained(tmp)
+    variables = resnet_hf.load_hf_resnet(tmp)
+  head = torch_model.classifier[1]
+  variables["params"]["fc"] = {"kernel": jnp.asarray(head.weight.detach().numpy().T),
+                               "bias": jnp.asarray(head.bias.detach().numpy())}
+  return ResNet18(num_classes=num_classes), variables
+
+
+class TorchLogits:
+  """Callable torch module returning logits (captum wants a tensor, not a ModelOutput)."""
+
+  def __new__(cls, model):
+    import torch
+
+    class Wrapped(torch.nn.Module):
+      def __init__(self):
+        super().__init__()
+        self.model = model
+
+      def forward(self, x):
+        return self.model(pixel_values=x).logits
+
+    return Wrapped().eval()
+
+
+def saliency_benchmark(args) -> dict:
+  """IG + SmoothGrad points/s and Grad-CAM images/s, jaxmm and captum, one process."""
+  import torch
+  import captum.attr as captum_attr
+  num_classes = 10
+  torch_model = torch_resnet18(num_classes)
+  model, variables = jaxmm_resnet18_like(torch_model, num_classes)
+  net = TorchLogits(torch_model)
+  if args.channels_last:
+    net = net.to(memory_format=torch.channels_last)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(args.batch, args.image_size, args.image_size, 3)).astype(np.float32)
+  x_torch = torch.tensor(images.transpose(0, 3, 1, 2))
+  if args.channels_last:
+    x_torch = x_torch.contiguous(memory_format=torch.channels_last)
+  x = jnp.asarray(images)
+  apply = model_fns.linen_apply_fn(model, variables, train=False)
+  f = lambda v: apply(v)[0]
+  with torch.no_grad():
+    logits_torch = net(x_torch).numpy()
+  logits = np.asarray(f(x))
+  targets = np.argmax(logits_torch, -1)
+  t = jnp.asarray(targets)
+  parity = float(np.abs(logits - logits_torch).max())
+
+  points = args.batch * args.steps * args.samples
+  ig_sg = jax.jit(functools.partial(
+      smoothgrad.ig_smoothgrad, f, steps=args.steps, num_samples=args.samples,
+      path_chunk_size=args.path_chunk, sample_chunk_size=args.sample_chunk))
+  key = jax.random.key(0)
+  jax_ig = timed(lambda: jax.block_until_ready(ig_sg(x, t, key=key)), args.repeats)
+  nt = captum_attr.NoiseTunnel(captum_attr.IntegratedGradients(net))
+  torch_ig = timed(lambda: nt.attribute(
+      x_torch, nt_type="smoothgrad", nt_samples=args.samples, stdevs=0.15,
+      nt_samples_batch_size=args.samples, target=targets.tolist(), n_steps=args.steps,
+      method="riemann_trapezoid", internal_batch_size=args.captum_batch or args.batch * args.steps),
+      args.repeats)
+
+  def gradcam(v, targets_):
+    score = lambda logits: target_scores(logits, targets_)
+    _, a, g = model_fns.layer_activations_and_gradients(apply, v, "stage4", score)
+    return cams.gradient_cam("gradcam", a, g, size=v.shape[1:3])["cam"]
+
+  jax_cam_fn = jax.jit(gradcam)  # inputs are arguments: XLA must not constant-fold the work
+  jax_cam = timed(lambda: jax.block_until_ready(jax_cam_fn(x, t)), args.repeats)
+  layer_cam = captum_attr.LayerGradCam(net, torch_model.resnet.encoder.stages[3])
+
+  def torch_cam():
+    attr = layer_cam.attribute(x_torch, target=targets.tolist(), relu_attributions=True)
+    return captum_attr.LayerAttribution.interpolate(attr, x_torch.shape[2:], "bilinear")
+
+  torch_cam_t = timed(torch_cam, args.repeats)
+  return {
+      "logit_parity_max_abs_diff": parity,
+      "ig_smoothgrad_points_per_s": {"jaxmm": points / jax_ig[1], "captum": points / torch_ig[1]},
+      "gradcam_images_per_s": {"jaxmm": args.batch / jax_cam[1],
+                               "captum": args.batch / torch_cam_t[1]},
+      "first_call_s": {"jaxmm_ig_smoothgrad": jax_ig[0], "jaxmm_gradcam": jax_cam[0]},
+  }
+
+
+def print_saliency(result: dict, args) -> None:
+  import torch
+  print(f"ResNet-18 {args.image_size}x{args.image_size}, batch {args.batch}, IG {args.steps} "
+        f"steps x SmoothGrad {args.samples} samples; device {jax.devices()[0].platform}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} threads {torch.get_num_threads()}")
+  print(f"peer settings: captum NoiseTunnel(IntegratedGradients) with internal_batch_size = "
+        f"{args.captum_batch or args.batch * args.steps}, nt_samples_batch_size = samples, "
+        f"LayerGradCam + bilinear interpolate; eval mode, torch default threads"
+        f"{', channels_last' if args.channels_last else ''}")
+  print(f"logits max |jaxmm - torch| = {result['logit_parity_max_abs_diff']:.2e}")
+  for name in ("ig_smoothgrad_points_per_s", "gradcam_images_per_s"):
+    values = result[name]
+    print(f"{name:28s} jaxmm {values['jaxmm']:9.2f}  captum {values['captum']:9.2f}  "
+          f"ratio {values['jaxmm'] / values['captum']:.2f}x")
+  print(f"jaxmm first calls (compile + run): " + ", ".join(
+      f"{k} {v:.1f}s" for k, v in result["first_call_s"].items()))
+
+
+BENCHMARKS = {"saliency": (saliency_benchmark, print_saliency)}
+
+
+def parse(argv):
+  parser = argparse.ArgumentParser(prog="python -m jaxmm.benchmark", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("which", choices=sorted(BENCHMARKS))
+  parser.add_argument("--image_size", type=int, default=224)
+  parser.add_argument("--batch", type=int, default=2)
+  parser.add_argument("--steps", type=int, default=16)
+  parser.add_argument("--samples", type=int, default=2)
+  parser.add_argument("--path_chunk", type=int, default=4)
+  parser.add_argument("--sample_chunk", type=int, default=1)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--captum_batch", type=int, default=0,
+                      help="captum's internal_batch_size (0: batch x steps, one pass per sample)")
+  parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse(sys.argv[1:] if argv is None else argv)
+  run, show = BENCHMARKS[args.which]
+  show(run(args), args)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

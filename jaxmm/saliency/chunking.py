@@ -1,0 +1,57 @@
+"""Bounded-memory sums over many points (IG path points, SmoothGrad noise samples).
+
+`sum_over_chunks(fn, items, chunk_size)` evaluates `fn` on consecutive chunks of `items` inside
+a `lax.scan` and adds the results, so peak memory is that of one chunk, whatever the number of
+items. `fn` is where the vmap over a chunk's points happens.
+
+On CPU the scan is unrolled when it has at most MAX_UNROLLED_CHUNKS chunks: XLA's CPU backend
+runs convolutions inside a while loop about 3x slower than the same convolutions outside one
+(ResNet-18 input gradients at 224 px, 2 x 16 images: 8.5 vs 26 images/s on a 2-core CPU).
+The unrolled chunks still run one after another (each adds into the running sum).
+"""
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+MAX_UNROLLED_CHUNKS = 16
+
+
+def default_unroll(num_chunks: int) -> bool:
+  """Unroll short chunk loops on CPU (see the module docstring); keep the loop elsewhere."""
+  return jax.default_backend() == "cpu" and num_chunks <= MAX_UNROLLED_CHUNKS
+
+
+def leading_size(items: PyTree) -> int:
+  sizes = {leaf.shape[0] for leaf in jax.tree.leaves(items)}
+  if len(sizes) != 1:
+    raise ValueError(f"items must share one leading size, got {sorted(sizes)}")
+  return sizes.pop()
+
+
+def sum_over_chunks(fn: Callable[[PyTree], PyTree], items: PyTree, chunk_size: int,
+                    unroll: bool | None = None) -> PyTree:
+  """sum_j fn(chunk_j) over consecutive chunks of `chunk_size` items (the last may be shorter).
+
+  items: a pytree of arrays with a common leading axis M; fn maps a chunk (leading axis c)
+  to a pytree of arrays, the chunk's contribution (already reduced over the chunk).
+  unroll: unroll the scan over chunks (None: `default_unroll`).
+  """
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  m = leading_size(items)
+  size = min(chunk_size, m)
+  full, rest = divmod(m, size)
+  head = jax.tree.map(lambda a: a[:full * size].reshape((full, size) + a.shape[1:]), items)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                       jax.eval_shape(fn, jax.tree.map(lambda a: a[0], head)))
+  if full == 1:
+    total = fn(jax.tree.map(lambda a: a[0], head))
+  else:
+    unroll = default_unroll(full) if unroll is None else unroll
+    total, _ = jax.lax.scan(lambda acc, chunk: (jax.tree.map(jnp.add, acc, fn(chunk)), None),
+                            zeros, head, unroll=bool(unroll))
+  if rest:
+    total = jax.tree.map(jnp.add, total, fn(jax.tree.map(lambda a: a[full * size:], items)))
+  return total

@@ -1,0 +1,302 @@
+"""`--mode=saliency`: saliency maps of a trained checkpoint for a split, in resumable shards.
+
+Output, under `DIR/analysis/saliency/<split>/` (or `<output_name>/`): `manifest.json` (methods,
+options, checkpoint step, shard layout) and `shard_<i>.npz` files, each holding for its examples
+"index" (position in the split), "label", "logits", "targets", the id field, the uint8 "image"
+and "roi_mask" when the dataset has them, and per method "<method>.raw" / "<method>.normalized"
+maps plus the method's extras. Shards are written atomically, so a killed run leaves only whole
+shards and re-running the same command computes exactly the missing ones. With several
+processes, shard i is computed by process i mod process_count.
+"""
+import io
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from jaxmm.data import pipeline
+from jaxmm.data.atomic import write_bytes_atomic, write_text_atomic
+from jaxmm.saliency import methods as methods_lib
+from jaxmm.saliency import model_fns
+from jaxmm.saliency.targets import resolve_targets
+from jaxmm.train import checkpointing, config_lib, loop
+
+ID_FIELDS = ("image_id", "dicom_id", "image_name", "study_id", "example_id")
+MANIFEST_KEYS = ("split", "methods", "options", "target", "top_k", "layer", "shard_size",
+                 "num_examples", "checkpoint_step", "seed")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """config.saliency: what the runner computes (any key may be overridden on the command line).
+
+  methods None chooses by modality: Grad-CAM and IG + SmoothGrad for image models, plus the
+  joint multimodal IG when the model has a text or metadata input.
+  """
+  return ml_collections.ConfigDict({
+      "split": "test",
+      "output_name": config_dict.placeholder(str),  # folder under analysis/saliency/; = split
+      "methods": config_dict.placeholder(tuple),
+      "target": "predicted",   # predicted | true | top_k (multilabel)
+      "top_k": 3,
+      # CAM layer; None = "image/<the encoder's last feature map>"
+      "layer": config_dict.placeholder(str),
+      "checkpoint": "best",
+      "batch_size": 8,
+      "shard_size": 64,
+      "max_examples": config_dict.placeholder(int),
+      "save_images": True,
+      "seed": 0,
+      "progress": True,
+      "options": {
+          "integrated_gradients": {"steps": 50, "rule": "riemann_trapezoid", "chunk_size": 10},
+          "ig_smoothgrad": {"steps": 50, "num_samples": 10, "noise_level": 0.15,
+                            "path_chunk_size": 25, "sample_chunk_size": 1},
+          "smoothgrad": {"num_samples": 25, "noise_level": 0.15, "chunk_size": 5},
+          "scorecam": {"chunk_size": 32},
+          "multimodal_ig": {"steps": 50, "chunk_size": 10},
+      },
+  })
+
+
+def shrink_for_smoke(saliency: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Few path points and noise samples, so a smoke run's saliency step takes seconds."""
+  options = saliency.options
+  options.integrated_gradients.update({"steps": 8, "chunk_size": 8})
+  options.ig_smoothgrad.update({"steps": 8, "num_samples": 2, "path_chunk_size": 8})
+  options.smoothgrad.update({"num_samples": 2, "chunk_size": 2})
+  options.multimodal_ig.update({"steps": 8, "chunk_size": 8})
+  return saliency
+
+
+def saliency_config(config) -> ml_collections.ConfigDict:
+  """The defaults updated with `config.saliency` (unknown keys raise with the closest one)."""
+  out = default_config()
+  given = config.get("saliency") or {}
+  given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
+  for key, value in given.items():
+    if key not in out:
+      raise ValueError(f"unknown config.saliency key {key!r}; valid keys: {sorted(out)}."
+                       f"{config_lib.closest(key, out)}")
+    if key == "options":
+      for method, opts in (value or {}).items():
+        methods_lib.get_method(method)
+        out.options[method] = {**out.options.get(method, {}), **dict(opts)}
+    else:
+      out[key] = value
+  return out
+
+
+def default_methods(modalities) -> tuple:
+  methods = ("gradcam", "ig_smoothgrad") if "image" in modalities else ()
+  if "text" in modalities or "meta" in modalities:
+    methods += ("multimodal_ig",)
+  return methods
+
+
+def context_for(run, scfg) -> methods_lib.Context:
+  """Baselines, metadata fields, special tokens and the CAM layer of this run's model."""
+  data = run.config.data
+  black = -np.asarray(data.image_mean, np.float32) / np.asarray(data.image_std, np.float32)
+  encoder = run.preprocessor.meta_encoder
+  tokenizer = run.preprocessor.tokenizer
+  image = run.model.image
+  layer = scfg.layer or (f"image/{image.feature_map_name}" if image is not None else "")
+  return methods_lib.Context(
+      modalities=tuple(run.model.modalities), multilabel=run.info.multilabel,
+      image_baseline=black, meta_fields=tuple(encoder.fields) if encoder else None,
+      pad_id=int(tokenizer.pad_token_id) if tokenizer else 0,
+      keep_ids=tuple(int(t) for t in (tokenizer.cls_token_id, tokenizer.sep_token_id))
+      if tokenizer else (), layer=layer)
+
+
+def restore_variables(run, which: str) -> tuple[dict, int]:
+  """The checkpoint's params and batch stats, and its step."""
+  template = loop.create_state(run, load_pretrained=False)
+  restored = run.checkpointer.restore(checkpointing.abstract_like(template), which=which)
+  if restored is None:
+    raise FileNotFoundError(f"no {which} checkpoint under "
+                            f"{os.path.join(run.workdir, 'checkpoints')}; train first with "
+                            f"--mode=train")
+  state = restored[0]
+  return {"params": state.params, "batch_stats": state.batch_stats}, int(state.step)
+
+
+def write_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+  """Writes the arrays as one .npz, atomically (a killed run leaves no partial shard)."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_batch(source, preprocessor, indices: np.ndarray, fields: tuple, batch_size: int):
+  """(model batch padded to batch_size, raw records stacked) for split positions `indices`."""
+  raw = pipeline.stack_examples([{k: source[int(i)][k] for k in fields} for i in indices])
+  batch = preprocessor({k: v for k, v in raw.items()})
+  batch = {k: v for k, v in batch.items() if k in pipeline.MODEL_KEYS}
+  batch["weight"] = np.ones(len(indices), np.float32)
+  batch["index"] = indices.astype(np.int64)
+  return pipeline.pad_batch(batch, batch_size), raw
+
+
+class ShardWriter:
+  """Computes and writes the shards of one split for a restored model."""
+
+  def __init__(self, run, scfg, variables: dict, out_dir: str, methods: tuple):
+    self.run, self.scfg, self.out_dir, self.methods = run, scfg, out_dir, methods
+    self.source = run.builder.as_data_source(scfg.split)
+    self.mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
+    if scfg.batch_size % self.mesh.devices.size:
+      raise ValueError(f"config.saliency.batch_size {scfg.batch_size} is not divisible by the "
+                       f"{self.mesh.devices.size} local devices")
+    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
+    context = context_for(run, scfg)
+    builder = lambda v: model_fns.linen_apply_fn(run.model, v, train=False)
+    self.fns = {m: methods_lib.compiled(m, builder, scfg.options.get(m, {}), context)
+                for m in methods}
+    self.logits_fn = jax.jit(lambda v, b: builder(v)(b)[0])
+    features = run.builder.info.features
+    self.id_field = next((f for f in ID_FIELDS if f in features), None)
+    extras = [f for f in ("roi_mask", self.id_field) if f and f in features]
+    self.fields = tuple(dict.fromkeys(
+        pipeline._raw_fields(run.config.data, run.preprocessor) + tuple(extras)))
+
+  def device_batch(self, batch: dict) -> dict:
+    sharding = NamedSharding(self.mesh, P("data"))
+    return {k: jax.device_put(v, sharding) for k, v in batch.items()
+            if k in pipeline.MODEL_KEYS}
+
+  def run_methods(self, batch: dict, targets: np.ndarray, key: jax.Array) -> dict:
+    """Every method's outputs for one batch; top-k targets [N, k] give a k axis after N."""
+    columns = targets[:, None] if targets.ndim == 1 else targets
+    out = {}
+    for name, fn in self.fns.items():
+      per_column = [jax.device_get(fn(self.variables, batch, jnp.asarray(columns[:, j]),
+                                      jax.random.fold_in(key, j)))
+                    for j in range(columns.shape[1])]
+      for field in per_column[0]:
+        values = [np.asarray(c[field]) for c in per_column]
+        out[f"{name}.{field}"] = values[0] if targets.ndim == 1 else np.stack(values, 1)
+    return out
+
+  def shard(self, shard_id: int, indices: np.ndarray, bar) -> dict:
+    """All arrays of one shard (its examples in split order)."""
+    parts = []
+    base = jax.random.fold_in(jax.random.key(self.scfg.seed), shard_id)
+    for b, start in enumerate(range(0, len(indices), self.scfg.batch_size)):
+      idx = indices[start:start + self.scfg.batch_size]
+      batch, raw = read_batch(self.source, self.run.preprocessor, idx, self.fields,
+                              self.scfg.batch_size)
+      device_batch = self.device_batch(batch)
+      keep = len(idx)
+      logits = np.asarray(jax.device_get(self.logits_fn(self.variables, device_batch)))[:keep]
+      labels = np.asarray(raw[self.run.config.data.label_key])
+      targets = resolve_targets(self.scfg.target, logits, labels, self.scfg.top_k)
+      padded = np.zeros((self.scfg.batch_size,) + targets.shape[1:], targets.dtype)
+      padded[:keep] = targets
+      arrays = self.run_methods(device_batch, padded, jax.random.fold_in(base, b))
+      record = {"index": idx.astype(np.int64), "logits": logits, "targets": targets,
+                "label": labels}
+      record.update({k: v[:keep] for k, v in arrays.items()})
+      if self.id_field:
+        record["id"] = np.asarray(raw[self.id_field]).astype(str)
+      if self.scfg.save_images and "image" in raw:
+        record["image"] = np.asarray(raw["image"])
+      if "roi_mask" in raw:
+        record["roi_mask"] = np.asarray(raw["roi_mask"])
+      if "text_ids" in batch:
+        record["text_ids"] = np.asarray(batch["text_ids"])[:keep]
+        tokenizer = self.run.preprocessor.tokenizer
+        record["tokens"] = np.array([tokenizer.convert_ids_to_tokens(list(map(int, row)))
+                                     for row in record["text_ids"]], dtype=str)
+      parts.append(record)
+      bar.update(keep)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def manifest_for(scfg, methods: tuple, n: int, step: int) -> dict:
+  return {"split": scfg.split, "methods": list(methods), "options": {
+      m: dict(scfg.options.get(m, {})) for m in methods}, "target": scfg.target,
+      "top_k": scfg.top_k, "layer": scfg.layer, "shard_size": scfg.shard_size,
+      "num_examples": n, "checkpoint_step": step, "seed": scfg.seed}
+
+
+def check_manifest(path: str, manifest: dict) -> None:
+  """A rerun must use the settings the existing shards were made with."""
+  with open(path) as f:
+    existing = json.load(f)
+  changed = [k for k in MANIFEST_KEYS if json.loads(json.dumps(existing.get(k))) !=
+             json.loads(json.dumps(manifest.get(k)))]
+  if changed:
+    before = [existing.get(k) for k in changed]
+    now = [manifest.get(k) for k in changed]
+    raise ValueError(f"{path} was written with different settings ({', '.join(changed)}: "
+                     f"{before} now {now})"
+                     f"; delete {os.path.dirname(path)} to recompute, or keep it and rerun "
+                     f"with the old settings")
+
+
+def shard_file(out_dir: str, shard_id: int) -> str:
+  return os.path.join(out_dir, f"shard_{shard_id:05d}.npz")
+
+
+def run_saliency(config, workdir: str) -> dict:
+  """Computes config.saliency's methods for its split from the workdir's checkpoint."""
+  scfg = saliency_config(config)
+  for name in scfg.methods or ():
+    methods_lib.get_method(name)
+  run = loop.setup_run(config, workdir, record_run=False)
+  try:
+    variables, step = restore_variables(run, scfg.checkpoint)
+  finally:
+    run.checkpointer.close()
+  methods = tuple(scfg.methods or default_methods(run.model.modalities))
+  n = run.info.split_sizes[scfg.split] if scfg.split in run.info.split_sizes else None
+  if n is None:
+    raise ValueError(f"unknown split {scfg.split!r}; valid: {sorted(run.info.split_sizes)}")
+  n = min(n, scfg.max_examples) if scfg.max_examples else n
+  out_dir = os.path.join(workdir, "analysis", "saliency", scfg.output_name or scfg.split)
+  os.makedirs(out_dir, exist_ok=True)
+  manifest = manifest_for(scfg, methods, n, step)
+  manifest_path = os.path.join(out_dir, "manifest.json")
+  if os.path.exists(manifest_path):
+    check_manifest(manifest_path, manifest)
+  elif jax.process_index() == 0:
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
+  shards = [(i, np.arange(s, min(s + scfg.shard_size, n)))
+            for i, s in enumerate(range(0, n, scfg.shard_size))]
+  mine = [(i, idx) for i, idx in shards if i % jax.process_count() == jax.process_index()
+          and not os.path.exists(shard_file(out_dir, i))]
+  if mine:
+    writer = ShardWriter(run, scfg, variables, out_dir, methods)
+    with tqdm(total=sum(len(idx) for _, idx in mine), desc=f"saliency {scfg.split}",
+              disable=not scfg.progress, leave=False) as bar:
+      for shard_id, idx in mine:
+        write_npz_atomic(shard_file(out_dir, shard_id), writer.shard(shard_id, idx, bar))
+  done = sum(os.path.exists(shard_file(out_dir, i)) for i, _ in shards)
+  print(f"saliency: {done}/{len(shards)} shards of {n} {scfg.split} examples "
+        f"({', '.join(methods)}) in {out_dir}", flush=True)
+  return {"directory": out_dir, "methods": list(methods), "num_examples": n,
+          "num_shards": len(shards), "computed_shards": [i for i, _ in mine]}
+
+
+def load_saliency(directory: str) -> dict[str, np.ndarray]:
+  """Every shard of a saliency directory, concatenated in split order; raises if incomplete."""
+  with open(os.path.join(directory, "manifest.json")) as f:
+    manifest = json.load(f)
+  count = -(-manifest["num_examples"] // manifest["shard_size"])
+  missing = [i for i in range(count) if not os.path.exists(shard_file(directory, i))]
+  if missing:
+    raise FileNotFoundError(f"{directory} is missing shards {missing}; rerun --mode=saliency "
+                            f"to finish it")
+  parts = []
+  for i in range(count):
+    with np.load(shard_file(directory, i)) as data:
+      parts.append({k: data[k] for k in data.files})
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -1,0 +1,100 @@
+"""`--mode=saliency` on a trained smoke run: shards, resume without duplicates or gaps,
+settings checks, and the CXR (multilabel, text) path with top-k targets."""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from jaxmm.saliency import runner
+from jaxmm.train import loop
+
+METHODS = ("gradcam", "ig_smoothgrad", "multimodal_ig")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+  from tests.conftest import CONFIG_DIR
+  from jaxmm.train import config_lib
+  config = config_lib.load_config_file(os.path.join(CONFIG_DIR, "synthetic_derm.py") +
+                                       ":model=concat,smoke")
+  config.data.data_dir = data_dir
+  config.train.progress = False
+  config.saliency.update({"methods": METHODS, "max_examples": 10, "shard_size": 4,
+                          "batch_size": 4, "progress": False, "layer": "image/stage3"})
+  workdir = str(tmp_path_factory.mktemp("saliency_run"))
+  loop.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+@pytest.fixture(scope="module")
+def computed(trained):
+  config, workdir = trained
+  summary = runner.run_saliency(config, workdir)
+  return summary, runner.load_saliency(summary["directory"])
+
+
+def test_writes_every_example_once_with_maps_and_records(computed):
+  summary, first = computed
+  assert summary["num_shards"] == 3 and summary["computed_shards"] == [0, 1, 2]
+  np.testing.assert_array_equal(first["index"], np.arange(10))
+  assert first["gradcam.normalized"].shape == (10, 32, 32)
+  assert first["ig_smoothgrad.raw"].shape == (10, 32, 32)
+  assert first["multimodal_ig.meta_fields"].shape == (10, 4)
+  assert first["image"].dtype == np.uint8 and first["roi_mask"].shape == (10, 32, 32)
+  assert len(set(first["id"])) == 10
+
+
+def test_a_rerun_after_a_kill_fills_only_the_missing_shard_identically(trained, computed):
+  config, workdir = trained
+  summary, first = computed
+  # A run killed while writing shard 1 leaves no shard 1, maybe a temporary file.
+  os.remove(runner.shard_file(summary["directory"], 1))
+  open(runner.shard_file(summary["directory"], 1) + ".tmp-999", "wb").close()
+  again = runner.run_saliency(config, workdir)
+  assert again["computed_shards"] == [1]
+  second = runner.load_saliency(summary["directory"])
+  for key in first:
+    np.testing.assert_array_equal(second[key], first[key], err_msg=key)
+
+
+def test_changed_settings_on_existing_shards_are_refused(trained, computed):
+  config, workdir = trained
+  changed = config.copy_and_resolve_references()
+  changed.saliency.options.ig_smoothgrad.num_samples = 3
+  with pytest.raises(ValueError, match="different settings \\(options"):
+    runner.run_saliency(changed, workdir)
+
+
+def test_incomplete_directories_and_bad_config_keys_are_reported(trained, computed, tmp_path):
+  config, _ = trained
+  summary, _ = computed
+  os.makedirs(tmp_path / "copy")
+  for path in glob.glob(os.path.join(summary["directory"], "*")):
+    if not path.endswith("00002.npz"):
+      os.link(path, tmp_path / "copy" / os.path.basename(path))
+  with pytest.raises(FileNotFoundError, match=r"missing shards \[2\]"):
+    runner.load_saliency(str(tmp_path / "copy"))
+  bad = config.copy_and_resolve_references()
+  with bad.unlocked():
+    bad.saliency.metods = ("gradcam",)
+  with pytest.raises(ValueError, match="Did you mean 'methods'"):
+    runner.saliency_config(bad)
+  bad = config.copy_and_resolve_references()
+  bad.saliency.methods = ("gradcam", "integrated_gradient")
+  with pytest.raises(ValueError, match="unknown saliency method 'integrated_gradient'"):
+    runner.run_saliency(bad, str(tmp_path / "w"))
+
+
+def test_multilabel_text_model_top_k_targets(smoke_config, tmp_path):
+  config = smoke_config("synthetic_cxr", "model=joint")
+  config.saliency.update({"methods": ("gradcam", "multimodal_ig"), "target": "top_k",
+                          "top_k": 2, "max_examples": 4, "shard_size": 4, "batch_size": 4,
+                          "progress": False, "layer": "image/stage3"})
+  loop.train_and_evaluate(config, str(tmp_path))
+  data = runner.load_saliency(runner.run_saliency(config, str(tmp_path))["directory"])
+  assert data["targets"].shape == (4, 2)
+  np.testing.assert_array_equal(data["targets"], np.argsort(-data["logits"], 1)[:, :2])
+  assert data["gradcam.normalized"].shape == (4, 2, 32, 32)
+  assert data["multimodal_ig.text_tokens"].shape[:2] == (4, 2)
+  assert data["tokens"][0][0] == "[CLS]"

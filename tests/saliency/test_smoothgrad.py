@@ -1,0 +1,70 @@
+"""SmoothGrad wrapper: explicit-key determinism, chunk independence, the three kinds, and
+IG + SmoothGrad with paper 004's settings."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmm.saliency import gradients, smoothgrad
+
+N, D = 2, 6
+A = jnp.linspace(0.5, 2.0, D)
+QUADRATIC = lambda v: jnp.sum(A * v ** 2, axis=1)[:, None]
+TARGETS = jnp.zeros(N, jnp.int32)
+
+
+@pytest.fixture
+def x():
+  return jax.random.normal(jax.random.key(0), (N, D))
+
+
+def test_same_key_same_map_other_key_other_map_and_chunking_does_not_matter(x):
+  make = lambda c: smoothgrad.smoothgrad(gradients.vanilla_gradient, num_samples=6,
+                                         chunk_size=c)
+  first = make(4)(QUADRATIC, x, TARGETS, key=jax.random.key(1))
+  np.testing.assert_array_equal(first, make(4)(QUADRATIC, x, TARGETS, key=jax.random.key(1)))
+  np.testing.assert_allclose(first, make(1)(QUADRATIC, x, TARGETS, key=jax.random.key(1)),
+                             rtol=1e-6)
+  np.testing.assert_allclose(first, make(6)(QUADRATIC, x, TARGETS, key=jax.random.key(1)),
+                             rtol=1e-6)
+  assert not np.allclose(first, make(4)(QUADRATIC, x, TARGETS, key=jax.random.key(2)))
+
+
+def test_kinds_on_a_quadratic_with_supplied_noise(x):
+  noise = jax.random.normal(jax.random.key(3), (5, N, D))
+  grads = 2 * A * (x[None] + noise)  # the gradient at each noisy input
+  run = lambda kind: smoothgrad.smoothgrad(gradients.vanilla_gradient, num_samples=5,
+                                           kind=kind, chunk_size=2)(
+      QUADRATIC, x, TARGETS, key=jax.random.key(0), noise=noise)
+  np.testing.assert_allclose(run("smoothgrad"), grads.mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(run("smoothgrad_squared"), (grads ** 2).mean(0), rtol=1e-5)
+  np.testing.assert_allclose(run("vargrad"), grads.var(0), rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="unknown SmoothGrad kind 'median'"):
+    smoothgrad.smoothgrad(gradients.vanilla_gradient, kind="median")
+
+
+def test_noise_scale_is_a_fraction_of_each_examples_range():
+  x = jnp.stack([jnp.linspace(0, 1, 4000), jnp.linspace(-5, 5, 4000)])
+  sigma = 0.2 * smoothgrad.example_range(x)
+  np.testing.assert_allclose(sigma[:, 0], [0.2, 2.0], rtol=1e-6)
+  eps = smoothgrad.noise_sample(jax.random.key(0), 3, x, sigma)
+  np.testing.assert_allclose(eps.std(1), [0.2, 2.0], rtol=0.05)
+
+
+def test_smoothgrad_of_a_linear_function_is_its_gradient(x):
+  w = jnp.arange(D, dtype=jnp.float32)
+  out = smoothgrad.smoothgrad(gradients.vanilla_gradient, num_samples=3, kind="vargrad")(
+      lambda v: (v @ w)[:, None], x, TARGETS, key=jax.random.key(0))
+  np.testing.assert_allclose(out, 0.0, atol=1e-5)
+
+
+def test_ig_smoothgrad_paper_settings_without_noise_is_ig(x):
+  ig = gradients.integrated_gradients(QUADRATIC, x, TARGETS, steps=50)
+  fn = jax.jit(functools.partial(smoothgrad.ig_smoothgrad, QUADRATIC, num_samples=2,
+                                 noise_level=0.0, path_chunk_size=25, sample_chunk_size=2))
+  np.testing.assert_allclose(fn(x, TARGETS, key=jax.random.key(0)), ig, rtol=1e-5, atol=1e-6)
+  smoothed = smoothgrad.ig_smoothgrad(QUADRATIC, x, TARGETS, key=jax.random.key(0),
+                                      num_samples=3)
+  assert smoothed.shape == x.shape and not np.allclose(smoothed, ig)
