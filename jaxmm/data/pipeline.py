@@ -191,7 +191,8 @@ def task_info(data_config, builder, preprocessor: Preprocessor) -> TaskInfo:
   return TaskInfo(len(names), names, multilabel, sizes, meta_dim, vocab, image_shape)
 
 
-def _raw_fields(data_config, preprocessor: Preprocessor) -> tuple:
+def raw_fields(data_config, preprocessor: Preprocessor) -> tuple:
+  """The record fields a batch is made from: image, label, metadata fields, report text."""
   fields = ["image", data_config.label_key]
   if preprocessor.meta_encoder is not None:
     fields += list(preprocessor.meta_encoder.field_names)
@@ -214,7 +215,7 @@ def train_batches(source, preprocessor: Preprocessor, *, global_batch_size: int,
   if len(source) < global_batch_size:
     raise ValueError(f"training split has {len(source)} examples, fewer than one global batch "
                      f"({global_batch_size}); lower config.data.batch_size")
-  fields = _raw_fields(preprocessor.config, preprocessor)
+  fields = raw_fields(preprocessor.config, preprocessor)
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
   ds = ds[process_index::process_count]
   ds = ds.map(lambda ex: {k: ex[k] for k in fields})
@@ -236,7 +237,7 @@ def eval_batches(source, preprocessor: Preprocessor, *, batch_size: int,
   n = len(source)
   if n == 0:
     raise ValueError("evaluation split is empty")
-  fields = _raw_fields(preprocessor.config, preprocessor) + tuple(extra_fields)
+  fields = raw_fields(preprocessor.config, preprocessor) + tuple(extra_fields)
   indices = np.arange(n)[process_index::process_count]
   for start in range(0, len(indices), batch_size):
     idx = indices[start:start + batch_size]

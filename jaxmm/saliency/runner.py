@@ -165,7 +165,7 @@ class ShardWriter:
     self.id_field = next((f for f in ID_FIELDS if f in features), None)
     extras = [f for f in ("roi_mask", self.id_field) if f and f in features]
     self.fields = tuple(dict.fromkeys(
-        pipeline._raw_fields(run.config.data, run.preprocessor) + tuple(extras)))
+        pipeline.raw_fields(run.config.data, run.preprocessor) + tuple(extras)))
 
   def device_batch(self, batch: dict) -> dict:
     sharding = NamedSharding(self.mesh, P("data"))
