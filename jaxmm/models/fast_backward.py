@@ -127,11 +127,18 @@ def _max_pool_bwd(window, stride, padding, residuals, g):
                                              b + stride * (ow - 1) + 1, c),
                           (1, stride, stride, 1))
     first = jnp.where(candidate == y, k, first)
+  # Plane position q receives window q - a // stride of offset a: read shifted windows from
+  # copies of `first` and g padded once (an out-of-range window reads offset -1, gradient 0).
+  lo = (window - 1) // stride
+  pad = ((0, 0), (lo, qh - oh), (lo, qw - ow), (0, 0))
+  first_p = jnp.pad(first, pad, constant_values=-1)
+  g_p = jnp.pad(g, pad)
   planes = {}
   for k, (a, b) in enumerate(offsets):
-    part = jnp.pad(jnp.where(first == k, g, jnp.zeros((), g.dtype)),
-                   ((0, 0), (a // stride, qh - oh - a // stride),
-                    (b // stride, qw - ow - b // stride), (0, 0)))
+    start = (0, lo - a // stride, lo - b // stride, 0)
+    limit = (n, start[1] + qh, start[2] + qw, c)
+    part = jnp.where(lax.slice(first_p, start, limit) == k, lax.slice(g_p, start, limit),
+                     jnp.zeros((), g.dtype))
     key = (a % stride, b % stride)
     planes[key] = part if key not in planes else planes[key] + part
   zero = jnp.zeros((n, qh, qw, c), g.dtype)
