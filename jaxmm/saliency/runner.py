@@ -11,7 +11,7 @@ processes, shard i is computed by process i mod process_count.
 import io
 import json
 import os
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
