@@ -110,17 +110,17 @@ def top_k_panels(data: dict, method: str, class_names: Sequence[str], path: str,
 
 
 def token_plot(tokens: Sequence[str], attributions: np.ndarray, path: str,
-               title: str = "", per_line: int = 12) -> str:
+               title: str = "", per_line: int = 10) -> str:
   """Tokens as text boxes coloured by attribution / max |attribution| (blue -, red +)."""
   keep = [i for i, t in enumerate(tokens) if t not in ("[PAD]",)]
   values = np.asarray(attributions)[keep]
   scale = max(float(np.abs(values).max()), 1e-12)
   rows = -(-len(keep) // per_line)
-  fig, ax = plt.subplots(figsize=(12, 0.45 * rows + 0.6))
+  fig, ax = plt.subplots(figsize=(14, 0.45 * rows + 0.6))
   cmap = plt.get_cmap(SIGNED_CMAP)
   for n, (i, v) in enumerate(zip(keep, values)):
     ax.text((n % per_line) / per_line, 1 - (n // per_line + 0.5) / rows, tokens[i],
-            fontsize=9, ha="left", va="center",
+            fontsize=9, ha="left", va="center", color="white" if abs(v) > 0.6 * scale else "black",
             bbox=dict(facecolor=cmap(0.5 + 0.5 * v / scale), edgecolor="none", pad=1.5))
   ax.set_title(title, fontsize=9)
   ax.axis("off")
