@@ -13,7 +13,6 @@ import os
 
 import ml_collections
 
-from jaxmm.data import metadata as metadata_lib
 from jaxmm.data.atomic import write_text_atomic
 from jaxmm.report import saliency_figures
 from jaxmm.saliency import runner as saliency_runner
@@ -107,14 +106,9 @@ def explain_sample(config, workdir: str, results: dict) -> list:
   run_dir = os.path.join(workdir, name)
   summary = saliency_runner.run_saliency(cfg, run_dir)
   data = saliency_runner.load_saliency(summary["directory"])
-  field_names = None
-  encoder_path = os.path.join(run_dir, "data", "metadata_encoder.json")
-  if os.path.exists(encoder_path):
-    with open(encoder_path) as f:
-      field_names = list(metadata_lib.MetadataEncoder.from_json(f.read()).field_names)
   paths = saliency_figures.saliency_figures(
       data, summary["methods"], res["task"]["class_names"], cfg.model.modalities,
-      os.path.join(run_dir, "figures", "saliency"), field_names)
+      os.path.join(run_dir, "figures", "saliency"), summary["meta_field_names"])
   print(f"saliency overlays of {len(data['index'])} test examples of {name} "
         f"({', '.join(summary['methods'])}): {', '.join(paths)}", flush=True)
   return paths

@@ -8,7 +8,7 @@ batch assembled across processes is the same as one process would see.
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import grain
 import numpy as np
@@ -240,13 +240,20 @@ def eval_batches(source, preprocessor: Preprocessor, *, batch_size: int,
   fields = raw_fields(preprocessor.config, preprocessor) + tuple(extra_fields)
   indices = np.arange(n)[process_index::process_count]
   for start in range(0, len(indices), batch_size):
-    idx = indices[start:start + batch_size]
-    records = [source[int(i)] for i in idx]
-    raw = stack_examples([{k: r[k] for k in fields} for r in records])
-    batch = preprocessor(raw)
-    batch["weight"] = np.ones(len(idx), np.float32)
-    batch["index"] = idx.astype(np.int64)
-    yield pad_batch(batch, batch_size)
+    yield read_examples(source, preprocessor, indices[start:start + batch_size], fields,
+                        batch_size)[0]
+
+
+def read_examples(source, preprocessor: Preprocessor, indices: np.ndarray, fields: tuple,
+                  batch_size: int) -> tuple[dict, dict]:
+  """(batch, raw) for the records at split positions `indices`: the preprocessed batch with
+  `weight` and `index`, padded to `batch_size` (see eval_batches), and the raw `fields` of the
+  records, stacked and unpadded."""
+  raw = stack_examples([{k: source[int(i)][k] for k in fields} for i in indices])
+  batch = preprocessor(raw)
+  batch["weight"] = np.ones(len(indices), np.float32)
+  batch["index"] = np.asarray(indices).astype(np.int64)
+  return pad_batch(batch, batch_size), raw
 
 
 def pad_batch(batch: dict, size: int) -> dict:

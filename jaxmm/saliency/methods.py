@@ -41,6 +41,15 @@ def image_maps(attr: jax.Array) -> dict[str, jax.Array]:
   return {"raw": raw, "normalized": normalize.signed_unit(raw)}
 
 
+def cam_maps(out: dict) -> dict[str, jax.Array]:
+  """Runner outputs of a CAM computed without ReLU at input size: the signed map as "raw",
+  its ReLU scaled to [0, 1] as "normalized", and the layer-resolution map, weights and
+  contributions."""
+  return {"raw": out["cam"], "normalized": normalize.positive_unit(out["cam"]),
+          "layer_raw": out["raw"], "weights": out["weights"],
+          "contributions": out["contributions"]}
+
+
 def gradient_method(method: Callable, uses_baseline: bool = False) -> Callable:
   """A registry entry for an image gradient method (gradients / smoothgrad signature)."""
 
@@ -63,25 +72,18 @@ def cam_method(name: str) -> Callable:
     score = lambda logits: target_scores(logits, targets, options.get("score", "logit"),
                                          context.multilabel)
     _, a, g = model_fns.layer_activations_and_gradients(apply, batch, context.layer, score)
-    out = cams.gradient_cam(name, a, g, relu=False, size=batch["image"].shape[1:3])
-    return {"raw": out["cam"], "normalized": normalize.positive_unit(out["cam"]),
-            "layer_raw": out["raw"], "weights": out["weights"],
-            "contributions": out["contributions"]}
+    return cam_maps(cams.gradient_cam(name, a, g, relu=False, size=batch["image"].shape[1:3]))
 
   return run
 
 
 def score_cam_method(apply, batch, targets, key, options: Mapping, context: Context):
   del key
-  out_shapes = jax.eval_shape(lambda b: apply(b)[1], batch)
-  model_fns.check_layer(out_shapes, context.layer)
-  activations = apply(batch)[1][context.layer]
-  out = cams.score_cam(image_function(apply, batch), batch["image"], activations, targets,
-                       baseline=context.image_baseline, relu=False,
-                       multilabel=context.multilabel, **dict(options))
-  return {"raw": out["cam"], "normalized": normalize.positive_unit(out["cam"]),
-          "layer_raw": out["raw"], "weights": out["weights"],
-          "contributions": out["contributions"]}
+  out = apply(batch)[1]
+  model_fns.check_layer(out, context.layer)
+  return cam_maps(cams.score_cam(image_function(apply, batch), batch["image"],
+                                 out[context.layer], targets, baseline=context.image_baseline,
+                                 relu=False, multilabel=context.multilabel, **dict(options)))
 
 
 def multimodal_method(apply, batch, targets, key, options: Mapping, context: Context):

@@ -26,7 +26,7 @@ from jaxmm.data.atomic import write_bytes_atomic, write_text_atomic
 from jaxmm.saliency import methods as methods_lib
 from jaxmm.saliency import model_fns
 from jaxmm.saliency.targets import resolve_targets
-from jaxmm.train import checkpointing, config_lib, loop
+from jaxmm.train import config_lib, loop
 
 ID_FIELDS = ("image_id", "dicom_id", "image_name", "study_id", "example_id")
 MANIFEST_KEYS = ("split", "methods", "options", "target", "top_k", "layer", "shard_size",
@@ -118,13 +118,7 @@ def context_for(run, scfg) -> methods_lib.Context:
 
 def restore_variables(run, which: str) -> tuple[dict, int]:
   """The checkpoint's params and batch stats, and its step."""
-  template = loop.create_state(run, load_pretrained=False)
-  restored = run.checkpointer.restore(checkpointing.abstract_like(template), which=which)
-  if restored is None:
-    raise FileNotFoundError(f"no {which} checkpoint under "
-                            f"{os.path.join(run.workdir, 'checkpoints')}; train first with "
-                            f"--mode=train")
-  state = restored[0]
+  state = loop.restore_checkpoint(run, which)
   return {"params": state.params, "batch_stats": state.batch_stats}, int(state.step)
 
 
@@ -133,16 +127,6 @@ def write_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
   write_bytes_atomic(path, buffer.getvalue())
-
-
-def read_batch(source, preprocessor, indices: np.ndarray, fields: tuple, batch_size: int):
-  """(model batch padded to batch_size, raw records stacked) for split positions `indices`."""
-  raw = pipeline.stack_examples([{k: source[int(i)][k] for k in fields} for i in indices])
-  batch = preprocessor({k: v for k, v in raw.items()})
-  batch = {k: v for k, v in batch.items() if k in pipeline.MODEL_KEYS}
-  batch["weight"] = np.ones(len(indices), np.float32)
-  batch["index"] = indices.astype(np.int64)
-  return pipeline.pad_batch(batch, batch_size), raw
 
 
 class ShardWriter:
@@ -168,6 +152,7 @@ class ShardWriter:
         pipeline.raw_fields(run.config.data, run.preprocessor) + tuple(extras)))
 
   def device_batch(self, batch: dict) -> dict:
+    """The model inputs of a batch, sharded over the local devices."""
     sharding = NamedSharding(self.mesh, P("data"))
     return {k: jax.device_put(v, sharding) for k, v in batch.items()
             if k in pipeline.MODEL_KEYS}
@@ -191,8 +176,8 @@ class ShardWriter:
     base = jax.random.fold_in(jax.random.key(self.scfg.seed), shard_id)
     for b, start in enumerate(range(0, len(indices), self.scfg.batch_size)):
       idx = indices[start:start + self.scfg.batch_size]
-      batch, raw = read_batch(self.source, self.run.preprocessor, idx, self.fields,
-                              self.scfg.batch_size)
+      batch, raw = pipeline.read_examples(self.source, self.run.preprocessor, idx,
+                                          self.fields, self.scfg.batch_size)
       device_batch = self.device_batch(batch)
       keep = len(idx)
       logits = np.asarray(jax.device_get(self.logits_fn(self.variables, device_batch)))[:keep]
@@ -282,8 +267,10 @@ def run_saliency(config, workdir: str) -> dict:
   done = sum(os.path.exists(shard_file(out_dir, i)) for i, _ in shards)
   print(f"saliency: {done}/{len(shards)} shards of {n} {scfg.split} examples "
         f"({', '.join(methods)}) in {out_dir}", flush=True)
+  encoder = run.preprocessor.meta_encoder
   return {"directory": out_dir, "methods": list(methods), "num_examples": n,
-          "num_shards": len(shards), "computed_shards": [i for i, _ in mine]}
+          "num_shards": len(shards), "computed_shards": [i for i, _ in mine],
+          "meta_field_names": list(encoder.field_names) if encoder is not None else None}
 
 
 def load_saliency(directory: str) -> dict[str, np.ndarray]:

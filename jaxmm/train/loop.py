@@ -6,9 +6,8 @@ data position = step, early-stopping state) and ends as an uninterrupted run wou
 """
 import dataclasses
 import functools
-import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -110,9 +109,10 @@ def setup_run(config, workdir: str, record_run: bool = True) -> Run:
   train_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn),
                      donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(eval_step, model=model))
+  checkpointer = checkpointing.Checkpointer(
+      workdir, async_save=config.train.get("async_checkpoints", True))
   return Run(config, workdir, builder, preprocessor, info, model, mesh, tx, schedule,
-             steps_per_epoch, total_steps, train_fn, eval_fn, loss_fn,
-             checkpointing.Checkpointer(workdir, async_save=config.train.get("async_checkpoints", True)),
+             steps_per_epoch, total_steps, train_fn, eval_fn, loss_fn, checkpointer,
              writer.MetricsWriter(workdir, enabled=jax.process_index() == 0))
 
 
@@ -325,16 +325,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
     run.checkpointer.close()
 
 
+def restore_checkpoint(run: Run, which: str = "best") -> TrainState:
+  """The `which` ("best" / "latest") checkpoint of a trained workdir; FileNotFoundError if none."""
+  template = create_state(run, load_pretrained=False)
+  restored = run.checkpointer.restore(checkpointing.abstract_like(template), which=which)
+  if restored is None:
+    raise FileNotFoundError(f"no {which} checkpoint under "
+                            f"{os.path.join(run.workdir, 'checkpoints')}; train first with "
+                            f"--mode=train")
+  return restored[0]
+
+
 def evaluate(config, workdir: str, which: str = "best") -> dict:
   """Evaluates a trained workdir's checkpoint on `config.eval.splits`; writes eval_<split>.json."""
   run = setup_run(config, workdir, record_run=False)
   try:
-    template = create_state(run, load_pretrained=False)
-    restored = run.checkpointer.restore(checkpointing.abstract_like(template), which=which)
-    if restored is None:
-      raise FileNotFoundError(f"no {which} checkpoint under {os.path.join(workdir, 'checkpoints')}"
-                              f"; train first with --mode=train")
-    state = restored[0]
+    state = restore_checkpoint(run, which)
     out = {}
     for split in config.get("eval", {}).get("splits", ("test",)):
       out[split] = evaluate_split(run, state, split)
