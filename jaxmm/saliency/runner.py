@@ -3,10 +3,11 @@
 Output, under `DIR/analysis/saliency/<split>/` (or `<output_name>/`): `manifest.json` (methods,
 options, checkpoint step, shard layout) and `shard_<i>.npz` files, each holding for its examples
 "index" (position in the split), "label", "logits", "targets", the id field, the uint8 "image"
-and "roi_mask" when the dataset has them, and per method "<method>.raw" / "<method>.normalized"
-maps plus the method's extras. Shards are written atomically, so a killed run leaves only whole
-shards and re-running the same command computes exactly the missing ones. With several
-processes, shard i is computed by process i mod process_count.
+and "roi_mask" and the ANALYSIS_FIELDS when the dataset has them, and per method
+"<method>.raw" / "<method>.normalized" maps plus the method's extras. Shards are written
+atomically, so a killed run leaves only whole shards and re-running the same command computes
+exactly the missing ones. With several processes, shard i is computed by process
+i mod process_count.
 """
 import io
 import json
@@ -29,6 +30,10 @@ from jaxmm.saliency.targets import resolve_targets
 from jaxmm.train import config_lib, loop
 
 ID_FIELDS = ("image_id", "dicom_id", "image_name", "study_id", "example_id")
+# Record fields kept next to the maps for the explanation evaluation (when the dataset has them):
+# case grouping, demographics, and the synthetic data's planted confounder and its mask.
+ANALYSIS_FIELDS = ("lesion_id", "patient_id", "study_id", "sex", "age", "localization",
+                   "has_roi_mask", "confounder", "confounder_mask")
 MANIFEST_KEYS = ("split", "methods", "options", "target", "top_k", "layer", "shard_size",
                  "num_examples", "checkpoint_step", "seed")
 
@@ -147,9 +152,11 @@ class ShardWriter:
     self.logits_fn = jax.jit(lambda v, b: builder(v)(b)[0])
     features = run.builder.info.features
     self.id_field = next((f for f in ID_FIELDS if f in features), None)
+    self.analysis_fields = tuple(f for f in ANALYSIS_FIELDS if f in features)
     extras = [f for f in ("roi_mask", self.id_field) if f and f in features]
     self.fields = tuple(dict.fromkeys(
-        pipeline.raw_fields(run.config.data, run.preprocessor) + tuple(extras)))
+        pipeline.raw_fields(run.config.data, run.preprocessor) + tuple(extras) +
+        self.analysis_fields))
 
   def device_batch(self, batch: dict) -> dict:
     """The model inputs of a batch, sharded over the local devices."""
@@ -195,6 +202,9 @@ class ShardWriter:
         record["image"] = np.asarray(raw["image"])
       if "roi_mask" in raw:
         record["roi_mask"] = np.asarray(raw["roi_mask"])
+      for field in self.analysis_fields:
+        value = np.asarray(raw[field])
+        record[field] = value.astype(str) if value.dtype == object else value
       if "text_ids" in batch:
         record["text_ids"] = np.asarray(batch["text_ids"])[:keep]
         tokenizer = self.run.preprocessor.tokenizer
