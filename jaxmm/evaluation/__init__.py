@@ -1,0 +1,1 @@
+"""Evaluators: arrays in, records out (ROI agreement, metric statistics, feature analysis)."""
