@@ -20,6 +20,7 @@ few steps at 32 px with tiny encoders.
 import ml_collections
 from ml_collections import config_dict
 
+from jaxmm.evaluation import runner as evaluation_runner
 from jaxmm.saliency import runner as saliency_runner
 from jaxmm.train import config_lib
 
@@ -105,12 +106,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   })
   config.eval = {"splits": ("test",)}
   config.pipeline = {"variants": ("image",),
-                     # the main job ends with saliency overlays of this variant's test images
+                     # the main job ends with saliency overlays of this variant's test images and
+                     # the evaluation of its explanations (config.evaluation)
+                     "evaluate_explanations": True,
                      "saliency_variant": "image", "saliency_examples": 8}
   config.saliency = saliency_runner.default_config()
+  config.evaluation = evaluation_runner.default_config()
   config_lib.select_variant(config, arg.model)
   if arg.smoke:
     saliency_runner.shrink_for_smoke(config.saliency)
+    evaluation_runner.shrink_for_smoke(config.evaluation)
     config.data.builder_overrides.image_size = 32
     config.data.batch_size = 16
     config.data.eval_batch_size = 32

@@ -16,6 +16,7 @@ One model (variants: image, meta, concat, late, film; `smoke` shrinks everything
 import ml_collections
 from ml_collections import config_dict
 
+from jaxmm.evaluation import runner as evaluation_runner
 from jaxmm.saliency import runner as saliency_runner
 from jaxmm.train import config_lib
 
@@ -91,14 +92,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   })
   config.eval = {"splits": ("test",)}
   config.pipeline = {"variants": ("image", "meta", "concat"),
-                     # the main job ends with saliency overlays of this variant's test images
+                     # the main job ends with saliency overlays of this variant's test images and
+                     # the evaluation of its explanations (config.evaluation)
+                     "evaluate_explanations": True,
                      "saliency_variant": "concat", "saliency_examples": 8}
   config.saliency = saliency_runner.default_config()
-  # ResNetTiny's stage4 is 2x2 at 64 px (1x1 at 32): Grad-CAM reads the 4x4 stage3.
-  config.saliency.layer = "image/stage3"
+  config.evaluation = evaluation_runner.default_config()
+  # ResNetTiny's stage4 is 2x2 at 64 px: CAMs read the 8x8 stage2, fine enough to see the ruler.
+  config.saliency.layer = "image/stage2"
+  # The main job evaluates every test image within its budget: IG + SmoothGrad with 16 steps x
+  # 4 samples (paper 004 uses 50 x 10: --config.evaluation.saliency_options.ig_smoothgrad...),
+  # the integrated feature analysis for Grad-CAM and HiResCAM (pixel-wise Grad-CAM).
+  config.evaluation.saliency_options = {
+      "ig_smoothgrad": {"steps": 16, "num_samples": 4, "path_chunk_size": 16}}
+  config.evaluation.ifa.methods = ("gradcam", "hirescam")
+  config.evaluation.sanity.methods = ("gradcam", "hirescam")
   config_lib.select_variant(config, arg.model)
   if arg.smoke:
     saliency_runner.shrink_for_smoke(config.saliency)
+    evaluation_runner.shrink_for_smoke(config.evaluation)
     config.data.builder_config = "small"
     config.data.builder_overrides.update({"num_examples": 160, "image_size": 32})
     config.data.batch_size = 16

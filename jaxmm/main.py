@@ -2,7 +2,9 @@ r"""The one entry point: `python -m jaxmm.main --config=configs/x.py[:arg] --wor
 
 Modes: train (train, resume, evaluate the best checkpoint), eval (evaluate a trained workdir),
 pipeline (the README's main job: every variant in `config.pipeline.variants`, then a table),
-saliency (maps of a trained workdir's checkpoint for `config.saliency.split`, resumable shards).
+saliency (maps of a trained workdir's checkpoint for `config.saliency.split`, resumable shards),
+evaluate_explanations (ROI agreement, integrated feature analysis, faithfulness and sanity
+checks of those maps; config.evaluation).
 """
 import sys
 
@@ -10,6 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxmm import workflow
+from jaxmm.evaluation import runner as evaluation_runner
 from jaxmm.saliency import runner as saliency_runner
 from jaxmm.train import config_lib, loop
 
@@ -18,6 +21,7 @@ MODES = {
     "eval": loop.evaluate,
     "pipeline": workflow.run_pipeline,
     "saliency": saliency_runner.run_saliency,
+    "evaluate_explanations": evaluation_runner.run_evaluation,
 }
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/synthetic_derm.py:smoke.",

@@ -4,7 +4,10 @@ Each variant is a full, resumable run in `workdir/<variant>/`; the comparison (a
 like table 4 of paper 000, plus the fusion-vs-unimodal margins) goes to
 `workdir/comparison.{csv,json}` and stdout. Then the saliency runner explains a sample of test
 examples of `config.pipeline.saliency_variant` (Grad-CAM, IG + SmoothGrad, and the multimodal
-IG when it has text or metadata) and overlay figures go to `workdir/<variant>/figures/saliency/`.
+IG when it has text or metadata) and overlay figures go to `workdir/<variant>/figures/saliency/`;
+finally its explanations are evaluated on the whole test split (evaluation.runner: ROI
+agreement, integrated feature analysis, faithfulness, sanity, the confounder finding) with
+tables under `workdir/<variant>/analysis/` and figures under `.../figures/evaluation/`.
 """
 import csv
 import io
@@ -14,7 +17,8 @@ import os
 import ml_collections
 
 from jaxmm.data.atomic import write_text_atomic
-from jaxmm.report import saliency_figures
+from jaxmm.evaluation import runner as evaluation_runner
+from jaxmm.report import evaluation_figures, saliency_figures
 from jaxmm.saliency import runner as saliency_runner
 from jaxmm.train import config_lib, loop
 
@@ -88,7 +92,26 @@ def run_pipeline(config, workdir: str) -> dict:
     text = ", ".join(f"{k[3:]} {v:+.3f}" for k, v in deltas.items())
     print(f"{model} {metric} margin over unimodal models: {text}")
   figures = explain_sample(config, workdir, results)
-  return {"rows": rows, "fusion_margins": margins, "saliency_figures": figures}
+  evaluation = evaluate_explanations(config, workdir, results)
+  return {"rows": rows, "fusion_margins": margins, "saliency_figures": figures,
+          "explanation_evaluation": evaluation}
+
+
+def evaluate_explanations(config, workdir: str, results: dict) -> dict:
+  """The explanation evaluation of the saliency variant (evaluation.runner), with figures."""
+  name = config.pipeline.get("saliency_variant")
+  if not name or name not in results or not config.pipeline.get("evaluate_explanations"):
+    return {}
+  cfg, res = results[name]
+  run_dir = os.path.join(workdir, name)
+  print(f"\n== explanations of {name} on {evaluation_runner.evaluation_config(cfg).split}",
+        flush=True)
+  summary = evaluation_runner.run_evaluation(cfg, run_dir)
+  if summary:
+    paths = evaluation_figures.evaluation_figures(run_dir, res["task"]["class_names"])
+    print(f"evaluation figures: {os.path.join(run_dir, 'figures', 'evaluation')} "
+          f"({len(paths)} files)", flush=True)
+  return summary
 
 
 def explain_sample(config, workdir: str, results: dict) -> list:

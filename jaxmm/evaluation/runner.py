@@ -1,0 +1,607 @@
+"""`--mode=evaluate_explanations`: evaluates a checkpoint's explanations on a split.
+
+Steps (each writes under DIR/analysis/ and DIR/figures/evaluation/):
+  1. saliency maps of `config.evaluation.saliency_methods` for the split, through the saliency
+     runner (resumable shards in analysis/saliency/<split>/; finished shards are reused);
+  2. ROI agreement (paper 004) per method: analysis/roi_agreement/;
+  3. the integrated feature analysis (paper 003) per CAM method: analysis/ifa/<method>/, with
+     the scaling statistics and importance matrices saved for later maps;
+  4. deletion / insertion curves and the cascading randomisation test: analysis/faithfulness.csv,
+     analysis/sanity.csv;
+  5. on a dataset with a planted confounder, the confounder finding: analysis/confounder.json.
+A summary of the headline numbers goes to analysis/explanation_evaluation.json and stdout.
+"""
+import contextlib
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+
+from jaxmm.data import pipeline
+from jaxmm.data.atomic import write_text_atomic
+from jaxmm.evaluation import agreement, confounder, faithfulness, ifa, ifa_dataset, sanity, stats
+from jaxmm.saliency import methods as methods_lib
+from jaxmm.saliency import model_fns, normalize
+from jaxmm.saliency import runner as saliency_runner
+from jaxmm.train import config_lib, loop
+
+PIXEL_METHODS = ("hirescam", "layercam")  # CAMs whose weights are per pixel
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """config.evaluation (any key may be overridden on the command line)."""
+  return ml_collections.ConfigDict({
+      "split": "test",
+      # computed through the saliency runner with config.saliency's options and layer
+      "saliency_methods": ("gradcam", "hirescam", "ig_smoothgrad"),
+      # per-method option overrides of config.saliency.options for these maps, e.g.
+      # {"ig_smoothgrad": {"steps": 16}}; maps go to analysis/saliency/evaluation_<split>/
+      "saliency_options": {},
+      "maps": "normalized",   # which saliency output is thresholded (runner's normalisation)
+      "max_examples": config_dict.placeholder(int),
+      "bootstrap_resamples": 2000,
+      "alpha": 0.05,
+      "gallery_fraction": 0.1,
+      "seed": 0,
+      "ifa": {"enabled": True, "methods": ("gradcam", "hirescam", "xgradcam", "gradcam_pp"),
+              "layer": config_dict.placeholder(str),  # None: config.saliency's CAM layer
+              "reference_split": "train", "fractions": (0.05, 0.1, 0.2, 0.25),
+              "target": "predicted", "batch_size": 32,
+              "max_examples": config_dict.placeholder(int)},
+      "faithfulness": {"num_examples": 32, "steps": 20, "chunk_size": 7},
+      "sanity": {"num_examples": 8, "methods": ("gradcam", "hirescam", "ig_smoothgrad")},
+      "confounder": {"field": "confounder", "affected_class": config_dict.placeholder(int),
+                     "feature_fraction": 0.1, "method": "hirescam"},
+  })
+
+
+def shrink_for_smoke(evaluation: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Small samples everywhere, so a smoke run's evaluation takes seconds."""
+  evaluation.bootstrap_resamples = 200
+  evaluation.saliency_options = {}  # config.saliency's (smoke) options
+  evaluation.ifa.methods = ("gradcam", "hirescam")
+  evaluation.faithfulness.update({"num_examples": 4, "steps": 5, "chunk_size": 6})
+  evaluation.sanity.update({"num_examples": 2, "methods": ("gradcam",)})
+  return evaluation
+
+
+def evaluation_config(config) -> ml_collections.ConfigDict:
+  """The defaults updated with `config.evaluation` (unknown keys raise with the closest one)."""
+  out = default_config()
+  given = config.get("evaluation") or {}
+  given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
+  for key, value in given.items():
+    if key not in out:
+      raise ValueError(f"unknown config.evaluation key {key!r}; valid keys: {sorted(out)}."
+                       f"{config_lib.closest(key, out)}")
+    if key == "saliency_options":
+      for method in dict(value or {}):
+        methods_lib.get_method(method)
+      out[key] = dict(value or {})
+    elif isinstance(out[key], ml_collections.ConfigDict):
+      for sub, sub_value in dict(value).items():
+        if sub not in out[key]:
+          raise ValueError(f"unknown config.evaluation.{key} key {sub!r}; valid keys: "
+                           f"{sorted(out[key])}.{config_lib.closest(sub, out[key])}")
+        out[key][sub] = sub_value
+    else:
+      out[key] = value
+  return out
+
+
+def saliency_maps(config, workdir: str, ecfg, methods: tuple) -> tuple[dict, dict]:
+  """The split's maps from the saliency runner (computed, or reused when already there)."""
+  cfg = ml_collections.ConfigDict(config.to_dict())
+  with cfg.unlocked():
+    cfg.saliency = saliency_runner.saliency_config(cfg)
+    cfg.saliency.split = ecfg.split
+    cfg.saliency.methods = tuple(methods)
+    cfg.saliency.output_name = f"evaluation_{ecfg.split}"
+    for method, options in dict(ecfg.saliency_options).items():
+      cfg.saliency.options[method] = {**cfg.saliency.options.get(method, {}), **dict(options)}
+    cfg.saliency.max_examples = ecfg.max_examples
+    cfg.saliency.target = "top_k" if config.data.get("multilabel") else "predicted"
+    cfg.saliency.progress = config.train.get("progress", True)
+  summary = saliency_runner.run_saliency(cfg, workdir)
+  return saliency_runner.load_saliency(summary["directory"]), cfg.saliency
+
+
+def write_rows(path: str, rows: list) -> None:
+  if rows:
+    stats.write_table_csv(path, rows)
+
+
+def roi_agreement(data: dict, ecfg, class_names, out_dir: str) -> dict:
+  """Paper 004's tables for every method; tests adjusted together (Bonferroni)."""
+  if "roi_mask" not in data or not agreement.has_roi(data).any():
+    return {}
+  per_method, summary_rows, tests = {}, [], []
+  for method in ecfg.saliency_methods:
+    result = agreement.evaluate_method(
+        data, method, class_names, which=ecfg.maps, fraction=ecfg.gallery_fraction,
+        num_resamples=ecfg.bootstrap_resamples, seed=ecfg.seed)
+    per_method[method] = result
+    summary_rows += result["summaries"]
+    tests += result["tests"]
+    write_rows(os.path.join(out_dir, f"{method}_per_image.csv"), table_rows(result["images"]))
+    write_rows(os.path.join(out_dir, f"{method}_per_case.csv"), table_rows(result["cases"]))
+  tests = stats.bonferroni(tests, ecfg.alpha)
+  write_rows(os.path.join(out_dir, "summary.csv"), summary_rows)
+  write_rows(os.path.join(out_dir, "group_tests.csv"), tests)
+  stats.write_json(os.path.join(out_dir, "agreement.json"), {
+      "maps": ecfg.maps, "thresholds": "0.00..1.00 step 0.01, salient iff map >= t",
+      "summaries": summary_rows, "tests": tests,
+      "galleries": {m: {k: {side: r["images"]["index"][idx].tolist() for side, idx in g.items()}
+                        for k, g in r["galleries"].items()} for m, r in per_method.items()}})
+  return {"per_method": per_method, "summaries": summary_rows, "tests": tests}
+
+
+def table_rows(table: dict) -> list:
+  columns = list(table)
+  return [{c: table[c][i] for c in columns} for i in range(len(table[columns[0]]))]
+
+
+def split_batches(run, split: str, fields: tuple, batch_size: int, limit: int | None):
+  """(batch, raw) pairs over a split with "valid" marking real rows (the last is padded)."""
+  source = run.builder.as_data_source(split)
+  n = len(source) if limit is None else min(limit, len(source))
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    batch, raw = pipeline.read_examples(source, run.preprocessor, idx, fields, batch_size)
+    batch = {k: v for k, v in batch.items() if k in pipeline.MODEL_KEYS + ("label",)}
+    batch["valid"] = np.arange(batch_size) < len(idx)
+    for key in ("confounder", "confounder_mask"):
+      if key in raw:
+        batch[key] = pipeline.pad_batch({key: np.asarray(raw[key]),
+                                         "weight": np.ones(len(idx))}, batch_size)[key]
+    yield batch
+
+
+def analysis_fields(run, names=("confounder", "confounder_mask")) -> tuple:
+  features = run.builder.info.features
+  return tuple(dict.fromkeys(pipeline.raw_fields(run.config.data, run.preprocessor) +
+                             tuple(f for f in names if f in features)))
+
+
+# ------------------------------------------------------------------ integrated feature analysis
+
+def ifa_layer(run, scfg, ecfg) -> str:
+  return ecfg.ifa.layer or scfg.layer or f"image/{run.model.image.feature_map_name}"
+
+
+def consistency_rows(method: str, per: dict, selection, alpha: float) -> list:
+  """Paper 003's tables I and III: correlation of CAM sums with the selected class's logit,
+  for the individually scaled CAM, the S-CAM and the FS-S-CAMs."""
+  logit = per["logits"][np.arange(len(per["target"])), per["target"]]
+  rows = []
+  for name, sums in cam_sums(per, selection).items():
+    test = ifa.consistency(sums, logit, alpha)
+    test["correlation"] = test.pop("method")
+    rows.append({"method": method, "variant": name, **test})
+  return rows
+
+
+def cam_sums(per: dict, selection) -> dict:
+  """Total class activation per example of the CAM (individually scaled: ReLU, / max), the
+  S-CAM and the FS-S-CAMs (common tanh scale of the selected class), at layer resolution."""
+  a, b = selection.alpha[per["target"]], selection.beta[per["target"]]
+  scaled = lambda raw: np.tanh(a[:, None, None] * raw + b[:, None, None])
+  sums = {"cam": np.asarray(ifa.cam_sum(normalize.positive_unit(jnp.asarray(per["raw"])))),
+          "s_cam": scaled(per["raw"]).sum((1, 2))}
+  for p, fs in zip(selection.fractions, per["fs_raw"]):
+    sums[f"fs_s_cam_top{round(100 * p)}"] = scaled(fs).sum((1, 2))
+  return sums
+
+
+def masking_rows(method: str, per: dict, selection) -> list:
+  """Paper 003's table II: accuracy with all, principal and non-principal features."""
+  label = per["label"]
+  accuracy = lambda logits: float(np.mean(logits.argmax(-1) == label))
+  rows = [{"method": method, "features": "all", "fraction": 1.0,
+           "accuracy": accuracy(per["logits"])}]
+  count = len(selection.fractions)
+  for i, p in enumerate(selection.fractions):
+    rows.append({"method": method, "features": "principal", "fraction": p,
+                 "accuracy": accuracy(per["masked_logits"][i])})
+    rows.append({"method": method, "features": "non_principal", "fraction": 1 - p,
+                 "accuracy": accuracy(per["masked_logits"][count + i])})
+  return rows
+
+
+def drop_rows(method: str, per: dict, selection) -> list:
+  """Average drop / increase (percent) for the CAM and the FS-CAMs (paper 003's table IV)."""
+  if "masked_probability" not in per:
+    return []
+  probs = jax.nn.softmax(jnp.asarray(per["logits"]), -1)
+  y = np.asarray(probs)[np.arange(len(per["target"])), per["target"]]
+  names = ["cam"] + [f"fs_cam_top{round(100 * p)}" for p in selection.fractions]
+  rows = []
+  for name, o in zip(names, per["masked_probability"]):
+    drop = np.maximum(0, y - o) / np.maximum(y, 1e-12)
+    rows.append({"method": method, "variant": name, "average_drop": 100 * float(drop.mean()),
+                 "average_increase": 100 * float(np.mean(o > y))})
+  return rows
+
+
+def ifa_method(run, variables, method: str, layer: str, ecfg, affected, out_dir: str) -> dict:
+  """Reference pass on the reference split, evaluation pass on the evaluated split."""
+  cfg = ecfg.ifa
+  builder = lambda v: model_fns.linen_apply_fn(run.model, v, train=False)
+  fields = analysis_fields(run)
+  batches = functools.partial(split_batches, run, fields=fields, batch_size=cfg.batch_size,
+                              limit=cfg.max_examples)
+  num_classes = run.info.num_classes
+  reference = ifa_dataset.reference_pass(
+      ifa_dataset.reference_step(builder, layer, method), variables,
+      batches(cfg.reference_split), num_classes)
+  features = None
+  if affected is not None and "confounder_region" in reference["importance"]:
+    features = confounder.confounder_features(
+        reference["importance"]["confounder_region"]["eq4"], affected,
+        ecfg.confounder.feature_fraction)
+  selection, scaling = ifa_dataset.make_selection(reference, cfg.fractions,
+                                                  group_features=features,
+                                                  group_class=affected or 0)
+  black = -np.asarray(run.config.data.image_mean, np.float32) / np.asarray(
+      run.config.data.image_std, np.float32)
+  evaluation = ifa_dataset.evaluation_pass(
+      ifa_dataset.evaluation_step(builder, layer, method, black, cfg.target), variables,
+      batches(ecfg.split), num_classes, selection)
+  per = evaluation["per_example"]
+  result = {
+      "layer": layer, "reference_split": cfg.reference_split,
+      "statistics": reference["statistics"], "scaling": scaling,
+      "importance": {"reference": reference["importance"], "evaluated": evaluation["importance"]},
+      "overfitting": ifa.importance_distance(reference["importance"]["all"]["eq4"],
+                                             evaluation["importance"]["eq4"]),
+      "consistency": consistency_rows(method, per, selection, ecfg.alpha),
+      "masking": masking_rows(method, per, selection),
+      "drop": drop_rows(method, per, selection),
+      "selection": selection, "per_example": per}
+  write_ifa(result, method, os.path.join(out_dir, method))
+  return result
+
+
+def write_ifa(result: dict, method: str, out_dir: str) -> None:
+  """Scaling statistics and importance matrices next to the tables (reused for later maps)."""
+  os.makedirs(out_dir, exist_ok=True)
+  stats.write_json(os.path.join(out_dir, "distribution.json"), {
+      "layer": result["layer"], "split": result["reference_split"],
+      "per_class": result["statistics"]})
+  scaling = result["scaling"]
+  scaling = ifa.ScalingStats(per_class=scaling.per_class, low=scaling.low, high=scaling.high,
+                             method=method, layer=result["layer"])
+  write_text_atomic(os.path.join(out_dir, "scaling.json"), scaling.to_json())
+  matrices = {"reference_eq3": result["importance"]["reference"]["all"]["eq3"],
+              "reference_eq4": result["importance"]["reference"]["all"]["eq4"],
+              "evaluated_eq3": result["importance"]["evaluated"]["eq3"],
+              "evaluated_eq4": result["importance"]["evaluated"]["eq4"]}
+  saliency_runner.write_npz_atomic(os.path.join(out_dir, "importance.npz"), matrices)
+  per = result["per_example"]
+  saliency_runner.write_npz_atomic(os.path.join(out_dir, "per_example.npz"), {
+      "label": per["label"], "target": per["target"],
+      "target_logit": per["logits"][np.arange(len(per["target"])), per["target"]],
+      **{f"sum.{k}": v for k, v in cam_sums(per, result["selection"]).items()}})
+  write_rows(os.path.join(out_dir, "consistency.csv"), result["consistency"])
+  write_rows(os.path.join(out_dir, "feature_masking.csv"), result["masking"])
+  write_rows(os.path.join(out_dir, "average_drop_increase.csv"), result["drop"])
+  stats.write_json(os.path.join(out_dir, "overfitting.json"), result["overfitting"])
+
+
+# ------------------------------------------------------------------ faithfulness and sanity
+
+def first_examples(run, split: str, indices: np.ndarray) -> dict:
+  """The model inputs of the examples at split positions `indices`."""
+  source = run.builder.as_data_source(split)
+  fields = pipeline.raw_fields(run.config.data, run.preprocessor)
+  batch, _ = pipeline.read_examples(source, run.preprocessor, indices, fields, len(indices))
+  return {k: jnp.asarray(v) for k, v in batch.items() if k in pipeline.MODEL_KEYS}
+
+
+def image_baseline(run) -> np.ndarray:
+  """The normalised black image, per channel (the IG baseline and the deletion fill)."""
+  return -np.asarray(run.config.data.image_mean, np.float32) / np.asarray(
+      run.config.data.image_std, np.float32)
+
+
+def faithfulness_rows(run, variables, data: dict, ecfg, split: str) -> list:
+  """Deletion / insertion AUCs of each method's raw maps and of a random pixel order."""
+  count = min(ecfg.faithfulness.num_examples, len(data["index"]))
+  if count == 0 or "image" not in run.model.modalities:
+    return []
+  batch = first_examples(run, split, np.asarray(data["index"][:count]))
+  apply = model_fns.linen_apply_fn(run.model, variables, train=False)
+  f = methods_lib.image_function(apply, batch)
+  targets = jnp.asarray(agreement.first_target(np.asarray(data["targets"][:count]), 1))
+  options = {"baseline": image_baseline(run), "steps": ecfg.faithfulness.steps,
+             "chunk_size": ecfg.faithfulness.chunk_size,
+             "multilabel": bool(run.info.multilabel)}
+  curves = {m: faithfulness.deletion_insertion(
+      f, batch["image"], jnp.asarray(agreement.selected_maps(data, m, "raw")[:count]), targets,
+      **options) for m in ecfg.saliency_methods}
+  curves["random"] = faithfulness.random_order_auc(
+      f, batch["image"], targets, jax.random.key(ecfg.seed), **options)
+  return [{"method": m, "n": count, "steps": ecfg.faithfulness.steps,
+           "deletion_auc": float(np.mean(c["deletion_auc"])),
+           "insertion_auc": float(np.mean(c["insertion_auc"])),
+           "deletion_curve": np.asarray(c["deletion"]).mean(0).round(4).tolist(),
+           "insertion_curve": np.asarray(c["insertion"]).mean(0).round(4).tolist()}
+          for m, c in curves.items()]
+
+
+def randomizable(model):
+  """The model whose fresh weights replace trained ones in the randomisation test. With
+  zero-initialised last BatchNorm scales a fresh residual block is the identity, so
+  randomising it would change nothing: the fresh weights come without that trick."""
+  image = getattr(model, "image", None)
+  if image is not None and getattr(image, "zero_init_last_bn", False):
+    return model.clone(image=image.clone(zero_init_last_bn=False))
+  return model
+
+
+def sanity_rows(run, variables, data: dict, ecfg, scfg, split: str) -> list:
+  """The cascading parameter randomisation test of each sanity method (top layer down)."""
+  count = min(ecfg.sanity.num_examples, len(data["index"]))
+  if count == 0:
+    return []
+  batch = first_examples(run, split, np.asarray(data["index"][:count]))
+  targets = jnp.asarray(agreement.first_target(np.asarray(data["targets"][:count]), 1))
+  context = saliency_runner.context_for(run, scfg)
+  builder = lambda v: model_fns.linen_apply_fn(run.model, v, train=False)
+  key = jax.random.key(ecfg.seed)
+  # Host copies: the randomised trees mix restored (mesh-sharded) and fresh leaves, and
+  # uniform inputs let every cascading step reuse one compiled method.
+  variables = jax.device_get(variables)
+  rows = []
+  for method in ecfg.sanity.methods:
+    if any(m not in run.model.modalities for m in methods_lib.REQUIRES[method]):
+      continue
+    fn = methods_lib.compiled(method, builder, scfg.options.get(method, {}), context)
+    method_fn = lambda v, b, t, fn=fn: fn(v, b, t, key)["raw"]
+    for row in sanity.cascading_randomization_test(randomizable(run.model), variables, batch,
+                                                   targets, method_fn, key):
+      row.pop("per_example")
+      rows.append({"method": method, "n": count, **row})
+  return rows
+
+
+# ------------------------------------------------------------------ the confounder finding
+
+def affected_class_of(data: dict, ecfg, num_classes: int) -> int | None:
+  """The confounder's affected class (configured, else where it is most frequent)."""
+  field = ecfg.confounder.field
+  if field not in data or np.asarray(data["label"]).ndim != 1:
+    return None
+  if ecfg.confounder.affected_class is not None:
+    return int(ecfg.confounder.affected_class)
+  return confounder.affected_class(data["label"], data[field], num_classes)
+
+
+def confounder_finding(data: dict, ecfg, affected: int, class_names, roi_result: dict,
+                       ifa_results: dict) -> dict:
+  """ROI agreement with vs without the confounder (affected class), mass on the artefact,
+  and the FS-CAM of the importance matrix's confounder features (module confounder)."""
+  flags = np.asarray(data[ecfg.confounder.field]).astype(bool)
+  masks = np.asarray(data.get("confounder_mask"))
+  rates = confounder.confounder_rates(data["label"], flags, len(class_names))
+  rows = []
+  for method in ecfg.saliency_methods:
+    row = {"method": method}
+    images = roi_result.get("per_method", {}).get(method, {}).get("images")
+    if images is not None:
+      labels = np.asarray(data["label"])[agreement.has_roi(data)]
+      for metric in ("dice", "spearman"):
+        test = confounder.agreement_difference(images[metric], labels,
+                                               images["confounder"], affected)
+        row.update({f"{metric}_with": test["mean_with"], f"{metric}_without": test["mean_without"],
+                    f"{metric}_t": test["statistic"], f"{metric}_p": test["p"],
+                    "n_with": test["n_with"], "n_without": test["n_without"]})
+    if masks.ndim == 3:
+      mass = confounder.mass_on_artefact(agreement.selected_maps(data, method, ecfg.maps),
+                                         masks, flags, ecfg.seed)
+      row.update({"mass_on_artefact": mass.get("mass"), "control_mass": mass.get("control_mass"),
+                  "artefact_area": mass.get("area"), "mass_t": mass["statistic"],
+                  "mass_p": mass["p"]})
+    rows.append(row)
+  finding = {"affected_class": class_names[affected], "rates": dict(zip(class_names, rates)),
+             "alpha": ecfg.alpha, "methods": rows}
+  method = ecfg.confounder.method
+  if method in ifa_results and masks.ndim == 3:
+    finding["features"] = feature_evidence(ifa_results[method], flags, masks, affected, method)
+  return finding
+
+
+def write_confounder_examples(data: dict, ecfg, affected: int, ifa_results: dict, path: str,
+                              count: int = 8) -> None:
+  """Images of the affected class with the confounder, their masks and maps (for figures):
+  each saliency method's map, and the confounder method's CAM and FS-CAM of the class."""
+  flags = np.asarray(data[ecfg.confounder.field]).astype(bool)
+  labels = np.asarray(data["label"])
+  order = np.concatenate([np.flatnonzero(flags & (labels == affected)),
+                          np.flatnonzero(flags & (labels != affected))])[:count]
+  arrays = {"index": np.asarray(data["index"])[order], "label": labels[order],
+            "affected_class": np.asarray(affected)}
+  for key in ("image", "roi_mask", "confounder_mask"):
+    if key in data:
+      arrays[key] = np.asarray(data[key])[order]
+  for method in ecfg.saliency_methods:
+    arrays[f"{method}.normalized"] = agreement.selected_maps(data, method, ecfg.maps)[order]
+  result = ifa_results.get(ecfg.confounder.method)
+  if result is not None and "group_cam" in result["per_example"]:
+    per = result["per_example"]
+    keep = order[order < len(per["group_cam"])]
+    arrays["ifa_index"] = keep
+    arrays["class_cam"] = per["group_cam"][keep]
+    arrays["class_fs_cam"] = per["group_fs_cam"][keep]
+  saliency_runner.write_npz_atomic(path, arrays)
+
+
+def feature_evidence(result: dict, flags: np.ndarray, masks: np.ndarray, affected: int,
+                     method: str) -> dict:
+  """Where the importance matrix's confounder features look, on images with the confounder."""
+  selection, per = result["selection"], result["per_example"]
+  n = min(len(per["label"]), len(flags))
+  features = selection.group_features
+  column = result["importance"]["reference"]["all"]["eq4"][:, affected]
+  share = per["feature_confounder_share"][:n][flags[:n]]
+  test = confounder.fs_cam_on_artefact(per["group_cam"][:n], per["group_fs_cam"][:n],
+                                       masks[:n], flags[:n])
+  return {"method": method, "layer": result["layer"],
+          "features": np.flatnonzero(features).tolist(), "num_features": len(features),
+          "concentration": confounder.concentration(column, features),
+          "feature_share_on_artefact": float(share[:, features].mean()) if len(share) else None,
+          "other_share_on_artefact": float(share[:, ~features].mean()) if len(share) else None,
+          **{f"fs_{k}": v for k, v in test.items()}}
+
+
+# ------------------------------------------------------------------ the mode
+
+@contextlib.contextmanager
+def timed(label: str):
+  start = time.perf_counter()
+  yield
+  print(f"evaluation: {label} ({time.perf_counter() - start:.1f} s)", flush=True)
+
+
+def usable(methods, modalities) -> tuple:
+  """The methods whose required modalities the model has."""
+  return tuple(m for m in methods
+               if all(x in modalities for x in methods_lib.REQUIRES[m]))
+
+
+def run_evaluation(config, workdir: str) -> dict:
+  """Evaluates the explanations of the workdir's checkpoint (module docstring)."""
+  ecfg = evaluation_config(config)
+  for name in tuple(ecfg.saliency_methods) + tuple(ecfg.sanity.methods):
+    methods_lib.get_method(name)
+  for name in ecfg.ifa.methods:
+    ifa.check_method(name)
+  run = loop.setup_run(config, workdir, record_run=False)
+  try:
+    variables, step = saliency_runner.restore_variables(
+        run, saliency_runner.saliency_config(config).checkpoint)
+  finally:
+    run.checkpointer.close()
+  modalities = tuple(run.model.modalities)
+  ecfg.saliency_methods = usable(ecfg.saliency_methods, modalities)
+  ecfg.sanity.methods = usable(ecfg.sanity.methods, modalities)
+  if not ecfg.saliency_methods:
+    print(f"evaluation: no saliency method of config.evaluation applies to a model of "
+          f"{list(modalities)}; nothing to evaluate", flush=True)
+    return {}
+  with timed(f"saliency maps of {ecfg.split}"):
+    data, scfg = saliency_maps(config, workdir, ecfg, ecfg.saliency_methods)
+  out_dir = os.path.join(workdir, "analysis")
+  class_names = list(run.info.class_names)
+  result = {"split": ecfg.split, "checkpoint_step": step, "num_examples": len(data["index"]),
+            "methods": list(ecfg.saliency_methods)}
+  with timed("ROI agreement"):
+    result["roi"] = roi_agreement(data, ecfg, class_names, os.path.join(out_dir, "roi_agreement"))
+  affected = affected_class_of(data, ecfg, len(class_names))
+  result["ifa"] = {}
+  if ecfg.ifa.enabled and "image" in run.model.modalities and not run.info.multilabel:
+    layer = ifa_layer(run, scfg, ecfg)
+    for method in ecfg.ifa.methods:
+      with timed(f"integrated feature analysis, {method} at {layer}"):
+        result["ifa"][method] = ifa_method(run, variables, method, layer, ecfg, affected,
+                                           os.path.join(out_dir, "ifa"))
+  with timed("deletion / insertion"):
+    result["faithfulness"] = faithfulness_rows(run, variables, data, ecfg, ecfg.split)
+  write_rows(os.path.join(out_dir, "faithfulness.csv"), result["faithfulness"])
+  with timed("cascading randomisation"):
+    result["sanity"] = sanity_rows(run, variables, data, ecfg, scfg, ecfg.split)
+  write_rows(os.path.join(out_dir, "sanity.csv"), result["sanity"])
+  if affected is not None:
+    result["confounder"] = confounder_finding(data, ecfg, affected, class_names,
+                                              result["roi"], result["ifa"])
+    stats.write_json(os.path.join(out_dir, "confounder.json"), result["confounder"])
+    write_confounder_examples(data, ecfg, affected, result["ifa"],
+                              os.path.join(out_dir, "confounder_examples.npz"))
+  summary = headline(result, ecfg)
+  summary["saliency_directory"] = os.path.join("analysis", "saliency", scfg.output_name)
+  stats.write_json(os.path.join(out_dir, "explanation_evaluation.json"), summary)
+  print(format_summary(summary), flush=True)
+  return summary
+
+
+def overall(rows: list, method: str, metric: str) -> dict:
+  return next((r for r in rows if r["method"] == method and r["stratification"] == "all"
+               and r["metric"] == metric), {})
+
+
+def headline(result: dict, ecfg) -> dict:
+  """The numbers the main job prints and the report shows."""
+  roi_rows = result["roi"].get("summaries", [])
+  methods = []
+  for method in ecfg.saliency_methods:
+    row = {"method": method}
+    for metric in ("dice", "spearman", "pointing_game", "relevance_mass"):
+      s = overall(roi_rows, method, metric)
+      row.update({metric: s.get("mean"), f"{metric}_ci": [s.get("ci_low"), s.get("ci_high")],
+                  "cases": s.get("n")})
+    faith = next((r for r in result["faithfulness"] if r["method"] == method), {})
+    row.update({k: faith.get(k) for k in ("deletion_auc", "insertion_auc")})
+    last = [r for r in result["sanity"] if r["method"] == method]
+    row["randomized_spearman"] = last[-1]["spearman"] if last else None
+    methods.append(row)
+  ifa_rows = {m: {"s_cam_r": next(r["r"] for r in res["consistency"] if r["variant"] == "s_cam"),
+                  "cam_r": next(r["r"] for r in res["consistency"] if r["variant"] == "cam"),
+                  "accuracy_all": res["masking"][0]["accuracy"],
+                  "accuracy_principal": {r["fraction"]: r["accuracy"] for r in res["masking"]
+                                         if r["features"] == "principal"},
+                  "overfitting_relative_l2": res["overfitting"]["relative_l2"]}
+              for m, res in result["ifa"].items()}
+  random_row = next((r for r in result["faithfulness"] if r["method"] == "random"), {})
+  return {"split": result["split"], "checkpoint_step": result["checkpoint_step"],
+          "num_examples": result["num_examples"], "methods": methods, "ifa": ifa_rows,
+          "random_order": {k: random_row.get(k) for k in ("deletion_auc", "insertion_auc")},
+          "confounder": result.get("confounder")}
+
+
+def fmt(value, spec: str = ".3f") -> str:
+  return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else \
+      format(value, spec)
+
+
+def format_summary(summary: dict) -> str:
+  lines = [f"Explanation evaluation ({summary['split']}, {summary['num_examples']} examples):",
+           "method        dice   spearman  pointing  rel_mass  deletion  insertion  randomized"]
+  for r in summary["methods"]:
+    lines.append(f"{r['method']:<13} {fmt(r['dice'])}  {fmt(r['spearman']):<8}  "
+                 f"{fmt(r['pointing_game']):<8}  {fmt(r['relevance_mass']):<8}  "
+                 f"{fmt(r['deletion_auc']):<8}  {fmt(r['insertion_auc']):<9}  "
+                 f"{fmt(r['randomized_spearman'])}")
+  finding = summary.get("confounder")
+  if finding:
+    lines.append(confounder_lines(finding))
+  return "\n".join(lines)
+
+
+def confounder_lines(finding: dict) -> str:
+  cls = finding["affected_class"]
+  rates = finding["rates"]
+  others = np.nanmean([v for k, v in rates.items() if k != cls])
+  lines = [f"Confounder finding: affected class {cls} (confounder in {rates[cls]:.0%} of its "
+           f"images, {others:.0%} of others'); alpha {finding['alpha']}",
+           "method        dice with/without (p)     mass on artefact / control (p)"]
+  for r in finding["methods"]:
+    lines.append(f"{r['method']:<13} {fmt(r.get('dice_with'))}/{fmt(r.get('dice_without'))} "
+                 f"({fmt(r.get('dice_p'), '.2g')})".ljust(41) +
+                 f"{fmt(r.get('mass_on_artefact'))} / {fmt(r.get('control_mass'))} "
+                 f"({fmt(r.get('mass_p'), '.2g')})")
+  features = finding.get("features")
+  if features:
+    lines.append(f"{features['method']} importance matrix on the artefact: "
+                 f"{len(features['features'])} of {features['num_features']} features carry "
+                 f"most of its {cls} activation and hold {features['concentration']:.0%} of "
+                 f"{cls}'s importance; their FS-CAM puts "
+                 f"{fmt(features['fs_fs_cam_mass'])} of its mass on the artefact vs "
+                 f"{fmt(features['fs_cam_mass'])} for the full CAM "
+                 f"(paired t {fmt(features['fs_statistic'], '.1f')}, "
+                 f"p {fmt(features['fs_p'], '.2g')})")
+  return "\n".join(lines)
