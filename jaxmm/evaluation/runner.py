@@ -73,21 +73,13 @@ def shrink_for_smoke(evaluation: ml_collections.ConfigDict) -> ml_collections.Co
 def evaluation_config(config) -> ml_collections.ConfigDict:
   """The defaults updated with `config.evaluation` (unknown keys raise with the closest one)."""
   out = default_config()
-  given = config.get("evaluation") or {}
-  given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
-  for key, value in given.items():
-    if key not in out:
-      raise ValueError(f"unknown config.evaluation key {key!r}; valid keys: {sorted(out)}."
-                       f"{config_lib.closest(key, out)}")
+  for key, value in config_lib.checked_items(config.get("evaluation"), out, "config.evaluation"):
     if key == "saliency_options":
       for method in dict(value or {}):
         methods_lib.get_method(method)
       out[key] = dict(value or {})
     elif isinstance(out[key], ml_collections.ConfigDict):
-      for sub, sub_value in dict(value).items():
-        if sub not in out[key]:
-          raise ValueError(f"unknown config.evaluation.{key} key {sub!r}; valid keys: "
-                           f"{sorted(out[key])}.{config_lib.closest(sub, out[key])}")
+      for sub, sub_value in config_lib.checked_items(value, out[key], f"config.evaluation.{key}"):
         out[key][sub] = sub_value
     else:
       out[key] = value

@@ -83,12 +83,7 @@ def shrink_for_smoke(saliency: ml_collections.ConfigDict) -> ml_collections.Conf
 def saliency_config(config) -> ml_collections.ConfigDict:
   """The defaults updated with `config.saliency` (unknown keys raise with the closest one)."""
   out = default_config()
-  given = config.get("saliency") or {}
-  given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
-  for key, value in given.items():
-    if key not in out:
-      raise ValueError(f"unknown config.saliency key {key!r}; valid keys: {sorted(out)}."
-                       f"{config_lib.closest(key, out)}")
+  for key, value in config_lib.checked_items(config.get("saliency"), out, "config.saliency"):
     if key == "options":
       for method, opts in (value or {}).items():
         methods_lib.get_method(method)

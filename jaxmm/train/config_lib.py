@@ -17,6 +17,17 @@ def closest(name: str, valid) -> str:
   return f" Did you mean {match[0]!r}?" if match else ""
 
 
+def checked_items(given, valid, where: str) -> list[tuple[str, Any]]:
+  """The (key, value) pairs of a config section (ConfigDict or dict, None = empty), each key
+  checked against `valid`: an unknown one raises with the valid keys and the closest match."""
+  given = given.to_dict() if hasattr(given, "to_dict") else dict(given or {})
+  for key in given:
+    if key not in valid:
+      raise ValueError(f"unknown {where} key {key!r}; valid keys: {sorted(valid)}."
+                       f"{closest(key, valid)}")
+  return list(given.items())
+
+
 def _convert(value: str, default: Any) -> Any:
   if isinstance(default, bool):
     if value.lower() in ("1", "true", "yes", ""):
