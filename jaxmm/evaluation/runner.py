@@ -239,8 +239,7 @@ def ifa_method(run, variables, method: str, layer: str, ecfg, affected, out_dir:
   selection, scaling = ifa_dataset.make_selection(reference, cfg.fractions,
                                                   group_features=features,
                                                   group_class=affected or 0)
-  black = -np.asarray(run.config.data.image_mean, np.float32) / np.asarray(
-      run.config.data.image_std, np.float32)
+  black = saliency_runner.image_baseline(run.config.data)
   evaluation = ifa_dataset.evaluation_pass(
       ifa_dataset.evaluation_step(builder, layer, method, black, cfg.target), variables,
       batches(ecfg.split), num_classes, selection)
@@ -295,12 +294,6 @@ def first_examples(run, split: str, indices: np.ndarray) -> dict:
   return {k: jnp.asarray(v) for k, v in batch.items() if k in pipeline.MODEL_KEYS}
 
 
-def image_baseline(run) -> np.ndarray:
-  """The normalised black image, per channel (the IG baseline and the deletion fill)."""
-  return -np.asarray(run.config.data.image_mean, np.float32) / np.asarray(
-      run.config.data.image_std, np.float32)
-
-
 def faithfulness_rows(run, variables, data: dict, ecfg, split: str) -> list:
   """Deletion / insertion AUCs of each method's raw maps and of a random pixel order."""
   count = min(ecfg.faithfulness.num_examples, len(data["index"]))
@@ -310,7 +303,8 @@ def faithfulness_rows(run, variables, data: dict, ecfg, split: str) -> list:
   apply = model_fns.linen_apply_fn(run.model, variables, train=False)
   f = methods_lib.image_function(apply, batch)
   targets = jnp.asarray(agreement.first_target(np.asarray(data["targets"][:count]), 1))
-  options = {"baseline": image_baseline(run), "steps": ecfg.faithfulness.steps,
+  options = {"baseline": saliency_runner.image_baseline(run.config.data),
+             "steps": ecfg.faithfulness.steps,
              "chunk_size": ecfg.faithfulness.chunk_size,
              "multilabel": bool(run.info.multilabel)}
   curves = {m: faithfulness.deletion_insertion(

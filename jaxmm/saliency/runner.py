@@ -100,10 +100,15 @@ def default_methods(modalities) -> tuple:
   return methods
 
 
+def image_baseline(data_config) -> np.ndarray:
+  """The normalised black image, per channel: -mean / std (the IG baseline, the deletion fill)."""
+  return -np.asarray(data_config.image_mean, np.float32) / np.asarray(data_config.image_std,
+                                                                       np.float32)
+
+
 def context_for(run, scfg) -> methods_lib.Context:
   """Baselines, metadata fields, special tokens and the CAM layer of this run's model."""
-  data = run.config.data
-  black = -np.asarray(data.image_mean, np.float32) / np.asarray(data.image_std, np.float32)
+  black = image_baseline(run.config.data)
   encoder = run.preprocessor.meta_encoder
   tokenizer = run.preprocessor.tokenizer
   image = run.model.image
