@@ -4,8 +4,9 @@ Two passes per CAM method at one layer:
   * `reference_pass` (the training split, as the paper prefers): every class's CAM of every
     example (one forward, one vmapped backward pass per batch), accumulated into the
     importance matrix (Eq. 3 and Eq. 4 together, also per group of examples, and, where a
-    confounder mask is given, restricted to the confounder's pixels of the images with it), and the class activation levels collected per class for the distribution
-    analysis that fixes the common intensity scale (S-CAM, Eq. 2).
+    confounder mask is given, restricted to the confounder's pixels of the images with it),
+    and the class activation levels collected per class for the distribution analysis that
+    fixes the common intensity scale (S-CAM, Eq. 2).
   * `evaluation_pass` (the evaluated split): the same importance matrix (for the overfitting
     check), and for each example's selected class (the predicted one) the raw CAM, the FS-CAMs
     of the principal features (Eq. 5), logits with the layer's non-selected features blocked
