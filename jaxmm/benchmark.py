@@ -160,7 +160,7 @@ def print_saliency(result: dict, args) -> None:
     values = result[name]
     print(f"{name:28s} jaxmm {values['jaxmm']:9.2f}  captum {values['captum']:9.2f}  "
           f"ratio {values['jaxmm'] / values['captum']:.2f}x")
-  print(f"jaxmm first calls (compile + run): " + ", ".join(
+  print("jaxmm first calls (compile + run): " + ", ".join(
       f"{k} {v:.1f}s" for k, v in result["first_call_s"].items()))
 
 

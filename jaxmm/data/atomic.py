@@ -2,7 +2,11 @@
 
 Readers (and a run killed mid-write) see the old file or the new one, never half of one.
 """
+import io
 import os
+from typing import Mapping
+
+import numpy as np
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
@@ -19,3 +23,10 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
 def write_text_atomic(path: str, text: str) -> None:
   """Writes `text` (UTF-8) to `path` atomically."""
   write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+  """Writes the arrays as one .npz (no pickled objects), atomically."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  write_bytes_atomic(path, buffer.getvalue())

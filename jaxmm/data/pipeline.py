@@ -35,6 +35,17 @@ class TaskInfo:
   image_shape: tuple = ()
 
 
+# Raw record fields kept next to a split's predictions for subgroup analysis, when present.
+GROUP_FIELDS = ("lesion_id", "patient_id", "study_id", "sex", "age", "localization", "site",
+                "malignant")
+
+
+def group_fields(data_config, builder) -> tuple:
+  """GROUP_FIELDS the dataset has, except the task's own label key (saved as `label`)."""
+  features = builder.info.features
+  return tuple(f for f in GROUP_FIELDS if f in features and f != data_config.label_key)
+
+
 def data_dir(data_config) -> str:
   return data_config.get("data_dir") or os.environ.get("JAXMM_DATA_DIR") or DEFAULT_DATA_DIR
 
@@ -232,16 +243,21 @@ def eval_batches(source, preprocessor: Preprocessor, *, batch_size: int,
   """One ordered pass over a split in fixed-size batches; the last one is padded.
 
   Each batch has `weight` (1.0 real, 0.0 padding) and `index` (position in the split, -1 for
-  padding) so results can be matched back to examples.
+  padding) so results can be matched back to examples, and the raw `extra_fields` (padded).
   """
   n = len(source)
   if n == 0:
     raise ValueError("evaluation split is empty")
-  fields = raw_fields(preprocessor.config, preprocessor) + tuple(extra_fields)
+  fields = tuple(dict.fromkeys(raw_fields(preprocessor.config, preprocessor) + tuple(extra_fields)))
   indices = np.arange(n)[process_index::process_count]
   for start in range(0, len(indices), batch_size):
-    yield read_examples(source, preprocessor, indices[start:start + batch_size], fields,
-                        batch_size)[0]
+    batch, raw = read_examples(source, preprocessor, indices[start:start + batch_size], fields,
+                               batch_size)
+    extras = {f: raw[f] for f in extra_fields if f not in batch}
+    if extras:
+      extras["weight"] = np.ones(len(raw[fields[0]]), np.float32)
+      batch.update({k: v for k, v in pad_batch(extras, batch_size).items() if k != "weight"})
+    yield batch
 
 
 def read_examples(source, preprocessor: Preprocessor, indices: np.ndarray, fields: tuple,

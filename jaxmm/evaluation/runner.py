@@ -23,7 +23,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from jaxmm.data import pipeline
-from jaxmm.data.atomic import write_text_atomic
+from jaxmm.data.atomic import write_npz_atomic, write_text_atomic
 from jaxmm.evaluation import agreement, confounder, faithfulness, ifa, ifa_dataset, sanity, stats
 from jaxmm.saliency import methods as methods_lib
 from jaxmm.saliency import model_fns, normalize
@@ -272,9 +272,9 @@ def write_ifa(result: dict, method: str, out_dir: str) -> None:
               "reference_eq4": result["importance"]["reference"]["all"]["eq4"],
               "evaluated_eq3": result["importance"]["evaluated"]["eq3"],
               "evaluated_eq4": result["importance"]["evaluated"]["eq4"]}
-  saliency_runner.write_npz_atomic(os.path.join(out_dir, "importance.npz"), matrices)
+  write_npz_atomic(os.path.join(out_dir, "importance.npz"), matrices)
   per = result["per_example"]
-  saliency_runner.write_npz_atomic(os.path.join(out_dir, "per_example.npz"), {
+  write_npz_atomic(os.path.join(out_dir, "per_example.npz"), {
       "label": per["label"], "target": per["target"],
       "target_logit": per["logits"][np.arange(len(per["target"])), per["target"]],
       **{f"sum.{k}": v for k, v in cam_sums(per, result["selection"]).items()}})
@@ -424,7 +424,7 @@ def write_confounder_examples(data: dict, ecfg, affected: int, ifa_results: dict
     arrays["ifa_index"] = keep
     arrays["class_cam"] = per["group_cam"][keep]
     arrays["class_fs_cam"] = per["group_fs_cam"][keep]
-  saliency_runner.write_npz_atomic(path, arrays)
+  write_npz_atomic(path, arrays)
 
 
 def feature_evidence(result: dict, flags: np.ndarray, masks: np.ndarray, affected: int,

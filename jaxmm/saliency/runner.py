@@ -9,10 +9,8 @@ atomically, so a killed run leaves only whole shards and re-running the same com
 exactly the missing ones. With several processes, shard i is computed by process
 i mod process_count.
 """
-import io
 import json
 import os
-from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from jaxmm.data import pipeline
-from jaxmm.data.atomic import write_bytes_atomic, write_text_atomic
+from jaxmm.data.atomic import write_npz_atomic, write_text_atomic
 from jaxmm.saliency import methods as methods_lib
 from jaxmm.saliency import model_fns
 from jaxmm.saliency.targets import resolve_targets
@@ -125,13 +123,6 @@ def restore_variables(run, which: str) -> tuple[dict, int]:
   """The checkpoint's params and batch stats, and its step."""
   state = loop.restore_checkpoint(run, which)
   return {"params": state.params, "batch_stats": state.batch_stats}, int(state.step)
-
-
-def write_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-  """Writes the arrays as one .npz, atomically (a killed run leaves no partial shard)."""
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  write_bytes_atomic(path, buffer.getvalue())
 
 
 class ShardWriter:

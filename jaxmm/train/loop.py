@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxmm.data import pipeline
-from jaxmm.data.atomic import write_text_atomic
+from jaxmm.data.atomic import write_npz_atomic, write_text_atomic
 from jaxmm.models import build as model_build
 from jaxmm.train import checkpointing, losses, metrics as metrics_lib, optimizers, sharding, writer
 from jaxmm.train import pretrained
@@ -189,9 +189,20 @@ def compute_metrics(run: Run, logits: np.ndarray, labels: np.ndarray) -> dict:
   return metrics_lib.multiclass_metrics(logits, labels, run.info.class_names)
 
 
+def write_predictions(run: Run, split: str, pred: dict) -> str:
+  """`<workdir>/predictions/<split>.npz`: logits, label, index and the group fields (text as
+  str arrays, so the file loads without pickle); process 0 only, atomically."""
+  path = os.path.join(run.workdir, "predictions", f"{split}.npz")
+  if jax.process_index() == 0:
+    arrays = {k: (v.astype(str) if v.dtype == object else v) for k, v in pred.items()}
+    write_npz_atomic(path, arrays)
+  return path
+
+
 def evaluate_split(run: Run, state: TrainState, split: str) -> dict:
-  """Loss and metrics of the model on a split."""
-  pred = predict(run, state, split)
+  """Loss and metrics of the model on a split; its predictions go to predictions/<split>.npz."""
+  pred = predict(run, state, split, pipeline.group_fields(run.config.data, run.builder))
+  write_predictions(run, split, pred)
   result = compute_metrics(run, pred["logits"], pred["label"])
   result["loss"] = float(run.loss_fn(jnp.asarray(pred["logits"]), jnp.asarray(pred["label"])))
   return result

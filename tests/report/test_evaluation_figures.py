@@ -9,7 +9,8 @@ import numpy as np
 import PIL.Image
 
 from jaxmm.report import evaluation_figures
-from jaxmm.saliency.runner import shard_file, write_npz_atomic
+from jaxmm.data.atomic import write_npz_atomic
+from jaxmm.saliency.runner import shard_file
 
 N, S, SHARD = 6, 8, 4
 CLASSES = ["a", "b", "c"]

@@ -2,7 +2,6 @@
 import contextlib
 import functools
 import json
-import os
 
 import jax
 import numpy as np
