@@ -3,12 +3,54 @@
 Each checkpoint holds the TrainState pytree and a small JSON record (loop state: early
 stopping counters, best metric, epoch). Orbax writes to a temporary directory and renames,
 so a killed run leaves either the old or the new checkpoint, never half of one.
+
+A checkpoint damaged afterwards (truncated or corrupted files) is not fatal: `restore` warns,
+naming the bad checkpoint and the one it falls back to, moves the bad one aside to
+`checkpoints/corrupt/` (never deleting anything) and restores the newest readable one. A
+checkpoint whose shapes do not match the model built from the config is not damage: it raises
+`CheckpointMismatch` naming the first mismatching parameter.
 """
 import os
+import time
+import warnings
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+
+
+class CheckpointMismatch(ValueError):
+  """A readable checkpoint whose parameter shapes do not match the configured model."""
+
+
+class CheckpointUnreadable(RuntimeError):
+  """No checkpoint of a manager could be read."""
+
+
+def _key_name(key) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _leaf_shapes(tree) -> dict:
+  """{"params/image/conv1/kernel": shape} for every leaf that has a shape."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(_key_name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in flat if hasattr(leaf, "shape")}
+
+
+def check_shapes(abstract_state: Any, saved_tree: Any, where: str) -> None:
+  """Raises CheckpointMismatch at the first parameter (in model order) whose saved shape
+  differs from the model's; leaves only one side has (e.g. optimizer internals) are skipped."""
+  saved = _leaf_shapes(saved_tree)
+  for name, shape in _leaf_shapes(abstract_state).items():
+    if name in saved and saved[name] != shape:
+      raise CheckpointMismatch(
+          f"checkpoint {where} does not match the config: {name} has shape {saved[name]} in the "
+          f"checkpoint but {shape} in the model the config builds (was the run trained with "
+          f"other model settings? use a new --workdir for a new model)")
 
 
 class Checkpointer:
@@ -36,20 +78,62 @@ class Checkpointer:
 
   def restore(self, abstract_state: Any, *, which: str = "latest",
               step: Optional[int] = None) -> Optional[tuple[Any, dict]]:
-    """Restores (state, record) from the newest (or given) step; None if there is none.
+    """Restores (state, record) from the newest readable (or the given) step; None if none.
 
     `abstract_state` gives structure, shapes, dtypes and shardings (e.g. from
-    `jax.eval_shape` plus the target shardings); a shape mismatch raises naming the
-    parameter.
+    `jax.eval_shape` plus the target shardings). Shapes are checked against the saved
+    metadata first (CheckpointMismatch names the parameter). Without `step`, an unreadable
+    checkpoint is moved aside with a warning and the next older one is tried.
     """
     manager = self.best if which == "best" else self.latest
     self.wait()
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      return None
+    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+    bad = []
+    for candidate in steps:
+      where = os.path.join(str(manager.directory), str(candidate))
+      try:
+        restored = self._restore_step(manager, candidate, abstract_state, where)
+      except CheckpointMismatch:
+        raise
+      except Exception as e:  # orbax/tensorstore raise many types for damaged files
+        if step is not None:
+          raise CheckpointUnreadable(f"checkpoint {where} is unreadable: {_first_line(e)}") from e
+        bad.append((where, _first_line(e)))
+        continue
+      if bad:
+        self._set_aside(manager, bad, where)
+      return restored
+    if bad:
+      raise CheckpointUnreadable("no readable checkpoint: " + "; ".join(
+          f"{where}: {error}" for where, error in bad))
+    return None
+
+  @staticmethod
+  def _restore_step(manager, step: int, abstract_state: Any, where: str) -> tuple[Any, dict]:
+    saved = ocp.StandardCheckpointer().metadata(os.path.join(where, "state"))
+    check_shapes(abstract_state, getattr(saved, "item_metadata", saved), where)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["record"])
+
+  @staticmethod
+  def _set_aside(manager, bad: list, good: str) -> None:
+    """Moves unreadable step folders to checkpoints/corrupt/ (kept for inspection, out of the
+    manager's sight so later saves are not refused) and warns naming them and the good one."""
+    root = os.path.join(os.path.dirname(str(manager.directory)), "corrupt")
+    moved = []
+    if jax.process_index() == 0:
+      os.makedirs(root, exist_ok=True)
+      for where, _ in bad:
+        target = os.path.join(root, f"{os.path.basename(str(manager.directory))}_"
+                                    f"{os.path.basename(where)}_{int(time.time())}")
+        os.replace(where, target)
+        moved.append(target)
+    manager.reload()
+    details = "; ".join(f"{where} ({error})" for where, error in bad)
+    warnings.warn(f"unreadable checkpoint {details}: restored {good} instead"
+                  + (f"; the unreadable one is kept at {', '.join(moved)}" if moved else ""),
+                  RuntimeWarning, stacklevel=3)
 
   def latest_step(self, which: str = "latest") -> Optional[int]:
     return (self.best if which == "best" else self.latest).latest_step()
@@ -68,3 +152,8 @@ def abstract_like(state: Any) -> Any:
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
       state)
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
