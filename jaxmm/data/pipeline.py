@@ -265,7 +265,11 @@ def read_examples(source, preprocessor: Preprocessor, indices: np.ndarray, field
   """(batch, raw) for the records at split positions `indices`: the preprocessed batch with
   `weight` and `index`, padded to `batch_size` (see eval_batches), and the raw `fields` of the
   records, stacked and unpadded."""
-  raw = stack_examples([{k: source[int(i)][k] for k in fields} for i in indices])
+  positions = [int(i) for i in indices]
+  # One batched read of the array_record source; each record is decoded once, not per field.
+  records = (source.__getitems__(positions) if hasattr(source, "__getitems__")
+             else [source[i] for i in positions])
+  raw = stack_examples([{k: record[k] for k in fields} for record in records])
   batch = preprocessor(raw)
   batch["weight"] = np.ones(len(indices), np.float32)
   batch["index"] = np.asarray(indices).astype(np.int64)

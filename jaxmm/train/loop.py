@@ -336,10 +336,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     run.checkpointer.close()
 
 
+def abstract_state(run: Run) -> TrainState:
+  """Shapes, dtypes and (replicated) shardings of the run's state, from `jax.eval_shape`: a
+  restore target that initialises and compiles nothing (about 20 s less on 2 CPU cores)."""
+  template = jax.eval_shape(functools.partial(create_state, run, load_pretrained=False))
+  replicated = sharding.replicated(run.mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                      template)
+
+
 def restore_checkpoint(run: Run, which: str = "best") -> TrainState:
   """The `which` ("best" / "latest") checkpoint of a trained workdir; FileNotFoundError if none."""
-  template = create_state(run, load_pretrained=False)
-  restored = run.checkpointer.restore(checkpointing.abstract_like(template), which=which)
+  restored = run.checkpointer.restore(abstract_state(run), which=which)
   if restored is None:
     raise FileNotFoundError(f"no {which} checkpoint under "
                             f"{os.path.join(run.workdir, 'checkpoints')}; train first with "

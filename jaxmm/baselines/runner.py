@@ -1,0 +1,538 @@
+"""`--mode=baselines`: scikit-learn baselines on a trained checkpoint's embeddings (paper 000).
+
+Steps: the workdir's best checkpoint gives per-example image (and text) embeddings and the
+encoded metadata of every split (jaxmm.baselines.embeddings, cached); for each task
+("multiclass": the 7 diagnoses, "binary": malignant vs benign) every configured
+(feature set, classifier, raw / PCA) baseline is tuned on the validation split and scored on
+test (jaxmm.baselines.pipelines), late fusion averages the image and metadata models.
+
+Output under `<workdir>/baselines/`:
+  <task>/table.csv        tables 4 and 5 of paper 000: model, features, classifier, pca,
+                          pca_components, accuracy, macro precision / recall / F1, ROC-AUC,
+                          PR-AUC (test), val_macro_f1 and the chosen params
+  <task>/deltas.csv       table 15: fusion minus image / metadata / best unimodal
+  <task>/predictions.npz  label, index, probs/<model> [N, K] on test, and the grouping fields
+  baselines.json          all of the above, per-class reports, confusion matrices, PCA
+                          explained-variance ratios per PCA model and the class names
+and figures under `<workdir>/figures/baselines/`: model comparison bars, the confusion matrix
+of the best model (highest validation macro-F1), ROC and PR curves of the best fusion model,
+PCA cumulative explained variance and a t-SNE view of the test image embeddings.
+"""
+import io
+import os
+import time
+from typing import Callable, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from ml_collections import config_dict  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from jaxmm.baselines import embeddings as embeddings_lib  # noqa: E402
+from jaxmm.baselines import pipelines  # noqa: E402
+from jaxmm.data.atomic import write_bytes_atomic, write_npz_atomic  # noqa: E402
+from jaxmm.evaluation import stats  # noqa: E402
+from jaxmm.train import config_lib  # noqa: E402
+
+TASKS = ("multiclass", "binary")
+FEATURE_SET_NAMES = tuple(pipelines.FEATURE_SETS) + (pipelines.LATE,)
+TABLE_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "pr_auc")
+GROUP_FIELDS = embeddings_lib.GROUP_FIELDS
+TSNE_ITERATIONS = 500
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """config.baselines (any key may be overridden on the command line).
+
+  models: classifiers (pipelines.CLASSIFIERS) per feature set, paper 000's by default; "late"
+  lists the classifiers whose image and metadata models are averaged. pca: the feature sets
+  that also get a PCA (95% variance) variant of each of their models.
+  """
+  return ml_collections.ConfigDict({
+      "tasks": TASKS,
+      "models": {"image": ("logreg", "svm", "knn"),
+                 "meta": ("logreg", "tree", "naive_bayes", "gboost"),
+                 "fusion": ("logreg", "svm", "gboost"),
+                 "late": ("logreg",)},
+      "pca": ("image", "fusion"),
+      "seed": 0,
+      "max_train_examples": config_dict.placeholder(int),  # random subset of train when set
+      "split_for_tuning": "validation",
+      "checkpoint": "best",
+      # BLAS / OpenMP threads of the fits (None: the libraries' default). One thread is
+      # faster than spinning threads on a busy machine for features this small.
+      "num_threads": 1,
+      "tsne_points": 1000,
+      "figures": True,
+  })
+
+
+def check_models(models) -> dict[str, tuple]:
+  """config.baselines.models as {feature set: classifier names}; unknown names raise."""
+  out = {}
+  for feature_set, names in config_lib.checked_items(models, FEATURE_SET_NAMES,
+                                                     "config.baselines.models"):
+    names = (names,) if isinstance(names, str) else tuple(names or ())
+    for name in names:
+      try:
+        pipelines.get_classifier(name)
+      except ValueError as e:
+        raise ValueError(f"config.baselines.models.{feature_set}: {e}") from None
+    out[feature_set] = names
+  return out
+
+
+def baselines_config(config) -> ml_collections.ConfigDict:
+  """The defaults updated with `config.baselines` (unknown keys and names raise)."""
+  out = default_config()
+  for key, value in config_lib.checked_items(config.get("baselines"), out, "config.baselines"):
+    if key == "models":
+      out.models.update(check_models(value))
+    else:
+      out[key] = value
+  for task in out.tasks:
+    if task not in TASKS:
+      raise ValueError(f"config.baselines.tasks: unknown task {task!r}; valid: {list(TASKS)}")
+  if out.split_for_tuning in ("train", "test"):
+    raise ValueError(f"config.baselines.split_for_tuning must be a held-out split other than "
+                     f"test, got {out.split_for_tuning!r}")
+  for feature_set in out.pca:
+    if feature_set not in pipelines.FEATURE_SETS:
+      raise ValueError(f"config.baselines.pca: {feature_set!r} is not a fitted feature set; "
+                       f"valid: {list(pipelines.FEATURE_SETS)}")
+  return out
+
+
+# ------------------------------------------------------------------ data
+
+def task_labels(task: str, arrays: dict, class_names: dict) -> tuple[str, list] | str:
+  """(label array name, class names) of `task` in the embeddings, or the reason it is skipped.
+
+  multiclass: "label_multiclass" (the dataset's `label`), else the run's label when it has more
+  than two classes; binary: "malignant", else the run's label when it has two classes.
+  """
+  if np.ndim(arrays["label"]) != 1:
+    return "the run's labels are multilabel; the baselines need one class per example"
+  if task == "multiclass":
+    if "label_multiclass" in arrays and "label_multiclass" in class_names:
+      return "label_multiclass", class_names["label_multiclass"]
+    if len(class_names["label"]) > 2:
+      return "label", class_names["label"]
+    return "the dataset has no multiclass label (the run is binary)"
+  if "malignant" in arrays and "malignant" in class_names:
+    return "malignant", class_names["malignant"]
+  if len(class_names["label"]) == 2:
+    return "label", class_names["label"]
+  return "the dataset has no malignant field and the run is not binary"
+
+
+def train_subset(num_examples: int, cap: Optional[int], seed: int) -> np.ndarray:
+  """Sorted positions of a random subset of at most `cap` training examples (all if None)."""
+  if cap is None or cap >= num_examples:
+    return np.arange(num_examples)
+  return np.sort(np.random.default_rng(seed).permutation(num_examples)[:cap])
+
+
+def available_feature_sets(arrays: dict) -> list[str]:
+  """Fitted feature sets the embeddings can provide."""
+  out = []
+  for name in pipelines.FEATURE_SETS:
+    try:
+      pipelines.feature_matrix({k: v[:1] for k, v in arrays.items()}, name)
+      out.append(name)
+    except KeyError:
+      pass
+  return out
+
+
+def model_name(feature_set: str, classifier: str, pca: bool = False) -> str:
+  return f"{feature_set}_{classifier}{'_pca' if pca else ''}"
+
+
+# ------------------------------------------------------------------ fitting
+
+class TaskData:
+  """Features and labels of one task: {feature set: {split: X}}, {split: y}."""
+
+  def __init__(self, splits: dict, label_key: str, class_names: list, train_index: np.ndarray,
+               tuning_split: str):
+    self.class_names = list(class_names)
+    self.num_classes = len(class_names)
+    self.tuning_split = tuning_split
+    self.rows = {"train": train_index, tuning_split: slice(None), "test": slice(None)}
+    self.splits = splits
+    self.labels = {s: np.asarray(splits[s][label_key], np.int64)[self.rows[s]]
+                   for s in ("train", tuning_split, "test")}
+    self._features = {}
+
+  def features(self, feature_set: str, split: str) -> np.ndarray:
+    key = (feature_set, split)
+    if key not in self._features:
+      self._features[key] = pipelines.feature_matrix(self.splits[split],
+                                                     feature_set)[self.rows[split]]
+    return self._features[key]
+
+
+def fit_model(data: TaskData, feature_set: str, classifier: str, pca: bool, seed: int) -> dict:
+  """Tunes and fits one baseline; its probabilities on the tuning split and on test."""
+  val = data.tuning_split
+  pipeline, params, score = pipelines.tune_and_fit(
+      classifier, data.features(feature_set, "train"), data.labels["train"],
+      data.features(feature_set, val), data.labels[val], pca, num_classes=data.num_classes,
+      seed=seed)
+  return {"model": model_name(feature_set, classifier, pca), "features": feature_set,
+          "classifier": classifier, "pca": pca,
+          "pca_components": pipelines.pca_components(pipeline), "params": params,
+          "val_macro_f1": score,
+          "val_probs": pipelines.class_probabilities(pipeline, data.features(feature_set, val),
+                                                     data.num_classes),
+          "test_probs": pipelines.class_probabilities(
+              pipeline, data.features(feature_set, "test"), data.num_classes)}
+
+
+def late_model(data: TaskData, parts: list[dict], classifier: str) -> dict:
+  """Late fusion of the image and metadata models of `classifier` (paper 000 sec. 5.4)."""
+  val_probs = pipelines.late_fusion([p["val_probs"] for p in parts])
+  return {"model": model_name(pipelines.LATE, classifier), "features": pipelines.LATE,
+          "classifier": classifier, "pca": False, "pca_components": None,
+          "params": "mean of " + ", ".join(p["model"] for p in parts),
+          "val_macro_f1": pipelines.macro_f1(data.labels[data.tuning_split], val_probs),
+          "val_probs": val_probs,
+          "test_probs": pipelines.late_fusion([p["test_probs"] for p in parts])}
+
+
+def model_plan(cfg, feature_sets: list[str]) -> list[tuple[str, str, bool]]:
+  """(feature set, classifier, pca) of every fitted row, in table order."""
+  plan = []
+  for feature_set in pipelines.FEATURE_SETS:
+    if feature_set not in feature_sets:
+      continue
+    for classifier in cfg.models.get(feature_set, ()):
+      for pca in (False, True) if feature_set in cfg.pca else (False,):
+        plan.append((feature_set, classifier, pca))
+  return plan
+
+
+def fit_task(data: TaskData, cfg, feature_sets: list[str], progress: bool) -> list[dict]:
+  """Every configured model of one task (late fusion last), each with its test metrics."""
+  plan = model_plan(cfg, feature_sets)
+  late = [c for c in cfg.models.get(pipelines.LATE, ())
+          if all(p in feature_sets for p in pipelines.LATE_PARTS)]
+  fitted, models = {}, []
+  with tqdm(total=len(plan) + len(late), desc="baselines fits", disable=not progress,
+            leave=False) as bar:
+    for key in plan:
+      fitted[key] = fit_model(data, *key, cfg.seed)
+      models.append(fitted[key])
+      bar.update(1)
+    for classifier in late:
+      parts = []
+      for part in pipelines.LATE_PARTS:
+        key = (part, classifier, False)
+        if key not in fitted:  # a late part that is not a row of its own
+          fitted[key] = fit_model(data, *key, cfg.seed)
+        parts.append(fitted[key])
+      models.append(late_model(data, parts, classifier))
+      bar.update(1)
+  for model in models:
+    model["metrics"] = pipelines.evaluate(model["test_probs"], data.labels["test"],
+                                          data.class_names)
+  return models
+
+
+def table_row(model: dict) -> dict:
+  params = model["params"]
+  return {"model": model["model"], "features": model["features"],
+          "classifier": model["classifier"], "pca": model["pca"],
+          "pca_components": model["pca_components"],
+          **{k: model["metrics"][k] for k in TABLE_METRICS},
+          "val_macro_f1": model["val_macro_f1"],
+          "params": params if isinstance(params, str) else
+          ", ".join(f"{k}={v}" for k, v in params.items())}
+
+
+# ------------------------------------------------------------------ output
+
+def predictions_arrays(models: list[dict], test: dict, labels: np.ndarray) -> dict:
+  """predictions.npz: label, index, probs/<model> [N, K], and the grouping fields."""
+  out = {"label": labels, "index": np.asarray(test["index"])}
+  out.update({f"probs/{m['model']}": m["test_probs"].astype(np.float32) for m in models})
+  out.update({f: test[f] for f in GROUP_FIELDS if f in test})
+  return out
+
+
+def task_summary(label_key: str, data: TaskData, models: list[dict], rows: list[dict],
+                 curves: dict) -> dict:
+  best = max(models, key=lambda m: m["val_macro_f1"])
+  fusion = [m for m in models if m["features"] == "fusion"]
+  return {
+      "labels": label_key, "class_names": data.class_names, "rows": rows,
+      "deltas": pipelines.deltas(rows),
+      "best_model": best["model"],
+      "best_fusion_model": max(fusion, key=lambda m: m["val_macro_f1"])["model"]
+      if fusion else None,
+      "per_class": {m["model"]: m["metrics"]["per_class"] for m in models},
+      "confusion_matrix": {m["model"]: m["metrics"]["confusion_matrix"] for m in models},
+      "pca_explained_variance": {m["model"]: curves[m["features"]].tolist()
+                                 for m in models if m["pca"]},
+      "support": {"train": len(data.labels["train"]),
+                  data.tuning_split: len(data.labels[data.tuning_split]),
+                  "test": len(data.labels["test"])},
+  }
+
+
+def format_rows(rows: list[dict], columns: tuple) -> str:
+  """A fixed-width text table of `columns` (floats with 3 decimals, None / NaN as '-')."""
+  def cell(value):
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+      return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+  cells = [[cell(r.get(c)) for c in columns] for r in rows]
+  widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+  line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths))
+  return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(c) for c in cells])
+
+
+PRINTED_COLUMNS = ("model", "pca_components", "accuracy", "macro_f1", "roc_auc", "pr_auc",
+                   "val_macro_f1")
+
+
+# ------------------------------------------------------------------ figures
+
+def save_figure(fig, path: str) -> str:
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  write_bytes_atomic(path, buffer.getvalue())
+  return path
+
+
+def comparison_figure(rows: list[dict], task: str, path: str) -> str:
+  """Macro-F1 and accuracy per model, side by side horizontal bars."""
+  names = [r["model"] for r in rows]
+  fig, axes = plt.subplots(1, 2, figsize=(10, 0.32 * len(rows) + 1.4), sharey=True)
+  colours = {"image": "tab:blue", "meta": "tab:orange", "fusion": "tab:green",
+             pipelines.LATE: "tab:purple"}
+  for ax, metric in zip(axes, ("macro_f1", "accuracy")):
+    ax.barh(names, [r[metric] for r in rows], color=[colours[r["features"]] for r in rows])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(metric.replace("_", " "))
+    ax.grid(axis="x", alpha=0.3)
+  axes[0].invert_yaxis()
+  fig.suptitle(f"Baselines, {task} task (test)")
+  return save_figure(fig, path)
+
+
+def confusion_figure(matrix, class_names: list, title: str, path: str) -> str:
+  matrix = np.asarray(matrix)
+  fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(class_names), 0.8 + 0.5 * len(class_names)))
+  ax.imshow(matrix, cmap="Blues")
+  ticks = np.arange(len(class_names))
+  ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+  ax.set_yticks(ticks, class_names)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  for (i, j), value in np.ndenumerate(matrix):
+    ax.text(j, i, str(value), ha="center", va="center",
+            color="white" if value > matrix.max() / 2 else "black", fontsize=8)
+  ax.set_title(title)
+  return save_figure(fig, path)
+
+
+def curve_classes(labels: np.ndarray, num_classes: int) -> list[int]:
+  """Classes drawn: the positive class of a binary task, else each class present (OvR)."""
+  if num_classes == 2:
+    return [1]
+  return [k for k in range(num_classes) if 0 < np.sum(labels == k) < len(labels)]
+
+
+def roc_pr_figure(probs: np.ndarray, labels: np.ndarray, class_names: list, title: str,
+                  path: str) -> str:
+  """ROC and precision-recall curves (binary: the positive class; else one-vs-rest)."""
+  fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
+  for k in curve_classes(labels, probs.shape[1]):
+    positive = labels == k
+    fpr, tpr, _ = skm.roc_curve(positive, probs[:, k])
+    precision, recall, _ = skm.precision_recall_curve(positive, probs[:, k])
+    roc_ax.plot(fpr, tpr, label=f"{class_names[k]} (AUC {skm.auc(fpr, tpr):.2f})")
+    pr_ax.plot(recall, precision, label=f"{class_names[k]} (AP "
+               f"{skm.average_precision_score(positive, probs[:, k]):.2f})")
+  roc_ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
+  roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+  pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall")
+  for ax in (roc_ax, pr_ax):
+    ax.legend(fontsize=7, loc="lower right" if ax is roc_ax else "lower left")
+    ax.grid(alpha=0.3)
+  fig.suptitle(title)
+  return save_figure(fig, path)
+
+
+def pca_figure(curves: dict, path: str) -> str:
+  """Cumulative explained variance per feature set, the 95% line and the components kept."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for feature_set, ratios in curves.items():
+    cumulative = np.cumsum(ratios)
+    kept = int(np.searchsorted(cumulative, pipelines.PCA_VARIANCE, side="right") + 1)
+    ax.plot(np.arange(1, len(cumulative) + 1), cumulative,
+            label=f"{feature_set} ({kept} of {len(cumulative)} components)")
+  ax.axhline(pipelines.PCA_VARIANCE, color="grey", linestyle="--", linewidth=0.8)
+  ax.set(xlabel="components", ylabel="cumulative explained variance", ylim=(0, 1.02),
+         title="PCA on standardised training features")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return save_figure(fig, path)
+
+
+def tsne_embedding(features: np.ndarray, seed: int) -> np.ndarray:
+  """2-D t-SNE [N, 2] of features [N, D] after standardising and PCA to at most 50 dims."""
+  scaled = StandardScaler().fit_transform(np.asarray(features, np.float64))
+  dims = min(50, scaled.shape[1], len(scaled))
+  reduced = PCA(n_components=dims, svd_solver="full", random_state=seed).fit_transform(scaled)
+  perplexity = min(30.0, (len(reduced) - 1) / 3)
+  return TSNE(perplexity=perplexity, init="pca", max_iter=TSNE_ITERATIONS,
+              random_state=seed).fit_transform(reduced)
+
+
+def tsne_figure(points: np.ndarray, labels: np.ndarray, class_names: list, path: str) -> str:
+  fig, ax = plt.subplots(figsize=(6.5, 5.5))
+  cmap = plt.get_cmap("tab10")
+  for k, name in enumerate(class_names):
+    mask = labels == k
+    if mask.any():
+      ax.scatter(points[mask, 0], points[mask, 1], s=8, color=cmap(k % 10), label=name)
+  ax.set(title=f"t-SNE of test image embeddings ({len(points)} images)", xticks=[], yticks=[])
+  ax.legend(fontsize=8, markerscale=2)
+  return save_figure(fig, path)
+
+
+def task_figures(task: str, summary: dict, models: list[dict], labels: np.ndarray,
+                 out_dir: str) -> list[str]:
+  """Comparison bars, the best model's confusion matrix, the best fusion model's curves."""
+  by_name = {m["model"]: m for m in models}
+  names = summary["class_names"]
+  paths = [comparison_figure(summary["rows"], task, os.path.join(out_dir,
+                                                                 f"{task}_comparison.png"))]
+  best = summary["best_model"]
+  paths.append(confusion_figure(summary["confusion_matrix"][best], names,
+                                f"{best}, {task} (test)",
+                                os.path.join(out_dir, f"{task}_confusion_{best}.png")))
+  fusion = summary["best_fusion_model"]
+  if fusion is not None:
+    paths.append(roc_pr_figure(by_name[fusion]["test_probs"], labels, names,
+                               f"{fusion}, {task} (test)",
+                               os.path.join(out_dir, f"{task}_roc_pr_{fusion}.png")))
+  return paths
+
+
+def embedding_figures(splits: dict, curves: dict, labels: tuple, cfg, out_dir: str
+                      ) -> list[str]:
+  """PCA cumulative variance and the t-SNE of (at most cfg.tsne_points) test image embeddings."""
+  paths = []
+  if curves:
+    paths.append(pca_figure(curves, os.path.join(out_dir, "pca_explained_variance.png")))
+  test = splits["test"]
+  if "image" in test and labels is not None and len(test["image"]) >= 5 and cfg.tsne_points:
+    n = len(test["image"])
+    keep = train_subset(n, cfg.tsne_points, cfg.seed)
+    points = tsne_embedding(test["image"][keep], cfg.seed)
+    label_key, names = labels
+    paths.append(tsne_figure(points, np.asarray(test[label_key])[keep], names,
+                             os.path.join(out_dir, "tsne_image_test.png")))
+  return paths
+
+
+# ------------------------------------------------------------------ entry point
+
+def explained_variance_curves(splits: dict, feature_sets: list[str], cfg,
+                              train_index: np.ndarray) -> dict:
+  """Explained-variance ratios of every PCA feature set's (subsampled) training features."""
+  return {fs: pipelines.explained_variance_ratio(
+      pipelines.feature_matrix(splits["train"], fs)[train_index])
+      for fs in feature_sets if fs in cfg.pca and any(
+          cfg.models.get(fs, ()))}
+
+
+def print_flush(text: str) -> None:
+  print(text, flush=True)
+
+
+def note_absent(cfg, feature_sets: list[str], manifest: dict, print_fn) -> None:
+  """Says which configured feature sets this run has no features for (they are skipped)."""
+  absent = [fs for fs in pipelines.FEATURE_SETS if fs not in feature_sets and cfg.models.get(fs)]
+  if absent:
+    print_fn(f"baselines: no features for {', '.join(absent)} in this run (embeddings: "
+             f"{', '.join(sorted(manifest['feature_keys']))}, encoded metadata: "
+             f"{'yes' if manifest['meta_feature_names'] else 'no'}); those models are skipped")
+
+
+def run_task(task: str, splits: dict, labels: tuple, cfg, feature_sets: list[str],
+             train_index: np.ndarray, curves: dict, workdir: str, print_fn,
+             progress: bool = False) -> tuple[dict, list[str]]:
+  """Fits and scores one task; writes its table, deltas, predictions and figures, prints the
+  table. Returns (the task's summary, the figure paths)."""
+  label_key, class_names = labels
+  data = TaskData(splits, label_key, class_names, train_index, cfg.split_for_tuning)
+  models = fit_task(data, cfg, feature_sets, progress)
+  rows = [table_row(m) for m in models]
+  summary = task_summary(label_key, data, models, rows, curves)
+  task_dir = os.path.join(workdir, "baselines", task)
+  stats.write_table_csv(os.path.join(task_dir, "table.csv"), rows)
+  if summary["deltas"]:
+    stats.write_table_csv(os.path.join(task_dir, "deltas.csv"), summary["deltas"])
+  write_npz_atomic(os.path.join(task_dir, "predictions.npz"),
+                   predictions_arrays(models, splits["test"], data.labels["test"]))
+  print_fn(f"Baselines, {task} task ({workdir}, test, {len(data.labels['test'])} examples):\n"
+           f"{format_rows(rows, PRINTED_COLUMNS)}")
+  figures = task_figures(task, summary, models, data.labels["test"],
+                         figure_dir(workdir)) if cfg.figures else []
+  return summary, figures
+
+
+def figure_dir(workdir: str) -> str:
+  return os.path.join(workdir, "figures", "baselines")
+
+
+def run_baselines(config, workdir: str, print_fn: Callable[[str], None] = print_flush) -> dict:
+  """Runs config.baselines on the workdir's checkpoint; writes baselines.json and returns it."""
+  start = time.time()
+  cfg = baselines_config(config)
+  progress = bool(config.train.get("progress", True))
+  splits = embeddings_lib.extract_embeddings(config, workdir, ("train", cfg.split_for_tuning,
+                                                                "test"), which=cfg.checkpoint)
+  manifest = embeddings_lib.embedding_manifest(workdir)
+  feature_sets = available_feature_sets(splits["train"])
+  note_absent(cfg, feature_sets, manifest, print_fn)
+  train_index = train_subset(len(splits["train"]["index"]), cfg.max_train_examples, cfg.seed)
+  summary = {"checkpoint_step": manifest["checkpoint_step"], "config": cfg.to_dict(),
+             "feature_sets": feature_sets, "meta_feature_names": manifest["meta_feature_names"],
+             "tasks": {}, "skipped_tasks": {}, "figures": []}
+  with threadpool_limits(cfg.num_threads):
+    curves = explained_variance_curves(splits, feature_sets, cfg, train_index)
+    task_label_sets = {}
+    for task in cfg.tasks:
+      labels = task_labels(task, splits["train"], manifest["class_names"])
+      if isinstance(labels, str):
+        summary["skipped_tasks"][task] = labels
+        print_fn(f"baselines: {task} task skipped: {labels}")
+        continue
+      task_label_sets[task] = labels
+      summary["tasks"][task], figures = run_task(task, splits, labels, cfg, feature_sets,
+                                                 train_index, curves, workdir, print_fn,
+                                                 progress)
+      summary["figures"] += figures
+    if cfg.figures:
+      first = next(iter(task_label_sets.values()), None)
+      summary["figures"] += embedding_figures(splits, curves, first, cfg, figure_dir(workdir))
+  summary["pca_explained_variance"] = {fs: c.tolist() for fs, c in curves.items()}
+  summary["seconds"] = time.time() - start
+  stats.write_json(os.path.join(workdir, "baselines", "baselines.json"), summary)
+  return summary
