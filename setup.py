@@ -28,6 +28,7 @@ TEST_REQUIRES = [
     "hypothesis>=6.100",
     "torch==2.13.0",
     "captum>=0.8",
+    "playwright>=1.40",  # drives Debian's /usr/bin/chromium in the report test (no browser download)
 ]
 
 setuptools.setup(
