@@ -12,7 +12,7 @@ INSTALL_REQUIRES = [
     "grain>=0.2.18",
     "transformers>=5.0",
     "safetensors>=0.4",  # pretrained weights without torch (jaxmm.third_party)
-    "scikit-learn>=1.5",
+    "scikit-learn>=1.5,<1.11",  # SVC(probability=True), the calibrated SVM baseline, goes in 1.11
     "scipy>=1.13",
     "shap>=0.46",
     "ml-collections>=1.0",

@@ -20,8 +20,7 @@ few steps at 32 px with tiny encoders.
 import ml_collections
 from ml_collections import config_dict
 
-from jaxmm.evaluation import runner as evaluation_runner
-from jaxmm.saliency import runner as saliency_runner
+from jaxmm import workflow
 from jaxmm.train import config_lib
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -109,13 +108,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      # the main job ends with saliency overlays of this variant's test images and
                      # the evaluation of its explanations (config.evaluation)
                      "evaluate_explanations": True,
-                     "saliency_variant": "image", "saliency_examples": 8}
-  config.saliency = saliency_runner.default_config()
-  config.evaluation = evaluation_runner.default_config()
+                     "saliency_variant": "image", "saliency_examples": 8,
+                     # then scikit-learn baselines, SHAP, fairness tests and report.html
+                     "baselines": True, "baselines_variant": "image", "shap": True, "fairness": True,
+                     "report": True}
+  workflow.add_analysis_sections(config)
   config_lib.select_variant(config, arg.model)
   if arg.smoke:
-    saliency_runner.shrink_for_smoke(config.saliency)
-    evaluation_runner.shrink_for_smoke(config.evaluation)
+    workflow.shrink_analysis_sections(config)
     config.data.builder_overrides.image_size = 32
     config.data.batch_size = 16
     config.data.eval_batch_size = 32

@@ -28,8 +28,7 @@ official|grouped` (grouped: 64/16/20 by subject), `smoke` (a few steps, 32 px, t
 import ml_collections
 from ml_collections import config_dict
 
-from jaxmm.evaluation import runner as evaluation_runner
-from jaxmm.saliency import runner as saliency_runner
+from jaxmm import workflow
 from jaxmm.train import config_lib
 
 CHEXPERT_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
@@ -133,13 +132,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      # the main job ends with saliency overlays of this variant's test images and
                      # the evaluation of its explanations (config.evaluation)
                      "evaluate_explanations": True,
-                     "saliency_variant": "joint", "saliency_examples": 8}
-  config.saliency = saliency_runner.default_config()
-  config.evaluation = evaluation_runner.default_config()
+                     "saliency_variant": "joint", "saliency_examples": 8,
+                     # then scikit-learn baselines, SHAP, fairness tests and report.html
+                     "baselines": False, "shap": True, "fairness": False, "report": True}
+  workflow.add_analysis_sections(config)
   config_lib.select_variant(config, arg.model)
   if arg.smoke:
-    saliency_runner.shrink_for_smoke(config.saliency)
-    evaluation_runner.shrink_for_smoke(config.evaluation)
+    workflow.shrink_analysis_sections(config)
     config.data.builder_overrides.image_size = 32
     config.data.batch_size = 16
     config.data.eval_batch_size = 32

@@ -12,8 +12,7 @@ pretrained encoders.
 import ml_collections
 from ml_collections import config_dict
 
-from jaxmm.evaluation import runner as evaluation_runner
-from jaxmm.saliency import runner as saliency_runner
+from jaxmm import workflow
 from jaxmm.train import config_lib
 
 CHEXPERT_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
@@ -95,17 +94,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      # the main job ends with saliency overlays of this variant's test images and
                      # the evaluation of its explanations (config.evaluation)
                      "evaluate_explanations": True,
-                     "saliency_variant": "joint", "saliency_examples": 8}
-  config.saliency = saliency_runner.default_config()
-  config.evaluation = evaluation_runner.default_config()
+                     "saliency_variant": "joint", "saliency_examples": 8,
+                     # then scikit-learn baselines, SHAP, fairness tests and report.html
+                     "baselines": False, "shap": True, "fairness": False, "report": True}
+  workflow.add_analysis_sections(config)
   config_lib.select_variant(config, arg.model)
   if arg.freeze and "text" not in config.model.modalities:
     config.optimizer.freeze = tuple(p for p in FROZEN_BY_PAPER_001 if not p.startswith("text"))
   if arg.freeze and "image" not in config.model.modalities:
     config.optimizer.freeze = tuple(p for p in FROZEN_BY_PAPER_001 if p.startswith("text"))
   if arg.smoke:
-    saliency_runner.shrink_for_smoke(config.saliency)
-    evaluation_runner.shrink_for_smoke(config.evaluation)
+    workflow.shrink_analysis_sections(config)
     config.data.builder_config = "small"
     config.data.builder_overrides.update({"num_examples": 160, "image_size": 32})
     config.data.batch_size = 16

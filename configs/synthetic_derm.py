@@ -16,8 +16,7 @@ One model (variants: image, meta, concat, late, film; `smoke` shrinks everything
 import ml_collections
 from ml_collections import config_dict
 
-from jaxmm.evaluation import runner as evaluation_runner
-from jaxmm.saliency import runner as saliency_runner
+from jaxmm import workflow
 from jaxmm.train import config_lib
 
 HAM_MEAN = (0.485, 0.456, 0.406)
@@ -95,9 +94,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      # the main job ends with saliency overlays of this variant's test images and
                      # the evaluation of its explanations (config.evaluation)
                      "evaluate_explanations": True,
-                     "saliency_variant": "concat", "saliency_examples": 8}
-  config.saliency = saliency_runner.default_config()
-  config.evaluation = evaluation_runner.default_config()
+                     "saliency_variant": "concat", "saliency_examples": 8,
+                     # then scikit-learn baselines, SHAP, fairness tests and report.html
+                     "baselines": True, "baselines_variant": "image", "shap": True, "fairness": True,
+                     "report": True}
+  workflow.add_analysis_sections(config)
   # ResNetTiny's stage4 is 2x2 at 64 px: CAMs read the 8x8 stage2, fine enough to see the ruler.
   config.saliency.layer = "image/stage2"
   # The main job evaluates every test image within its budget: IG + SmoothGrad with 16 steps x
@@ -109,8 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evaluation.sanity.methods = ("gradcam", "hirescam")
   config_lib.select_variant(config, arg.model)
   if arg.smoke:
-    saliency_runner.shrink_for_smoke(config.saliency)
-    evaluation_runner.shrink_for_smoke(config.evaluation)
+    workflow.shrink_analysis_sections(config)
     config.data.builder_config = "small"
     config.data.builder_overrides.update({"num_examples": 160, "image_size": 32})
     config.data.batch_size = 16

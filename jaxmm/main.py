@@ -4,7 +4,9 @@ Modes: train (train, resume, evaluate the best checkpoint), eval (evaluate a tra
 pipeline (the README's main job: every variant in `config.pipeline.variants`, then a table),
 saliency (maps of a trained workdir's checkpoint for `config.saliency.split`, resumable shards),
 evaluate_explanations (ROI agreement, integrated feature analysis, faithfulness and sanity
-checks of those maps; config.evaluation).
+checks of those maps; config.evaluation), baselines (scikit-learn models on the checkpoint's
+embeddings; config.baselines), shap (SHAP of metadata fields / report tokens; config.shap),
+fairness (subgroup slices and significance tests; config.fairness), report (report.html).
 """
 import sys
 
@@ -13,6 +15,7 @@ from ml_collections import config_flags
 
 from jaxmm import workflow
 from jaxmm.evaluation import runner as evaluation_runner
+from jaxmm.report import report_runner
 from jaxmm.saliency import runner as saliency_runner
 from jaxmm.train import config_lib, loop
 
@@ -22,6 +25,10 @@ MODES = {
     "pipeline": workflow.run_pipeline,
     "saliency": saliency_runner.run_saliency,
     "evaluate_explanations": evaluation_runner.run_evaluation,
+    "baselines": workflow.run_baselines,
+    "shap": workflow.run_shap,
+    "fairness": workflow.run_fairness,
+    "report": report_runner.run_report,
 }
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/synthetic_derm.py:smoke.",

@@ -5,9 +5,12 @@ like table 4 of paper 000, plus the fusion-vs-unimodal margins) goes to
 `workdir/comparison.{csv,json}` and stdout. Then the saliency runner explains a sample of test
 examples of `config.pipeline.saliency_variant` (Grad-CAM, IG + SmoothGrad, and the multimodal
 IG when it has text or metadata) and overlay figures go to `workdir/<variant>/figures/saliency/`;
-finally its explanations are evaluated on the whole test split (evaluation.runner: ROI
-agreement, integrated feature analysis, faithfulness, sanity, the confounder finding) with
-tables under `workdir/<variant>/analysis/` and figures under `.../figures/evaluation/`.
+its explanations are evaluated on the whole test split (evaluation.runner: ROI agreement,
+integrated feature analysis, faithfulness, sanity, the confounder finding) with tables under
+`workdir/<variant>/analysis/` and figures under `.../figures/evaluation/`. Then come the
+scikit-learn baselines on the embeddings of `config.pipeline.baselines_variant` (with SHAP of
+its metadata models), SHAP of the saliency variant's metadata fields / report tokens, the
+fairness slices and significance tests across every model, and `workdir/report.html`.
 """
 import csv
 import io
@@ -16,14 +19,69 @@ import os
 
 import ml_collections
 
+from jaxmm.baselines import runner as baselines_runner
 from jaxmm.data.atomic import write_text_atomic
+from jaxmm.evaluation import fairness_runner
 from jaxmm.evaluation import runner as evaluation_runner
-from jaxmm.report import evaluation_figures, saliency_figures
+from jaxmm.report import evaluation_figures, fairness_figures, report_runner, saliency_figures
+from jaxmm.report import shap_figures
 from jaxmm.saliency import runner as saliency_runner
+from jaxmm.saliency import shap_runner
 from jaxmm.train import config_lib, loop
 
 TABLE_COLUMNS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "pr_auc")
 MULTILABEL_COLUMNS = ("masked_accuracy", "roc_auc")
+
+
+ANALYSIS_RUNNERS = {"saliency": saliency_runner, "evaluation": evaluation_runner,
+                    "baselines": baselines_runner, "shap": shap_runner,
+                    "fairness": fairness_runner}
+
+
+def add_analysis_sections(config) -> ml_collections.ConfigDict:
+  """Gives a config every analysis section with its defaults: config.saliency, .evaluation,
+  .baselines, .shap and .fairness (each config file then adjusts them)."""
+  for name, runner in ANALYSIS_RUNNERS.items():
+    config[name] = runner.default_config()
+  return config
+
+
+def shrink_analysis_sections(config) -> ml_collections.ConfigDict:
+  """The analysis sections cut to seconds (a config's `smoke` variant)."""
+  for name, runner in ANALYSIS_RUNNERS.items():
+    if hasattr(runner, "shrink_for_smoke"):
+      runner.shrink_for_smoke(config[name])
+  return config
+
+
+def run_fairness(config, workdir: str) -> dict:
+  """`--mode=fairness`: the fairness tables (evaluation.fairness_runner), then their figures."""
+  summary = fairness_runner.run_fairness(config, workdir)
+  paths = fairness_figures.fairness_figures(workdir)
+  print(f"fairness figures: {os.path.join(workdir, 'figures', 'fairness')} ({len(paths)} files)",
+        flush=True)
+  return summary
+
+
+def run_baselines(config, workdir: str) -> dict:
+  """`--mode=baselines`: the scikit-learn baselines, then the SHAP figures of their metadata
+  models (figures/shap/baselines_<task>_<model>/)."""
+  summary = baselines_runner.run_baselines(config, workdir)
+  for task, task_summary in summary["tasks"].items():
+    for model, info in task_summary.get("shap", {}).items():
+      shap_figures.shap_figures(os.path.dirname(info["file"]), os.path.join(
+          workdir, "figures", "shap", f"baselines_{task}_{model}"),
+          title_prefix=f"{model} ({task}, {info['explainer']}): ")
+  return summary
+
+
+def run_shap(config, workdir: str) -> dict:
+  """`--mode=shap`: SHAP of the run's metadata fields / report tokens, then their figures."""
+  summary = shap_runner.run_shap(config, workdir)
+  paths = shap_figures.shap_figures(summary["directory"], os.path.join(workdir, "figures", "shap"))
+  print(f"SHAP figures: {os.path.join(workdir, 'figures', 'shap')} ({len(paths)} files)",
+        flush=True)
+  return summary
 
 
 def variant_config(config, name: str) -> ml_collections.ConfigDict:
@@ -93,8 +151,28 @@ def run_pipeline(config, workdir: str) -> dict:
     print(f"{model} {metric} margin over unimodal models: {text}")
   figures = explain_sample(config, workdir, results)
   evaluation = evaluate_explanations(config, workdir, results)
+  baselines = run_variant_step(config, workdir, results, "baselines_variant", "baselines",
+                               run_baselines)
+  shap = run_variant_step(config, workdir, results, "saliency_variant", "shap", run_shap)
+  fairness = run_fairness(config, workdir) if config.pipeline.get("fairness") else {}
+  report = report_runner.run_report(config, workdir) if config.pipeline.get("report") else None
   return {"rows": rows, "fusion_margins": margins, "saliency_figures": figures,
-          "explanation_evaluation": evaluation}
+          "explanation_evaluation": evaluation, "baselines": baselines, "shap": shap,
+          "fairness": fairness, "report": report}
+
+
+def run_variant_step(config, workdir: str, results: dict, variant_key: str, flag: str,
+                     step_fn) -> dict:
+  """`step_fn(cfg, run_dir)` on the variant named by config.pipeline.<variant_key>, when
+  config.pipeline.<flag> is set and that variant was trained."""
+  name = config.pipeline.get(variant_key)
+  if not config.pipeline.get(flag) or not name or name not in results:
+    return {}
+  cfg = results[name][0]
+  if flag == "shap" and not {"meta", "text"} & set(cfg.model.modalities):
+    return {}  # SHAP explains metadata fields and report tokens
+  print(f"\n== {flag} of {name}", flush=True)
+  return step_fn(cfg, os.path.join(workdir, name))
 
 
 def evaluate_explanations(config, workdir: str, results: dict) -> dict:

@@ -29,6 +29,11 @@ def test_format_table_aligns_columns():
 def test_pipeline_trains_each_variant_and_compares(smoke_config, tmp_path, capsys):
   config = smoke_config("synthetic_derm")
   config.pipeline.variants = ("meta", "concat")
+  config.pipeline.baselines_variant = "concat"
+  config.baselines.models = {"image": ("logreg",), "meta": ("logreg",), "fusion": ("logreg",),
+                             "late": ("logreg",)}
+  config.baselines.pca = ()
+  config.baselines.tasks = ("binary",)
   summary = workflow.run_pipeline(config, str(tmp_path))
   for variant in ("meta", "concat"):
     results = json.loads((tmp_path / variant / "results.json").read_text())
@@ -50,3 +55,22 @@ def test_pipeline_trains_each_variant_and_compares(smoke_config, tmp_path, capsy
       summary["saliency_figures"]
   shards = list((tmp_path / "concat" / "analysis" / "saliency" / "test_sample").glob("shard_*.npz"))
   assert len(shards) == 1
+
+  # Then the baselines of the concat run's embeddings (with SHAP of the metadata model), SHAP of
+  # its metadata fields, the fairness tests across every model, and the report.
+  with open(tmp_path / "concat" / "baselines" / "binary" / "table.csv") as f:
+    baselines = [r["model"] for r in csv.DictReader(f)]
+  assert baselines == ["image_logreg", "meta_logreg", "fusion_logreg", "late_logreg"]
+  assert (tmp_path / "concat" / "baselines" / "binary" / "shap" / "meta_logreg" /
+          "fields.npz").exists()
+  assert (tmp_path / "concat" / "figures" / "shap" / "baselines_binary_meta_logreg" /
+          "fields_summary.png").exists()
+  assert (tmp_path / "concat" / "analysis" / "shap" / "fields.npz").exists()
+  with open(tmp_path / "analysis" / "fairness" / "paired_tests.csv") as f:
+    tests = {(r["test"], r["models"]) for r in csv.DictReader(f)}
+  assert any(test == "mcnemar" and "concat" in models and "meta" in models
+             for test, models in tests)
+  report = (tmp_path / "report.html").read_text()
+  assert summary["report"] == str(tmp_path / "report.html")
+  for section in ("fairness", "baselines", "shap", "saliency"):
+    assert f'id="{section}' in report or f'-{section}"' in report, section

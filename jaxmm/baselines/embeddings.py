@@ -37,6 +37,7 @@ from tqdm import tqdm
 from jaxmm.data import metadata as metadata_lib
 from jaxmm.data import pipeline
 from jaxmm.data.atomic import write_npz_atomic, write_text_atomic
+from jaxmm.saliency import runner as saliency_runner
 from jaxmm.train import checkpointing, loop, sharding
 
 # Modality -> (the name given to its features here, the `out` keys holding the pooled features
@@ -171,12 +172,6 @@ def extract_split(run, variables: dict, preprocessor, split: str, fields: tuple,
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def restore_variables(run, which: str) -> tuple[dict, int]:
-  """The `which` checkpoint's params and batch stats, and its step."""
-  state = loop.restore_checkpoint(run, which)
-  return {"params": state.params, "batch_stats": state.batch_stats}, int(state.step)
-
-
 def checkpoint_step(workdir: str, which: str = "best") -> Optional[int]:
   """The step of the workdir's `which` checkpoint, or None, without restoring it."""
   checkpointer = checkpointing.Checkpointer(workdir, async_save=False)
@@ -231,7 +226,7 @@ def compute_embeddings(config, workdir: str, splits: Sequence[str], which: str,
   (which also lists the `kept` {split: examples} already cached from the same checkpoint)."""
   run = loop.setup_run(config, workdir, record_run=False)
   try:
-    variables, step = restore_variables(run, which)
+    variables, step = saliency_runner.restore_variables(run, which)
   finally:
     run.checkpointer.close()
   for split in splits:

@@ -39,6 +39,7 @@ from tqdm import tqdm  # noqa: E402
 
 from jaxmm.baselines import embeddings as embeddings_lib  # noqa: E402
 from jaxmm.baselines import pipelines  # noqa: E402
+from jaxmm.baselines import shap_sklearn  # noqa: E402
 from jaxmm.data.atomic import write_bytes_atomic, write_npz_atomic  # noqa: E402
 from jaxmm.evaluation import stats  # noqa: E402
 from jaxmm.train import config_lib  # noqa: E402
@@ -73,6 +74,11 @@ def default_config() -> ml_collections.ConfigDict:
       "num_threads": 1,
       "tsne_points": 1000,
       "figures": True,
+      # SHAP (shap_sklearn, one value per metadata field) of these metadata models, on the
+      # first shap_examples test rows against shap_background training rows (paper 000 sec. 7)
+      "shap_models": ("meta_logreg", "meta_gboost"),
+      "shap_examples": 200,
+      "shap_background": 100,
   })
 
 
@@ -192,7 +198,7 @@ def fit_model(data: TaskData, feature_set: str, classifier: str, pca: bool, seed
   return {"model": model_name(feature_set, classifier, pca), "features": feature_set,
           "classifier": classifier, "pca": pca,
           "pca_components": pipelines.pca_components(pipeline), "params": params,
-          "val_macro_f1": score,
+          "val_macro_f1": score, "pipeline": pipeline,
           "val_probs": pipelines.class_probabilities(pipeline, data.features(feature_set, val),
                                                      data.num_classes),
           "test_probs": pipelines.class_probabilities(
@@ -474,9 +480,59 @@ def note_absent(cfg, feature_sets: list[str], manifest: dict, print_fn) -> None:
              f"{'yes' if manifest['meta_feature_names'] else 'no'}); those models are skipped")
 
 
+def field_slices(feature_names: list[str]) -> list[tuple[str, slice]]:
+  """(field, column slice) of encoded metadata columns named "age", "sex=male", ... (the
+  MetadataEncoder's feature_names: a field's one-hot columns are contiguous)."""
+  out = []
+  for j, name in enumerate(feature_names):
+    field = name.split("=", 1)[0]
+    if out and out[-1][0] == field:
+      out[-1] = (field, slice(out[-1][1].start, j + 1))
+    else:
+      out.append((field, slice(j, j + 1)))
+  return out
+
+
+def explain_metadata_models(data: TaskData, models: list[dict], cfg, meta_names: list[str],
+                            test_index: np.ndarray, task_dir: str) -> dict:
+  """SHAP of the metadata models named in cfg.shap_models (shap_sklearn.explain_sklearn, one
+  value per field), written as <task_dir>/shap/<model>/fields.npz in the layout of
+  saliency.shap_runner's fields.npz (values [N, F, C], base_values [N, C], data, display_data,
+  predicted, label, index, field_names, class_names = the explained outputs, output units)."""
+  out = {}
+  chosen = [m for m in models if m["model"] in cfg.shap_models and m["features"] == "meta"]
+  if not chosen or not meta_names:
+    return out
+  train = data.features("meta", "train")
+  rng = np.random.default_rng(cfg.seed)
+  background = train[np.sort(rng.choice(len(train), min(cfg.shap_background, len(train)),
+                                        replace=False))]
+  x = data.features("meta", "test")[:cfg.shap_examples]
+  for m in chosen:
+    e = shap_sklearn.explain_sklearn(m["pipeline"], background, x, meta_names,
+                                     field_slices(meta_names), seed=cfg.seed)
+    values = np.asarray(e.values, np.float64)
+    predicted = (np.zeros(len(x), np.int64) if values.shape[2] == 1
+                 else m["test_probs"][:len(x)].argmax(1))
+    path = os.path.join(task_dir, "shap", m["model"], "fields.npz")
+    write_npz_atomic(path, {
+        "values": values, "base_values": np.asarray(e.base_values, np.float64),
+        "data": np.asarray(e.data, np.float64), "display_data": np.asarray(e.display_data, str),
+        "predicted": predicted, "label": data.labels["test"][:len(x)],
+        "index": np.asarray(test_index[:len(x)], np.int64),
+        "field_names": np.asarray(e.feature_names, str),
+        "class_names": np.asarray(e.output_names, str), "output": np.asarray(e.model_output),
+        "explainer": np.asarray(e.explainer)})
+    out[m["model"]] = {"file": path, "explainer": e.explainer, "output": e.model_output,
+                       "mean_abs": dict(zip(e.feature_names,
+                                            np.abs(values).mean((0, 2)).tolist()))}
+  return out
+
+
 def run_task(task: str, splits: dict, labels: tuple, cfg, feature_sets: list[str],
              train_index: np.ndarray, curves: dict, workdir: str, print_fn,
-             progress: bool = False) -> tuple[dict, list[str]]:
+             progress: bool = False, meta_names: Optional[list] = None
+             ) -> tuple[dict, list[str]]:
   """Fits and scores one task; writes its table, deltas, predictions and figures, prints the
   table. Returns (the task's summary, the figure paths)."""
   label_key, class_names = labels
@@ -492,6 +548,8 @@ def run_task(task: str, splits: dict, labels: tuple, cfg, feature_sets: list[str
                    predictions_arrays(models, splits["test"], data.labels["test"]))
   print_fn(f"Baselines, {task} task ({workdir}, test, {len(data.labels['test'])} examples):\n"
            f"{format_rows(rows, PRINTED_COLUMNS)}")
+  summary["shap"] = explain_metadata_models(data, models, cfg, meta_names or [],
+                                            splits["test"]["index"], task_dir)
   figures = task_figures(task, summary, models, data.labels["test"],
                          figure_dir(workdir)) if cfg.figures else []
   return summary, figures
@@ -527,7 +585,7 @@ def run_baselines(config, workdir: str, print_fn: Callable[[str], None] = print_
       task_label_sets[task] = labels
       summary["tasks"][task], figures = run_task(task, splits, labels, cfg, feature_sets,
                                                  train_index, curves, workdir, print_fn,
-                                                 progress)
+                                                 progress, manifest["meta_feature_names"])
       summary["figures"] += figures
     if cfg.figures:
       first = next(iter(task_label_sets.values()), None)

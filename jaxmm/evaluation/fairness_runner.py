@@ -406,15 +406,16 @@ def fmt(value, spec: str = ".3f") -> str:
   return "-" if value is None or np.isnan(value) else format(value, spec)
 
 
-def gap_lines(result: dict) -> list:
-  """The largest accuracy gap of each attribute of each headline model, with its z and p."""
+def gap_lines(result: dict, families: tuple) -> list:
+  """The most significant accuracy gap (smallest p) of each attribute of each headline model
+  of `families`, with its z and p."""
   lines = []
-  for pick in result["headline_models"]:
+  for pick in (p for p in result["headline_models"] if p["family"] in families):
     tests = [t for t in result["ztests"]
              if t.get("family") == pick["family"] and t["model"] == pick["model"]]
     for attribute in dict.fromkeys(t["attribute"] for t in tests):
-      t = max((t for t in tests if t["attribute"] == attribute),
-              key=lambda t: abs(np.nan_to_num(t["diff"])))
+      t = min((t for t in tests if t["attribute"] == attribute),
+              key=lambda t: np.nan_to_num(t["p"], nan=1.0))
       lines.append(f"{pick['model']} ({pick['family']}) {attribute}: {t['category_a']} "
                    f"{fmt(t['accuracy_a'])} (n={t['support_a']}) vs {t['category_b']} "
                    f"{fmt(t['accuracy_b'])} (n={t['support_b']}): gap {fmt(t['diff'], '+.3f')}, "
@@ -423,9 +424,22 @@ def gap_lines(result: dict) -> list:
   return lines
 
 
-def test_lines(result: dict) -> list:
+def family_line(result: dict, family: str) -> str:
+  """One line for a family not printed in full: its McNemar and Friedman results in brief."""
+  rows = [r for r in result["paired_tests"] if r["family"] == family]
+  alpha = result["config"]["alpha"]
+  mcnemar = [r for r in rows if r["test"] == "mcnemar"]
+  significant = sum(1 for r in mcnemar if np.nan_to_num(r["p"], nan=1.0) < alpha)
+  line = f"{family}: {significant} of {len(mcnemar)} McNemar tests (fusion vs unimodal) p < {alpha}"
+  for r in (r for r in rows if r["test"] == "friedman"):
+    line += (f"; Friedman across {r['num_models']} models {fmt(r['statistic'], '.1f')}, "
+             f"p {fmt(r['p'], '.2g')}")
+  return line
+
+
+def test_lines(result: dict, families: tuple) -> list:
   lines = []
-  for family in result["families"]:
+  for family in (f for f in result["families"] if f["name"] in families):
     rows = [r for r in result["paired_tests"] if r["family"] == family["name"]]
     mcnemar = [r for r in rows if r["test"] == "mcnemar"]
     for r in mcnemar[:MAX_PRINTED_TESTS]:
@@ -450,8 +464,12 @@ def summary_lines(result: dict) -> list:
             f"{result['config']['confidence']:.0%} CI")]
   lines += [(f"  {r['model']} ({r['family']}): {fmt(r['estimate'])} "
              f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]") for r in accuracy]
-  lines += ["Largest accuracy gap per attribute (two-proportion z-test):"]
-  lines += ["  " + line for line in gap_lines(result)]
-  tests = test_lines(result) or [
+  # The first family (the jaxmm models of a pipeline) in full, the others in one line each.
+  names = [f["name"] for f in result["families"]]
+  shown = tuple(names[:1])
+  lines += ["Most significant accuracy gap per attribute (two-proportion z-test):"]
+  lines += ["  " + line for line in gap_lines(result, shown)]
+  tests = test_lines(result, shown) or [
       "none (a family needs a fusion and a unimodal model, or 3 models)"]
+  tests += [family_line(result, name) for name in names[1:]]
   return lines + ["Paired tests of correctness:"] + ["  " + line for line in tests]

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class CheckpointMismatch(ValueError):
@@ -110,8 +111,8 @@ class Checkpointer:
 
   @staticmethod
   def _restore_step(manager, step: int, abstract_state: Any, where: str) -> tuple[Any, dict]:
-    saved = ocp.StandardCheckpointer().metadata(os.path.join(where, "state"))
-    check_shapes(abstract_state, getattr(saved, "item_metadata", saved), where)
+    saved = ocp.StandardCheckpointHandler().metadata(epath.Path(where) / "state")
+    check_shapes(abstract_state, saved, where)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["record"])

@@ -10,6 +10,7 @@ import pytest
 from jaxmm.baselines import embeddings, runner
 from jaxmm.data import pipeline as data_pipeline
 from jaxmm.models.fusion import FusionMLP
+from jaxmm.saliency import runner as saliency_runner
 from jaxmm.train import loop
 from jaxmm.train import metrics as metrics_lib
 
@@ -42,7 +43,7 @@ def test_baselines_on_a_smoke_concat_model(smoke_config, tmp_path, capsys, monke
   saved = np.load(tmp_path / "predictions" / "test.npz")
   run = loop.setup_run(config, workdir, record_run=False)
   try:
-    variables, step = embeddings.restore_variables(run, "best")
+    variables, step = saliency_runner.restore_variables(run, "best")
   finally:
     run.checkpointer.close()
   fused = np.concatenate([cached["image"], cached["meta_embedding"]], axis=1)
