@@ -23,8 +23,9 @@ from jaxmm.baselines import runner as baselines_runner
 from jaxmm.data.atomic import write_text_atomic
 from jaxmm.evaluation import fairness_runner
 from jaxmm.evaluation import runner as evaluation_runner
+from jaxmm.evaluation.stats import format_table
 from jaxmm.report import evaluation_figures, fairness_figures, report_runner, saliency_figures
-from jaxmm.report import shap_figures
+from jaxmm.report import baselines_figures, shap_figures
 from jaxmm.saliency import runner as saliency_runner
 from jaxmm.saliency import shap_runner
 from jaxmm.train import config_lib, loop
@@ -64,9 +65,12 @@ def run_fairness(config, workdir: str) -> dict:
 
 
 def run_baselines(config, workdir: str) -> dict:
-  """`--mode=baselines`: the scikit-learn baselines, then the SHAP figures of their metadata
-  models (figures/shap/baselines_<task>_<model>/)."""
+  """`--mode=baselines`: the scikit-learn baselines, then their figures (figures/baselines/)
+  and the SHAP figures of their metadata models (figures/shap/baselines_<task>_<model>/)."""
   summary = baselines_runner.run_baselines(config, workdir)
+  paths = baselines_figures.baselines_figures(workdir)
+  print(f"baselines figures: {os.path.join(workdir, 'figures', 'baselines')} ({len(paths)} "
+        f"files)", flush=True)
   for task, task_summary in summary["tasks"].items():
     for model, info in task_summary.get("shap", {}).items():
       shap_figures.shap_figures(os.path.dirname(info["file"]), os.path.join(
@@ -113,14 +117,6 @@ def fusion_margins(rows: list, metric: str) -> dict:
                              for u in unimodal.values()
                              if u["modalities"] in row["modalities"].split("+")}
   return margins
-
-
-def format_table(rows: list) -> str:
-  columns = list(rows[0])
-  cells = [[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]
-  widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-  line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths))
-  return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(c) for c in cells])
 
 
 def write_comparison(workdir: str, rows: list, margins: dict) -> None:

@@ -14,41 +14,31 @@ Output under `<workdir>/baselines/`:
   <task>/predictions.npz  label, index, probs/<model> [N, K] on test, and the grouping fields
   baselines.json          all of the above, per-class reports, confusion matrices, PCA
                           explained-variance ratios per PCA model and the class names
-and figures under `<workdir>/figures/baselines/`: model comparison bars, the confusion matrix
-of the best model (highest validation macro-F1), ROC and PR curves of the best fusion model,
-PCA cumulative explained variance and a t-SNE view of the test image embeddings.
+from which jaxmm.report.baselines_figures draws `<workdir>/figures/baselines/` (comparison bars,
+the best model's confusion matrix, the best fusion model's ROC / PR curves, PCA explained
+variance, a t-SNE view of the test image embeddings).
 """
-import io
 import os
 import time
 from typing import Callable, Optional
 
-import matplotlib
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-from ml_collections import config_dict  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from jaxmm.baselines import embeddings as embeddings_lib  # noqa: E402
-from jaxmm.baselines import pipelines  # noqa: E402
-from jaxmm.baselines import shap_sklearn  # noqa: E402
-from jaxmm.data.atomic import write_bytes_atomic, write_npz_atomic  # noqa: E402
-from jaxmm.evaluation import stats  # noqa: E402
-from jaxmm.train import config_lib  # noqa: E402
+from jaxmm.baselines import embeddings as embeddings_lib
+from jaxmm.baselines import pipelines
+from jaxmm.baselines import shap_sklearn
+from jaxmm.data.atomic import write_npz_atomic
+from jaxmm.evaluation import stats
+from jaxmm.train import config_lib
 
 TASKS = ("multiclass", "binary")
 FEATURE_SET_NAMES = tuple(pipelines.FEATURE_SETS) + (pipelines.LATE,)
 TABLE_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "pr_auc")
 GROUP_FIELDS = embeddings_lib.GROUP_FIELDS
-TSNE_ITERATIONS = 500
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -72,8 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
       # BLAS / OpenMP threads of the fits (None: the libraries' default). One thread is
       # faster than spinning threads on a busy machine for features this small.
       "num_threads": 1,
-      "tsne_points": 1000,
-      "figures": True,
+      "tsne_points": 1000,  # t-SNE view of test image embeddings (report.baselines_figures)
       # SHAP (shap_sklearn, one value per metadata field) of these metadata models, on the
       # first shap_examples test rows against shap_background training rows (paper 000 sec. 7)
       "shap_models": ("meta_logreg", "meta_gboost"),
@@ -296,164 +285,8 @@ def task_summary(label_key: str, data: TaskData, models: list[dict], rows: list[
   }
 
 
-def format_rows(rows: list[dict], columns: tuple) -> str:
-  """A fixed-width text table of `columns` (floats with 3 decimals, None / NaN as '-')."""
-  def cell(value):
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-      return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-  cells = [[cell(r.get(c)) for c in columns] for r in rows]
-  widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-  line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths))
-  return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(c) for c in cells])
-
-
 PRINTED_COLUMNS = ("model", "pca_components", "accuracy", "macro_f1", "roc_auc", "pr_auc",
                    "val_macro_f1")
-
-
-# ------------------------------------------------------------------ figures
-
-def save_figure(fig, path: str) -> str:
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  write_bytes_atomic(path, buffer.getvalue())
-  return path
-
-
-def comparison_figure(rows: list[dict], task: str, path: str) -> str:
-  """Macro-F1 and accuracy per model, side by side horizontal bars."""
-  names = [r["model"] for r in rows]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 0.32 * len(rows) + 1.4), sharey=True)
-  colours = {"image": "tab:blue", "meta": "tab:orange", "fusion": "tab:green",
-             pipelines.LATE: "tab:purple"}
-  for ax, metric in zip(axes, ("macro_f1", "accuracy")):
-    ax.barh(names, [r[metric] for r in rows], color=[colours[r["features"]] for r in rows])
-    ax.set_xlim(0, 1)
-    ax.set_xlabel(metric.replace("_", " "))
-    ax.grid(axis="x", alpha=0.3)
-  axes[0].invert_yaxis()
-  fig.suptitle(f"Baselines, {task} task (test)")
-  return save_figure(fig, path)
-
-
-def confusion_figure(matrix, class_names: list, title: str, path: str) -> str:
-  matrix = np.asarray(matrix)
-  fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(class_names), 0.8 + 0.5 * len(class_names)))
-  ax.imshow(matrix, cmap="Blues")
-  ticks = np.arange(len(class_names))
-  ax.set_xticks(ticks, class_names, rotation=45, ha="right")
-  ax.set_yticks(ticks, class_names)
-  ax.set_xlabel("predicted")
-  ax.set_ylabel("true")
-  for (i, j), value in np.ndenumerate(matrix):
-    ax.text(j, i, str(value), ha="center", va="center",
-            color="white" if value > matrix.max() / 2 else "black", fontsize=8)
-  ax.set_title(title)
-  return save_figure(fig, path)
-
-
-def curve_classes(labels: np.ndarray, num_classes: int) -> list[int]:
-  """Classes drawn: the positive class of a binary task, else each class present (OvR)."""
-  if num_classes == 2:
-    return [1]
-  return [k for k in range(num_classes) if 0 < np.sum(labels == k) < len(labels)]
-
-
-def roc_pr_figure(probs: np.ndarray, labels: np.ndarray, class_names: list, title: str,
-                  path: str) -> str:
-  """ROC and precision-recall curves (binary: the positive class; else one-vs-rest)."""
-  fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
-  for k in curve_classes(labels, probs.shape[1]):
-    positive = labels == k
-    fpr, tpr, _ = skm.roc_curve(positive, probs[:, k])
-    precision, recall, _ = skm.precision_recall_curve(positive, probs[:, k])
-    roc_ax.plot(fpr, tpr, label=f"{class_names[k]} (AUC {skm.auc(fpr, tpr):.2f})")
-    pr_ax.plot(recall, precision, label=f"{class_names[k]} (AP "
-               f"{skm.average_precision_score(positive, probs[:, k]):.2f})")
-  roc_ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
-  roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
-  pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall")
-  for ax in (roc_ax, pr_ax):
-    ax.legend(fontsize=7, loc="lower right" if ax is roc_ax else "lower left")
-    ax.grid(alpha=0.3)
-  fig.suptitle(title)
-  return save_figure(fig, path)
-
-
-def pca_figure(curves: dict, path: str) -> str:
-  """Cumulative explained variance per feature set, the 95% line and the components kept."""
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for feature_set, ratios in curves.items():
-    cumulative = np.cumsum(ratios)
-    kept = int(np.searchsorted(cumulative, pipelines.PCA_VARIANCE, side="right") + 1)
-    ax.plot(np.arange(1, len(cumulative) + 1), cumulative,
-            label=f"{feature_set} ({kept} of {len(cumulative)} components)")
-  ax.axhline(pipelines.PCA_VARIANCE, color="grey", linestyle="--", linewidth=0.8)
-  ax.set(xlabel="components", ylabel="cumulative explained variance", ylim=(0, 1.02),
-         title="PCA on standardised training features")
-  ax.legend(fontsize=8)
-  ax.grid(alpha=0.3)
-  return save_figure(fig, path)
-
-
-def tsne_embedding(features: np.ndarray, seed: int) -> np.ndarray:
-  """2-D t-SNE [N, 2] of features [N, D] after standardising and PCA to at most 50 dims."""
-  scaled = StandardScaler().fit_transform(np.asarray(features, np.float64))
-  dims = min(50, scaled.shape[1], len(scaled))
-  reduced = PCA(n_components=dims, svd_solver="full", random_state=seed).fit_transform(scaled)
-  perplexity = min(30.0, (len(reduced) - 1) / 3)
-  return TSNE(perplexity=perplexity, init="pca", max_iter=TSNE_ITERATIONS,
-              random_state=seed).fit_transform(reduced)
-
-
-def tsne_figure(points: np.ndarray, labels: np.ndarray, class_names: list, path: str) -> str:
-  fig, ax = plt.subplots(figsize=(6.5, 5.5))
-  cmap = plt.get_cmap("tab10")
-  for k, name in enumerate(class_names):
-    mask = labels == k
-    if mask.any():
-      ax.scatter(points[mask, 0], points[mask, 1], s=8, color=cmap(k % 10), label=name)
-  ax.set(title=f"t-SNE of test image embeddings ({len(points)} images)", xticks=[], yticks=[])
-  ax.legend(fontsize=8, markerscale=2)
-  return save_figure(fig, path)
-
-
-def task_figures(task: str, summary: dict, models: list[dict], labels: np.ndarray,
-                 out_dir: str) -> list[str]:
-  """Comparison bars, the best model's confusion matrix, the best fusion model's curves."""
-  by_name = {m["model"]: m for m in models}
-  names = summary["class_names"]
-  paths = [comparison_figure(summary["rows"], task, os.path.join(out_dir,
-                                                                 f"{task}_comparison.png"))]
-  best = summary["best_model"]
-  paths.append(confusion_figure(summary["confusion_matrix"][best], names,
-                                f"{best}, {task} (test)",
-                                os.path.join(out_dir, f"{task}_confusion_{best}.png")))
-  fusion = summary["best_fusion_model"]
-  if fusion is not None:
-    paths.append(roc_pr_figure(by_name[fusion]["test_probs"], labels, names,
-                               f"{fusion}, {task} (test)",
-                               os.path.join(out_dir, f"{task}_roc_pr_{fusion}.png")))
-  return paths
-
-
-def embedding_figures(splits: dict, curves: dict, labels: tuple, cfg, out_dir: str
-                      ) -> list[str]:
-  """PCA cumulative variance and the t-SNE of (at most cfg.tsne_points) test image embeddings."""
-  paths = []
-  if curves:
-    paths.append(pca_figure(curves, os.path.join(out_dir, "pca_explained_variance.png")))
-  test = splits["test"]
-  if "image" in test and labels is not None and len(test["image"]) >= 5 and cfg.tsne_points:
-    n = len(test["image"])
-    keep = train_subset(n, cfg.tsne_points, cfg.seed)
-    points = tsne_embedding(test["image"][keep], cfg.seed)
-    label_key, names = labels
-    paths.append(tsne_figure(points, np.asarray(test[label_key])[keep], names,
-                             os.path.join(out_dir, "tsne_image_test.png")))
-  return paths
 
 
 # ------------------------------------------------------------------ entry point
@@ -531,10 +364,9 @@ def explain_metadata_models(data: TaskData, models: list[dict], cfg, meta_names:
 
 def run_task(task: str, splits: dict, labels: tuple, cfg, feature_sets: list[str],
              train_index: np.ndarray, curves: dict, workdir: str, print_fn,
-             progress: bool = False, meta_names: Optional[list] = None
-             ) -> tuple[dict, list[str]]:
-  """Fits and scores one task; writes its table, deltas, predictions and figures, prints the
-  table. Returns (the task's summary, the figure paths)."""
+             progress: bool = False, meta_names: Optional[list] = None) -> dict:
+  """Fits and scores one task; writes its table, deltas, predictions and SHAP, prints the
+  table. Returns the task's summary."""
   label_key, class_names = labels
   data = TaskData(splits, label_key, class_names, train_index, cfg.split_for_tuning)
   models = fit_task(data, cfg, feature_sets, progress)
@@ -547,16 +379,10 @@ def run_task(task: str, splits: dict, labels: tuple, cfg, feature_sets: list[str
   write_npz_atomic(os.path.join(task_dir, "predictions.npz"),
                    predictions_arrays(models, splits["test"], data.labels["test"]))
   print_fn(f"Baselines, {task} task ({workdir}, test, {len(data.labels['test'])} examples):\n"
-           f"{format_rows(rows, PRINTED_COLUMNS)}")
+           f"{stats.format_table(rows, PRINTED_COLUMNS)}")
   summary["shap"] = explain_metadata_models(data, models, cfg, meta_names or [],
                                             splits["test"]["index"], task_dir)
-  figures = task_figures(task, summary, models, data.labels["test"],
-                         figure_dir(workdir)) if cfg.figures else []
-  return summary, figures
-
-
-def figure_dir(workdir: str) -> str:
-  return os.path.join(workdir, "figures", "baselines")
+  return summary
 
 
 def run_baselines(config, workdir: str, print_fn: Callable[[str], None] = print_flush) -> dict:
@@ -572,24 +398,18 @@ def run_baselines(config, workdir: str, print_fn: Callable[[str], None] = print_
   train_index = train_subset(len(splits["train"]["index"]), cfg.max_train_examples, cfg.seed)
   summary = {"checkpoint_step": manifest["checkpoint_step"], "config": cfg.to_dict(),
              "feature_sets": feature_sets, "meta_feature_names": manifest["meta_feature_names"],
-             "tasks": {}, "skipped_tasks": {}, "figures": []}
+             "tasks": {}, "skipped_tasks": {}}
   with threadpool_limits(cfg.num_threads):
     curves = explained_variance_curves(splits, feature_sets, cfg, train_index)
-    task_label_sets = {}
     for task in cfg.tasks:
       labels = task_labels(task, splits["train"], manifest["class_names"])
       if isinstance(labels, str):
         summary["skipped_tasks"][task] = labels
         print_fn(f"baselines: {task} task skipped: {labels}")
         continue
-      task_label_sets[task] = labels
-      summary["tasks"][task], figures = run_task(task, splits, labels, cfg, feature_sets,
+      summary["tasks"][task] = run_task(task, splits, labels, cfg, feature_sets,
                                                  train_index, curves, workdir, print_fn,
                                                  progress, manifest["meta_feature_names"])
-      summary["figures"] += figures
-    if cfg.figures:
-      first = next(iter(task_label_sets.values()), None)
-      summary["figures"] += embedding_figures(splits, curves, first, cfg, figure_dir(workdir))
   summary["pca_explained_variance"] = {fs: c.tolist() for fs, c in curves.items()}
   summary["seconds"] = time.time() - start
   stats.write_json(os.path.join(workdir, "baselines", "baselines.json"), summary)

@@ -190,10 +190,21 @@ def compare_groups(table: dict, metric: str, column: str, kind: str = "auto") ->
   if kind == "ttest" and len(names) != 2:
     raise ValueError(f"ttest needs exactly 2 groups in {column!r}, got {names}")
   samples = [_finite(values[groups == name]) for name in names]
+  dropped = []
+  if kind == "anova":
+    # A group with one value has no within-group variance to offer (e.g. a body site seen
+    # once); the ANOVA runs on the other groups and names the ones it left out.
+    dropped = [name for name, sample in zip(names, samples) if sample.size < 2]
+    names = [name for name in names if name not in dropped]
+    samples = [sample for sample in samples if sample.size >= 2]
   test = two_sample_ttest(*samples) if kind == "ttest" else one_way_anova(samples)
   means = [float(sample.mean()) if sample.size else math.nan for sample in samples]
-  return {**test, "metric": metric, "column": column, "groups": names,
-          "group_sizes": [sample.size for sample in samples], "group_means": means}
+  out = {**test, "metric": metric, "column": column, "groups": names,
+         "group_sizes": [sample.size for sample in samples], "group_means": means}
+  if dropped:
+    out["dropped_groups"] = dropped
+    out["note"] = (out.get("note", "") + f" left out groups with < 2 values: {dropped}").strip()
+  return out
 
 
 def bonferroni(tests: list[dict], alpha: float = 0.05) -> list[dict]:
@@ -233,6 +244,21 @@ def _plain(value):
   if isinstance(value, float) and not math.isfinite(value):
     return None
   return value
+
+
+def format_table(rows: list[dict], columns=None) -> str:
+  """A fixed-width text table of `columns` (default: the first row's keys); floats with 3
+  decimals, None / NaN / inf as "-"."""
+  columns = list(columns or rows[0])
+  def cell(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+      return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+  cells = [[cell(r.get(c)) for c in columns] for r in rows]
+  widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+  def line(values) -> str:
+    return "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
+  return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(c) for c in cells])
 
 
 def write_table_csv(path: str, rows: list[dict]) -> None:

@@ -10,6 +10,7 @@ import pytest
 from jaxmm.baselines import embeddings, runner
 from jaxmm.data import pipeline as data_pipeline
 from jaxmm.models.fusion import FusionMLP
+from jaxmm.report import baselines_figures
 from jaxmm.saliency import runner as saliency_runner
 from jaxmm.train import loop
 from jaxmm.train import metrics as metrics_lib
@@ -92,7 +93,9 @@ def test_baselines_on_a_smoke_concat_model(smoke_config, tmp_path, capsys, monke
   assert len(curve) == dims and abs(sum(curve) - 1) < 1e-6
   assert int(np.searchsorted(np.cumsum(curve), 0.95, side="right") + 1) == int(
       read_rows(tmp_path / "baselines" / "multiclass" / "table.csv")[3]["pca_components"])
+  paths = baselines_figures.baselines_figures(workdir)
   figures = tmp_path / "figures" / "baselines"
+  assert sorted(paths) == sorted(str(p) for p in figures.iterdir())
   for task in ("multiclass", "binary"):
     best = report["tasks"][task]["best_model"]
     for name in (f"{task}_comparison.png", f"{task}_confusion_{best}.png",
@@ -110,7 +113,6 @@ def test_baselines_on_a_smoke_concat_model(smoke_config, tmp_path, capsys, monke
     raise AssertionError("the embeddings were extracted again")
   with monkeypatch.context() as patch:
     patch.setattr(embeddings, "compute_embeddings", no_extraction)
-    config.baselines.figures = False
     again = runner.run_baselines(config, workdir)
   assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == mtimes
   assert again["tasks"]["binary"]["rows"] == summary["tasks"]["binary"]["rows"]

@@ -153,3 +153,14 @@ def test_writers_produce_valid_csv_and_json(tmp_path):
     assert json.load(f) == {"rows": [{"metric": "dice", "n": 3, "mean": 0.25},
                                      {"metric": "spearman", "mean": None, "extra": True}],
                             "array": [1.5, None]}
+
+
+def test_anova_leaves_out_groups_with_one_value_and_names_them():
+  table = {"dice": np.array([0.1, 0.2, 0.5, 0.6, 0.9]),
+           "site": np.array(["back", "back", "face", "face", "foot"], dtype=object)}
+  test = stats.compare_groups(table, "dice", "site")
+  expected = scipy.stats.f_oneway([0.1, 0.2], [0.5, 0.6])
+  assert test["groups"] == ["back", "face"] and test["dropped_groups"] == ["foot"]
+  assert test["statistic"] == pytest.approx(expected.statistic)
+  assert test["p"] == pytest.approx(expected.pvalue)
+  assert "foot" in test["note"]
