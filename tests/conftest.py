@@ -1,4 +1,5 @@
 """Shared fixtures: one data directory per test session, smoke configs."""
+import functools
 import os
 
 import pytest
@@ -17,13 +18,16 @@ def data_dir(tmp_path_factory):
   return path
 
 
+def load_smoke_config(data_dir: str, name: str, arg: str = ""):
+  """`configs/<name>.py:<arg>,smoke` on `data_dir`, no progress bars."""
+  spec = os.path.join(CONFIG_DIR, f"{name}.py") + (f":{arg},smoke" if arg else ":smoke")
+  config = config_lib.load_config_file(spec)
+  config.data.data_dir = data_dir
+  config.train.progress = False
+  return config
+
+
 @pytest.fixture
 def smoke_config(data_dir):
-  """Factory: `configs/<name>.py:<arg>,smoke` on the session data directory, no progress bars."""
-  def make(name: str, arg: str = ""):
-    spec = os.path.join(CONFIG_DIR, f"{name}.py") + (f":{arg},smoke" if arg else ":smoke")
-    config = config_lib.load_config_file(spec)
-    config.data.data_dir = data_dir
-    config.train.progress = False
-    return config
-  return make
+  """Factory: load_smoke_config(name, arg) on the session data directory."""
+  return functools.partial(load_smoke_config, data_dir)

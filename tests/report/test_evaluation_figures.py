@@ -1,6 +1,5 @@
 """Evaluation figures from a fake analysis tree: which figures, valid PNGs, skipped inputs, and
 the helpers that pick rows and centre columns."""
-import csv
 import json
 import os
 import shutil
@@ -8,8 +7,9 @@ import shutil
 import numpy as np
 import PIL.Image
 
-from jaxmm.report import evaluation_figures
 from jaxmm.data.atomic import write_npz_atomic
+from jaxmm.evaluation import stats
+from jaxmm.report import evaluation_figures
 from jaxmm.saliency.runner import shard_file
 
 N, S, SHARD = 6, 8, 4
@@ -19,14 +19,6 @@ IFA = "gradcam"
 ALL_FIGURES = {"roi_agreement_gradcam.png", "roi_agreement_ig_smoothgrad.png",
                "gallery_gradcam.png", "gallery_ig_smoothgrad.png", f"importance_{IFA}.png",
                f"consistency_{IFA}.png", "faithfulness.png", "sanity.png", "confounder.png"}
-
-
-def write_csv(path, rows):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 def write_json(path, obj):
@@ -71,11 +63,11 @@ def summary_rows(rng):
 
 
 def write_roi_agreement(folder, data, rng):
-  write_csv(os.path.join(folder, "summary.csv"), summary_rows(rng))
+  stats.write_table_csv(os.path.join(folder, "summary.csv"), summary_rows(rng))
   galleries = {}
   for method in METHODS:
     dice = rng.uniform(0, 1, N)
-    write_csv(os.path.join(folder, f"{method}_per_image.csv"), [
+    stats.write_table_csv(os.path.join(folder, f"{method}_per_image.csv"), [
         {"index": i, "class": CLASSES[data["label"][i]], "predicted": "a", "correct": i == 0,
          "dice": dice[i], "dice_threshold": 0.3, "spearman": 0.1} for i in range(N)])
     order = np.argsort(-dice)
@@ -94,7 +86,7 @@ def write_ifa(folder, rng, features=5):
       "label": np.arange(N) % 3, "target": np.arange(N) % 3, "target_logit": rng.normal(size=N),
       "sum.cam": rng.uniform(size=N), "sum.s_cam": rng.normal(size=N),
       "sum.fs_s_cam_top5": rng.normal(size=N)})
-  write_csv(os.path.join(folder, "consistency.csv"), [
+  stats.write_table_csv(os.path.join(folder, "consistency.csv"), [
       {"method": IFA, "variant": v, "r": 0.5, "p": 0.01, "n": N, "correlation": "spearman"}
       for v in ("cam", "s_cam")])  # no fs row: its r is computed by the figure
   write_json(os.path.join(folder, "overfitting.json"), {"relative_l2": 0.2})
@@ -102,13 +94,13 @@ def write_ifa(folder, rng, features=5):
 
 
 def write_curves(analysis, rng):
-  write_csv(os.path.join(analysis, "faithfulness.csv"), [
+  stats.write_table_csv(os.path.join(analysis, "faithfulness.csv"), [
       {"method": m, "n": 4, "steps": 4, "deletion_auc": 0.3, "insertion_auc": 0.5,
        "deletion_curve": json.dumps(np.sort(rng.uniform(size=5))[::-1].tolist()),
        "insertion_curve": json.dumps(np.sort(rng.uniform(size=5)).tolist())}
       for m in METHODS + ("random",)])
   layers = ["head/logits", "image/layer2/0", "image/stem"]
-  write_csv(os.path.join(analysis, "sanity.csv"), [
+  stats.write_table_csv(os.path.join(analysis, "sanity.csv"), [
       {"method": m, "n": 2, "layer": layer, "step": step, "spearman": rng.uniform(-1, 1),
        "spearman_abs": rng.uniform(0, 1)} for m in METHODS for step, layer in enumerate(layers)])
 

@@ -1,7 +1,6 @@
 """The run report (report_runner, html, run_figures) without a browser: one smoke model trained,
 a pipeline dir around it, optional files added or left out, the page parsed and checked."""
 import base64
-import csv
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ import pytest
 from sklearn import metrics as skm
 
 from jaxmm import workflow
+from jaxmm.evaluation import stats
 from jaxmm.report import html, report_runner, run_figures
 from jaxmm.report.saliency_figures import plt
 from jaxmm.train import config_lib, loop
@@ -56,14 +56,6 @@ def parse(path: str) -> tuple[PageParser, str]:
   return parser, text
 
 
-def write_csv(path, rows):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-
-
 def write_png(path):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   plt.imsave(path, np.linspace(0, 1, 64).reshape(8, 8))
@@ -84,10 +76,10 @@ def pipeline_dir(data_dir, tmp_path_factory):
   meta_config = workflow.variant_config(config, "meta")
   rows = workflow.comparison_rows({"meta": (meta_config, results), "concat": (config, results)})
   workflow.write_comparison(str(root), rows, workflow.fusion_margins(rows, "macro_f1"))
-  write_csv(root / "concat" / "analysis" / "fairness" / "slices.csv",
+  stats.write_table_csv(root / "concat" / "analysis" / "fairness" / "slices.csv",
             [{"model": "concat", "attribute": "sex", "category": EVIL, "support": "12",
               "accuracy": "0.123456", "p": "1.5e-07"}])
-  write_csv(root / "concat" / "baselines" / "label" / "table.csv",
+  stats.write_table_csv(root / "concat" / "baselines" / "label" / "table.csv",
             [{"model": "fusion_logreg", "accuracy": "0.7777777", "pca_components": "9"}])
   write_png(str(root / "concat" / "figures" / "shap" / "summary.png"))
   os.makedirs(root / "concat" / "analysis", exist_ok=True)

@@ -14,12 +14,8 @@ METHODS = ("gradcam", "ig_smoothgrad", "multimodal_ig")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
-  from tests.conftest import CONFIG_DIR
-  from jaxmm.train import config_lib
-  config = config_lib.load_config_file(os.path.join(CONFIG_DIR, "synthetic_derm.py") +
-                                       ":model=concat,smoke")
-  config.data.data_dir = data_dir
-  config.train.progress = False
+  from tests.conftest import load_smoke_config
+  config = load_smoke_config(data_dir, "synthetic_derm", "model=concat")
   config.saliency.update({"methods": METHODS, "max_examples": 10, "shard_size": 4,
                           "batch_size": 4, "progress": False, "layer": "image/stage3"})
   workdir = str(tmp_path_factory.mktemp("saliency_run"))

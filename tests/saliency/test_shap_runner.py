@@ -28,12 +28,8 @@ def with_shap(config, **values):
 
 @pytest.fixture(scope="module")
 def derm(tmp_path_factory, data_dir):
-  from tests.conftest import CONFIG_DIR
-  from jaxmm.train import config_lib
-  config = config_lib.load_config_file(os.path.join(CONFIG_DIR, "synthetic_derm.py") +
-                                       ":model=concat,smoke")
-  config.data.data_dir = data_dir
-  config.train.progress = False
+  from tests.conftest import load_smoke_config
+  config = load_smoke_config(data_dir, "synthetic_derm", "model=concat")
   config = with_shap(config, num_examples=3, background_size=6)
   workdir = str(tmp_path_factory.mktemp("shap_derm"))
   run, probabilities = checkpointed(config, workdir)
