@@ -1,10 +1,17 @@
-"""The main job: every variant trained, a comparison table and fusion margins written."""
+"""The main job: every variant trained, a comparison table and fusion margins written, then
+every analysis step; run as the README runs it, with the network blocked."""
 import csv
 import json
+import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from jaxmm import workflow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_fusion_margins_against_each_contained_modality():
@@ -26,51 +33,100 @@ def test_format_table_aligns_columns():
   assert len({line.index(line.split()[1]) for line in lines[2:]}) == 1
 
 
-def test_pipeline_trains_each_variant_and_compares(smoke_config, tmp_path, capsys):
-  config = smoke_config("synthetic_derm")
-  config.pipeline.variants = ("meta", "concat")
-  config.pipeline.baselines_variant = "concat"
-  config.baselines.models = {"image": ("logreg",), "meta": ("logreg",), "fusion": ("logreg",),
-                             "late": ("logreg",)}
-  config.baselines.pca = ()
-  config.baselines.tasks = ("binary",)
-  summary = workflow.run_pipeline(config, str(tmp_path))
+# Loaded first by the subprocess (sitecustomize): any attempt to reach another host over the
+# network raises, and is logged to $JAXMM_NETWORK_LOG so the test can show none was made.
+BLOCK_NETWORK = """
+import os, socket
+LOG = os.environ["JAXMM_NETWORK_LOG"]
+LOCAL = ("localhost", "127.0.0.1", "::1", "", None)
+def refuse(what):
+  with open(LOG, "a") as f:
+    f.write(what + "\\n")
+  raise OSError("network access is blocked in this test: " + what)
+connect = socket.socket.connect
+def guarded_connect(self, address):
+  if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOCAL:
+    refuse(f"connect {address}")
+  return connect(self, address)
+socket.socket.connect = guarded_connect
+socket.socket.connect_ex = lambda self, address: guarded_connect(self, address) or 0
+getaddrinfo = socket.getaddrinfo
+def guarded_getaddrinfo(host, *args, **kwargs):
+  if host not in LOCAL:
+    refuse(f"getaddrinfo {host}")
+  return getaddrinfo(host, *args, **kwargs)
+socket.getaddrinfo = guarded_getaddrinfo
+"""
+
+PIPELINE_FLAGS = (
+    "--config.pipeline.variants=('meta','concat')", "--config.pipeline.baselines_variant=concat",
+    "--config.baselines.models.image=('logreg',)", "--config.baselines.models.meta=('logreg',)",
+    "--config.baselines.models.fusion=('logreg',)", "--config.baselines.models.late=('logreg',)",
+    "--config.baselines.pca=()", "--config.baselines.tasks=('binary',)",
+    "--config.train.progress=False")
+
+
+def run_main_job_offline(workdir, data_dir, tmp_path) -> str:
+  """`python -m jaxmm.main --mode=pipeline` (smoke, two variants) in a subprocess whose
+  sockets refuse every other host; returns its stdout."""
+  site = tmp_path / "site"
+  site.mkdir()
+  (site / "sitecustomize.py").write_text(BLOCK_NETWORK)
+  log = tmp_path / "network.log"
+  env = dict(os.environ, JAXMM_DATA_DIR=data_dir, JAXMM_NETWORK_LOG=str(log),
+             PYTHONPATH=os.pathsep.join([str(site), REPO, os.environ.get("PYTHONPATH", "")]),
+             HF_HUB_OFFLINE="1")
+  command = [sys.executable, "-m", "jaxmm.main",
+             f"--config={os.path.join(REPO, 'configs', 'synthetic_derm.py')}:smoke",
+             f"--workdir={workdir}", "--mode=pipeline", *PIPELINE_FLAGS]
+  done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+  assert not log.exists(), f"the main job tried to reach the network: {log.read_text()}"
+  return done.stdout
+
+
+def test_main_job_runs_offline_and_writes_every_step(data_dir, tmp_path):
+  """The README's main job (smoke sized) end to end, with networking blocked: variants,
+  comparison, saliency sample, explanation evaluation, baselines, SHAP, fairness, report."""
+  workdir = tmp_path / "run"
+  out = run_main_job_offline(str(workdir), data_dir, tmp_path)
   for variant in ("meta", "concat"):
-    results = json.loads((tmp_path / variant / "results.json").read_text())
-    assert results["final_step"] == config.train.num_steps
-  with open(tmp_path / "comparison.csv") as f:
+    results = json.loads((workdir / variant / "results.json").read_text())
+    assert results["final_step"] == 3  # the smoke schedule
+    predictions = np.load(workdir / variant / "predictions" / "test.npz")
+    assert predictions["logits"].shape == (len(predictions["index"]), 7)
+  with open(workdir / "comparison.csv") as f:
     rows = list(csv.DictReader(f))
   assert [r["model"] for r in rows] == ["meta", "concat"]
   assert rows[1]["modalities"] == "image+meta" and rows[1]["fusion"] == "concat"
-  meta_f1 = json.loads((tmp_path / "meta" / "results.json").read_text())["test"]["macro_f1"]
-  concat_f1 = json.loads((tmp_path / "concat" / "results.json").read_text())["test"]["macro_f1"]
-  assert summary["fusion_margins"]["concat"]["vs_meta"] == pytest.approx(concat_f1 - meta_f1)
-  out = capsys.readouterr().out
+  meta_f1 = json.loads((workdir / "meta" / "results.json").read_text())["test"]["macro_f1"]
+  concat_f1 = json.loads((workdir / "concat" / "results.json").read_text())["test"]["macro_f1"]
+  margins = json.loads((workdir / "comparison.json").read_text())["fusion_margins"]
+  assert margins["concat"]["vs_meta"] == pytest.approx(concat_f1 - meta_f1)
   assert "concat macro_f1 margin over unimodal models: meta" in out
   assert "saliency overlays of 8 test examples of concat" in out
-  # The job ends with saliency overlays of the fusion variant's first test examples.
-  figures = tmp_path / "concat" / "figures" / "saliency"
+  # Saliency overlays of the fusion variant's first test examples.
+  figures = workdir / "concat" / "figures" / "saliency"
   assert sorted(p.name for p in figures.iterdir()) == ["methods.png", "modalities.png"]
-  assert [str(figures / "methods.png"), str(figures / "modalities.png")] == \
-      summary["saliency_figures"]
-  shards = list((tmp_path / "concat" / "analysis" / "saliency" / "test_sample").glob("shard_*.npz"))
+  shards = list((workdir / "concat" / "analysis" / "saliency" / "test_sample").glob(
+      "shard_*.npz"))
   assert len(shards) == 1
-
-  # Then the baselines of the concat run's embeddings (with SHAP of the metadata model), SHAP of
+  assert (workdir / "concat" / "analysis" / "explanation_evaluation.json").exists()
+  # The baselines of the concat run's embeddings (with SHAP of the metadata model), SHAP of
   # its metadata fields, the fairness tests across every model, and the report.
-  with open(tmp_path / "concat" / "baselines" / "binary" / "table.csv") as f:
+  with open(workdir / "concat" / "baselines" / "binary" / "table.csv") as f:
     baselines = [r["model"] for r in csv.DictReader(f)]
   assert baselines == ["image_logreg", "meta_logreg", "fusion_logreg", "late_logreg"]
-  assert (tmp_path / "concat" / "baselines" / "binary" / "shap" / "meta_logreg" /
+  assert (workdir / "concat" / "baselines" / "binary" / "shap" / "meta_logreg" /
           "fields.npz").exists()
-  assert (tmp_path / "concat" / "figures" / "shap" / "baselines_binary_meta_logreg" /
+  assert (workdir / "concat" / "figures" / "shap" / "baselines_binary_meta_logreg" /
           "fields_summary.png").exists()
-  assert (tmp_path / "concat" / "analysis" / "shap" / "fields.npz").exists()
-  with open(tmp_path / "analysis" / "fairness" / "paired_tests.csv") as f:
+  assert (workdir / "concat" / "analysis" / "shap" / "fields.npz").exists()
+  with open(workdir / "analysis" / "fairness" / "paired_tests.csv") as f:
     tests = {(r["test"], r["models"]) for r in csv.DictReader(f)}
   assert any(test == "mcnemar" and "concat" in models and "meta" in models
              for test, models in tests)
-  report = (tmp_path / "report.html").read_text()
-  assert summary["report"] == str(tmp_path / "report.html")
+  report = (workdir / "report.html").read_text()
+  assert f"report: {workdir / 'report.html'}" in out
   for section in ("fairness", "baselines", "shap", "saliency"):
     assert f'id="{section}' in report or f'-{section}"' in report, section

@@ -86,6 +86,29 @@ def read_fields(source, fields: tuple) -> dict:
   return {f: np.array([_decode(r[f]) for r in rows], dtype=object) for f in fields}
 
 
+ID_FIELDS = ("image_id", "dicom_id", "lesion_id", "study_id", "patient_id")
+
+
+def check_labels(labels, info: "TaskInfo", where: str, ids=None) -> None:
+  """Raises ValueError at the first label outside the task (multiclass: [0, num_classes);
+  multilabel: K columns of 1 / 0 / -1 / -2), naming `where`, the row and its id."""
+  labels = np.asarray(labels)
+  if info.multilabel:
+    if labels.ndim != 2 or labels.shape[1] != info.num_classes:
+      raise ValueError(f"{where}: labels have shape {labels.shape}, expected [N, "
+                       f"{info.num_classes}] for the labels {info.class_names}")
+    bad, valid = ~np.isin(labels, (-2, -1, 0, 1)), "1 / 0 / -1 / -2"
+  else:
+    bad, valid = (labels < 0) | (labels >= info.num_classes), f"0..{info.num_classes - 1}"
+  if bad.any():
+    row = int(np.argwhere(bad)[0][0])
+    named = f" ({ids[row]})" if ids is not None else ""
+    raise ValueError(
+        f"{where}: label {labels[row].tolist()} of example {row}{named} is outside {valid} "
+        f"(the task has {info.num_classes} classes {info.class_names}); check "
+        f"config.data.label_key and config.data.label_names")
+
+
 class Preprocessor:
   """Turns a stacked raw batch into the Batch contract (float images, encoded meta, tokens).
 
@@ -99,6 +122,7 @@ class Preprocessor:
     self.tokenizer = tokenizer
     self.mean = np.asarray(data_config.image_mean, np.float32)
     self.std = np.asarray(data_config.image_std, np.float32)
+    self.task = None  # the TaskInfo, once known: batches' labels are then checked against it
 
   def __call__(self, raw: dict) -> dict:
     cfg = self.config
@@ -116,6 +140,10 @@ class Preprocessor:
       batch["text_ids"] = tokens["input_ids"].astype(np.int32)
       batch["text_mask"] = tokens["attention_mask"].astype(np.int32)
     batch["label"] = raw[cfg.label_key].astype(np.int32)
+    if self.task is not None:
+      id_field = next((f for f in ID_FIELDS if f in raw), None)
+      check_labels(batch["label"], self.task, "a batch",
+                   [f"{id_field} {v}" for v in raw[id_field]] if id_field else None)
     if "roi_mask" in raw:
       batch["roi_mask"] = raw["roi_mask"]
     for key in cfg.get("keep_fields", ()):

@@ -92,6 +92,10 @@ def setup_run(config, workdir: str, record_run: bool = True) -> Run:
   preprocessor = pipeline.fit_preprocessor(config.data, builder, workdir, train_columns,
                                           pretrained.init_from(config.model, "text"))
   info = pipeline.task_info(config.data, builder, preprocessor)
+  train_labels = train_columns()[config.data.label_key]
+  pipeline.check_labels(np.stack([np.asarray(v) for v in train_labels]), info,
+                        f"the training split of {config.data.name}")
+  preprocessor.task = info
   model = model_build.build_model(model_config_for(config.model, info))
   mesh = sharding.make_mesh()
   batch_size = config.data.batch_size
