@@ -41,6 +41,7 @@ HAM10000_VOCABULARIES = {
     "dx_type": DX_TYPES + (UNKNOWN,),
 }
 AGE_FIELD = "age"
+MAX_AGE = 150  # years; larger (or negative, infinite) ages are data errors
 FIELD_NAMES = (AGE_FIELD, "sex", "localization", "dx_type")
 _FORMAT_VERSION = 1
 
@@ -57,7 +58,9 @@ def _as_text(value: Any) -> str:
 
 
 def parse_age(value: Any, row: int | None = None) -> float:
-  """Returns an age in years as float, NaN when missing; ValueError on non-numeric text."""
+  """Returns an age in years as float, NaN when missing; ValueError on non-numeric text and
+  on numbers that are not an age (infinite, negative or above MAX_AGE)."""
+  where = f" at row {row}" if row is not None else ""
   if value is None:
     return math.nan
   if isinstance(value, (bytes, np.bytes_)):
@@ -67,11 +70,15 @@ def parse_age(value: Any, row: int | None = None) -> float:
     if not text or text.lower() in ("nan", "none", "null"):
       return math.nan
     try:
-      return float(text)
+      age = float(text)
     except ValueError:
-      where = f" at row {row}" if row is not None else ""
       raise ValueError(f"metadata field 'age'{where}: non-numeric value {value!r}") from None
-  return float(value)
+  else:
+    age = float(value)
+  if not math.isnan(age) and not 0 <= age <= MAX_AGE:
+    raise ValueError(f"metadata field 'age'{where}: {value!r} is not an age in years "
+                     f"(0 to {MAX_AGE})")
+  return age
 
 
 def _columns(records: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
