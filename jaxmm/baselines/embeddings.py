@@ -47,7 +47,6 @@ ENCODER_FEATURES = {
     "text": ("text", ("text/pooled", "text/cls")),
     "meta": ("meta_embedding", ("meta/embedding",)),
 }
-GROUP_FIELDS = ("sex", "age", "localization", "site")
 MULTICLASS_FIELD, BINARY_FIELD = "label", "malignant"
 BINARY_NAMES = ("benign", "malignant")
 # Data keys that change only throughput, not the features (left out of the config hash).
@@ -112,10 +111,11 @@ def metadata_encoder(run) -> Optional[metadata_lib.MetadataEncoder]:
 
 
 def extra_fields(run) -> tuple:
-  """Raw record fields saved next to the features: the other labels and the grouping fields."""
-  features = run.builder.info.features
-  wanted = (MULTICLASS_FIELD, BINARY_FIELD) + GROUP_FIELDS
-  return tuple(f for f in wanted if f in features and f != run.config.data.label_key)
+  """Raw record fields saved next to the features: the 7-class label and the grouping fields
+  (pipeline.group_fields, the binary `malignant` label among them)."""
+  multiclass = (MULTICLASS_FIELD,) if MULTICLASS_FIELD in run.builder.info.features and \
+      MULTICLASS_FIELD != run.config.data.label_key else ()
+  return multiclass + pipeline.group_fields(run.config.data, run.builder)
 
 
 def class_names(run) -> dict[str, list]:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from jaxmm.baselines import embeddings as embeddings_lib
 from jaxmm.baselines import pipelines
 from jaxmm.baselines import shap_sklearn
+from jaxmm.data import pipeline as pipeline_lib
 from jaxmm.data.atomic import write_npz_atomic
 from jaxmm.evaluation import stats
 from jaxmm.train import config_lib
@@ -38,7 +39,6 @@ from jaxmm.train import config_lib
 TASKS = ("multiclass", "binary")
 FEATURE_SET_NAMES = tuple(pipelines.FEATURE_SETS) + (pipelines.LATE,)
 TABLE_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "pr_auc")
-GROUP_FIELDS = embeddings_lib.GROUP_FIELDS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -261,7 +261,7 @@ def predictions_arrays(models: list[dict], test: dict, labels: np.ndarray) -> di
   """predictions.npz: label, index, probs/<model> [N, K], and the grouping fields."""
   out = {"label": labels, "index": np.asarray(test["index"])}
   out.update({f"probs/{m['model']}": m["test_probs"].astype(np.float32) for m in models})
-  out.update({f: test[f] for f in GROUP_FIELDS if f in test})
+  out.update({f: test[f] for f in pipeline_lib.GROUP_FIELDS if f in test})
   return out
 
 

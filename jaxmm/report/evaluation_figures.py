@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 # saliency_figures sets matplotlib's Agg backend before pyplot is imported.
+from jaxmm.report.run_figures import read_json
 from jaxmm.report.saliency_figures import draw_input, draw_overlay, plt, save_figure
 from jaxmm.saliency import runner as saliency_runner
 
@@ -38,11 +39,6 @@ GALLERY_SIZE = 6
 def read_rows(path: str) -> list[dict]:
   with open(path, newline="") as f:
     return list(csv.DictReader(f))
-
-
-def read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
 
 
 def number(text) -> float:

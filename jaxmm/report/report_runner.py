@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxmm.data.atomic import write_text_atomic
 from jaxmm.report import html, run_figures
+from jaxmm.report.run_figures import optional_json
 
 REPORT_NAME = "report.html"
 RUN_FILES = ("config.json", "env_info.json", "requirements.lock")
@@ -60,19 +61,6 @@ class Part:
 
 
 # ------------------------------------------------------------------ reading
-
-def read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
-def optional_json(path: str, default=None):
-  """The JSON at `path`, or `default` when it is absent or unreadable (half written)."""
-  try:
-    return read_json(path)
-  except (FileNotFoundError, json.JSONDecodeError):
-    return default
-
 
 def read_rows(path: str) -> list[dict]:
   with open(path, newline="") as f:

@@ -241,24 +241,24 @@ def comparison_bars(rows: list[dict], path: str, split: str = "test") -> str | N
 
 # ------------------------------------------------------------------ every figure
 
-def optional_json(path: str) -> dict:
-  """The JSON object at `path`; {} when it is absent or half written."""
+def optional_json(path: str, default=None):
+  """The JSON at `path`, or `default` when it is absent or unreadable (half written)."""
   try:
     return read_json(path)
   except (FileNotFoundError, json.JSONDecodeError):
-    return {}
+    return default
 
 
 def run_figures(run_dir: str) -> list[str]:
   """Every training figure whose inputs are in `run_dir`; returns the written paths."""
   out_dir = os.path.join(run_dir, TRAINING_DIR)
-  results = optional_json(os.path.join(run_dir, "results.json"))
+  results = optional_json(os.path.join(run_dir, "results.json"), {})
   task = results.get("task", {})
   written = []
   metrics_path = os.path.join(run_dir, "metrics.jsonl")
   if os.path.exists(metrics_path):
     records = read_metrics(metrics_path)
-    metric = validation_metric(optional_json(os.path.join(run_dir, "config.json")), records)
+    metric = validation_metric(optional_json(os.path.join(run_dir, "config.json"), {}), records)
     written.append(training_curves(records, metric, os.path.join(out_dir, "training_curves.png"),
                                    results.get("best_step")))
   matrix = results.get("test", {}).get("confusion_matrix")
