@@ -15,7 +15,6 @@ Subclasses define `LAYOUT`, `CSV_FILE`, `MANUAL_DOWNLOAD_INSTRUCTIONS`, `_info`,
 `read_entries` and `make_example`, and may override `assign_splits`.
 """
 import dataclasses
-import math
 import os
 from typing import ClassVar
 
@@ -187,11 +186,15 @@ def nonempty(field: str, value: str) -> str:
 
 
 def parse_age(field: str, text: str) -> float:
-  """Age in years (NaN when blank); BadInput for text that is not a non-negative number."""
+  """Age in years (NaN when blank); BadInput "non_numeric_age" for text that is not a number,
+  "age_out_of_range" for a number that is not an age (infinite, negative, above MAX_AGE)."""
   try:
-    age = metadata.parse_age(text)
+    return metadata.parse_age(text)
+  except ValueError:
+    pass
+  try:
+    float(text)
   except ValueError:
     raise bad_rows.BadInput("non_numeric_age", f"{field} {text!r} is not a number") from None
-  if math.isinf(age) or age < 0:
-    raise bad_rows.BadInput("non_numeric_age", f"{field} {text!r} is not a non-negative number")
-  return age
+  raise bad_rows.BadInput("age_out_of_range", f"{field} {text!r} is not an age in years "
+                                              f"(0 to {metadata.MAX_AGE})")

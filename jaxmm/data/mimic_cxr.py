@@ -140,8 +140,9 @@ def lookup(table: dict, key: str, file: str, kind: str, what: str):
 
 
 def digits(field: str, text: str) -> str:
-  """A numeric id as text (it names folders); BadInput("missing_id") otherwise."""
-  if not text.isdigit():
+  """A numeric id as text, ASCII digits only (it names folders); BadInput("missing_id")
+  otherwise."""
+  if not (text.isascii() and text.isdigit()):
     raise bad_rows.BadInput("missing_id", f"{field} {text!r} is not a number")
   return text
 

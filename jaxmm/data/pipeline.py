@@ -76,7 +76,7 @@ def stack_examples(examples: list) -> dict:
     if isinstance(values[0], (bytes, str)):
       out[key] = np.array([_decode(v) for v in values], dtype=object)
     else:
-      out[key] = np.stack([np.asarray(v) for v in values])
+      out[key] = stack_field(key, [np.asarray(v) for v in values], examples)
   return out
 
 
@@ -109,6 +109,155 @@ def check_labels(labels, info: "TaskInfo", where: str, ids=None) -> None:
         f"config.data.label_key and config.data.label_names")
 
 
+class BadBatch(ValueError):
+  """A batch the model must not see, found before it reaches the model.
+
+  Attributes: `field` (the batch key), `positions` (the bad rows of the batch) and `ids`
+  ("<id field> <value>" of each of those rows; None when the batch has no id field), made from
+  `row_ids`, the ids of every row of the batch. A caller that knows more (the training step,
+  the split) re-raises `error.at(f"step {step}")`.
+  """
+
+  def __init__(self, message: str, field: str, positions, row_ids=None):
+    super().__init__(message)
+    self.field, self.positions = field, tuple(int(p) for p in positions)
+    self.ids = None if row_ids is None else tuple(row_ids[p] for p in self.positions)
+
+  def at(self, where: str) -> "BadBatch":
+    """The same error, its message prefixed with `where` (e.g. "step 12")."""
+    error = type(self).__new__(type(self))
+    error.__dict__.update(self.__dict__)
+    error.args = (f"{where}: {self}",)
+    return error
+
+  def __reduce__(self):  # keeps the type and attributes across worker processes
+    return _rebuild_bad_batch, (type(self), self.args, self.__dict__)
+
+
+def _rebuild_bad_batch(cls, args, state):
+  error = cls.__new__(cls)
+  error.args = args
+  error.__dict__.update(state)
+  return error
+
+
+class ImageShapeMismatch(BadBatch):
+  """Images whose shape is not the configured [size, size, channels]."""
+
+
+class NonFiniteInput(BadBatch):
+  """NaN or inf in a float model input; `count` is the number of non-finite values."""
+
+  def __init__(self, message: str, field: str, positions, row_ids=None, count: int = 0):
+    super().__init__(message, field, positions, row_ids)
+    self.count = int(count)
+
+
+MAX_NAMED = 5  # examples named one by one in a bad-batch message
+
+
+def batch_ids(raw) -> list | None:
+  """"<id field> <value>" per example of a stacked raw batch (or a list of records), from the
+  first ID_FIELDS the batch has; None when it has none."""
+  keys = raw[0].keys() if isinstance(raw, list) else raw.keys()
+  field = next((f for f in ID_FIELDS if f in keys), None)
+  if field is None:
+    return None
+  values = [r[field] for r in raw] if isinstance(raw, list) else raw[field]
+  return [f"{field} {_decode(v)}" for v in values]
+
+
+def name_examples(positions, ids=None) -> str:
+  """'examples 3 (image_id X), 7 (image_id Y)', the first MAX_NAMED of them and the count."""
+  named = [f"{p} ({ids[p]})" if ids is not None else str(p) for p in positions[:MAX_NAMED]]
+  more = f" and {len(positions) - MAX_NAMED} more" if len(positions) > MAX_NAMED else ""
+  word = "example" if len(positions) == 1 else "examples"
+  return f"{word} {', '.join(named)}{more} of the batch"
+
+
+def _dims(shape) -> str:
+  return "x".join(str(d) for d in shape) or "a scalar"
+
+
+def stack_field(key: str, arrays: list, examples: list) -> np.ndarray:
+  """np.stack of one field's arrays; BadBatch naming the examples whose shape differs from the
+  first example's."""
+  shapes = [a.shape for a in arrays]
+  odd = [i for i, shape in enumerate(shapes) if shape != shapes[0]]
+  if odd:
+    ids = batch_ids(examples)
+    error = ImageShapeMismatch if key == "image" else BadBatch
+    raise error(f"field {key!r} of {name_examples(odd, ids)} is "
+                f"{', '.join(sorted({_dims(shapes[i]) for i in odd}))}, while example 0 is "
+                f"{_dims(shapes[0])}: a batch needs one shape", key, odd, ids)
+  return np.stack(arrays)
+
+
+def expected_image_shape(data_config, builder, channels: Optional[int] = None):
+  """((H, W, C), where that comes from) for the dataset's images, or (None, "") without them.
+
+  H, W: the size the dataset was built at (the builder config's image_size, or
+  config.data.builder_overrides.image_size when set); C: `channels` (the model's
+  config.model.image.in_channels) when given, else the dataset's. ValueError when the model's
+  channel count is not the dataset's (grayscale chest X-rays have 1, dermoscopy RGB 3).
+  """
+  if "image" not in builder.info.features:
+    return None, ""
+  shape = tuple(builder.info.features["image"].shape)
+  override = (data_config.get("builder_overrides", None) or {}).get("image_size")
+  size = (f"config.data.builder_overrides.image_size={override}" if override else
+          f"the image size of {data_config.name}/{builder.builder_config.name}")
+  if channels is not None and channels != shape[-1]:
+    raise ValueError(f"config.model.image.in_channels is {channels} but {data_config.name}'s "
+                     f"images are {_dims(shape)} ({shape[-1]} channel(s)); set "
+                     f"--config.model.image.in_channels={shape[-1]}")
+  depth = (f"config.model.image.in_channels={channels}" if channels is not None else
+           f"{shape[-1]} channel(s) in {data_config.name}")
+  return shape, f"{size}, {depth}"
+
+
+def check_images(images, expected: tuple, origin: str, ids=None) -> None:
+  """ImageShapeMismatch naming the examples whose image (a stacked [N, H, W, C] array or a
+  list of arrays) is not `expected` (H, W, C)."""
+  shapes = ([np.shape(image) for image in images] if isinstance(images, list) or
+            images.dtype == object else [images.shape[1:]] * len(images))
+  bad = [i for i, shape in enumerate(shapes) if tuple(shape) != tuple(expected)]
+  if bad:
+    found = ", ".join(sorted({_dims(shapes[i]) for i in bad}))
+    noun, verb = ("image", "is") if len(bad) == 1 else ("images", "are")
+    raise ImageShapeMismatch(
+        f"{noun} of {name_examples(bad, ids)} {verb} {found}, the config expects "
+        f"{_dims(expected)} ({origin})", "image", bad, ids)
+
+
+NONFINITE_HINTS = {
+    "image": "check config.data.image_mean / image_std (a std of 0 divides by zero)",
+    "meta": "check the metadata values and the encoder's statistics "
+            "(<workdir>/data/metadata_encoder.json: a std of 0?)",
+}
+
+
+def check_finite(value: np.ndarray, field: str, ids=None) -> None:
+  """NonFiniteInput naming `field`, the examples and the count when a float input holds NaN or
+  inf (a single pass over the batch when it is finite)."""
+  value = np.asarray(value)
+  if not np.issubdtype(value.dtype, np.floating):
+    return
+  with np.errstate(over="ignore", invalid="ignore"):
+    if np.isfinite(value.sum()):
+      return
+  finite = np.isfinite(value).reshape(len(value), -1)
+  bad = np.flatnonzero(~finite.all(1))
+  if not len(bad):
+    return  # the sum overflowed, every value is finite
+  count, nans = int((~finite).sum()), int(np.isnan(value).sum())
+  hint = NONFINITE_HINTS.get(field, "")
+  raise NonFiniteInput(
+      f"non-finite input {field!r}: {count} value(s) ({nans} NaN, {count - nans} inf) in "
+      f"{name_examples(list(bad), ids)}" + (f"; {hint}" if hint else ""),
+      field, bad, ids, count)
+
+
 class Preprocessor:
   """Turns a stacked raw batch into the Batch contract (float images, encoded meta, tokens).
 
@@ -116,19 +265,26 @@ class Preprocessor:
   workdir so evaluation and resumed runs reuse exactly the same encoding.
   """
 
-  def __init__(self, data_config, meta_encoder=None, tokenizer=None):
+  def __init__(self, data_config, meta_encoder=None, tokenizer=None, image_shape=None,
+               image_origin: str = "", id_field: Optional[str] = None):
     self.config = data_config
     self.meta_encoder = meta_encoder
     self.tokenizer = tokenizer
     self.mean = np.asarray(data_config.image_mean, np.float32)
     self.std = np.asarray(data_config.image_std, np.float32)
     self.task = None  # the TaskInfo, once known: batches' labels are then checked against it
+    # Images are checked against (H, W, C) when known; `image_origin` says where it comes from.
+    self.image_shape, self.image_origin = image_shape, image_origin
+    self.id_field = id_field  # read with every batch so errors can name the examples
 
   def __call__(self, raw: dict) -> dict:
     cfg = self.config
     batch = {}
+    ids = batch_ids(raw)
     if "image" in raw:
-      image = raw["image"].astype(np.float32) / 255.0
+      if self.image_shape is not None:
+        check_images(raw["image"], self.image_shape, self.image_origin, ids)
+      image = np.asarray(raw["image"]).astype(np.float32) / 255.0
       batch["image"] = (image - self.mean) / self.std
     if self.meta_encoder is not None:
       batch["meta"] = self.meta_encoder.transform(
@@ -141,9 +297,10 @@ class Preprocessor:
       batch["text_mask"] = tokens["attention_mask"].astype(np.int32)
     batch["label"] = raw[cfg.label_key].astype(np.int32)
     if self.task is not None:
-      id_field = next((f for f in ID_FIELDS if f in raw), None)
-      check_labels(batch["label"], self.task, "a batch",
-                   [f"{id_field} {v}" for v in raw[id_field]] if id_field else None)
+      check_labels(batch["label"], self.task, "a batch", ids)
+    for key in MODEL_KEYS:
+      if key in batch:
+        check_finite(batch[key], key, ids)
     if "roi_mask" in raw:
       batch["roi_mask"] = raw["roi_mask"]
     for key in cfg.get("keep_fields", ()):
@@ -190,7 +347,8 @@ def load_meta_encoder(data_config, builder, workdir: Optional[str],
 
 def fit_preprocessor(data_config, builder, workdir: Optional[str],
                      train_columns: Optional[Callable[[], dict]] = None,
-                     tokenizer_dir: Optional[str] = None) -> Preprocessor:
+                     tokenizer_dir: Optional[str] = None,
+                     image_channels: Optional[int] = None) -> Preprocessor:
   """Fits (or reloads from `workdir/data/`) the metadata encoder; loads the tokenizer.
 
   The encoder is, first found: the run's copy `workdir/data/metadata_encoder.json`, the one
@@ -201,6 +359,10 @@ def fit_preprocessor(data_config, builder, workdir: Optional[str],
   who also needs the labels); by default they are read here. The tokenizer is the dataset's
   vocabulary, or with `tokenizer_dir` (a pretrained text encoder's Hugging Face directory,
   `model.text.init_from`) that model's own tokenizer.
+
+  Every batch's images are then checked against expected_image_shape (with `image_channels`,
+  the model's config.model.image.in_channels, checked against the dataset here), and every
+  batch reads the dataset's id field (ID_FIELDS) so bad-batch errors name the examples.
   """
   meta_encoder = None
   if data_config.get("use_meta", False):
@@ -209,7 +371,9 @@ def fit_preprocessor(data_config, builder, workdir: Optional[str],
   if data_config.get("use_text", False):
     tokenizer = (tokenizer_lib.load_pretrained_tokenizer(tokenizer_dir) if tokenizer_dir
                  else tokenizer_lib.load_tokenizer(builder.data_dir))
-  return Preprocessor(data_config, meta_encoder, tokenizer)
+  image_shape, origin = expected_image_shape(data_config, builder, image_channels)
+  id_field = next((f for f in ID_FIELDS if f in builder.info.features), None)
+  return Preprocessor(data_config, meta_encoder, tokenizer, image_shape, origin, id_field)
 
 
 def task_info(data_config, builder, preprocessor: Preprocessor) -> TaskInfo:
@@ -231,12 +395,15 @@ def task_info(data_config, builder, preprocessor: Preprocessor) -> TaskInfo:
 
 
 def raw_fields(data_config, preprocessor: Preprocessor) -> tuple:
-  """The record fields a batch is made from: image, label, metadata fields, report text."""
+  """The record fields a batch is made from: image, label, metadata fields, report text, and
+  the id field that names examples in errors."""
   fields = ["image", data_config.label_key]
   if preprocessor.meta_encoder is not None:
     fields += list(preprocessor.meta_encoder.field_names)
   if preprocessor.tokenizer is not None:
     fields.append(data_config.text_key)
+  if getattr(preprocessor, "id_field", None):
+    fields.append(preprocessor.id_field)
   return tuple(dict.fromkeys(fields))
 
 
@@ -245,8 +412,9 @@ def train_batches(source, preprocessor: Preprocessor, *, global_batch_size: int,
                   num_threads: int = 2) -> Iterator[dict]:
   """Endless training batches (this process's share of each global batch), from `start_step`.
 
-  Global batch `s` holds stream positions [s*B, (s+1)*B) of the per-epoch reshuffled stream;
-  process p reads positions congruent to p mod process_count.
+  Global batch `s` holds stream positions [s*B, (s+1)*B) of the per-epoch reshuffled stream,
+  in that order whatever the process count: process p of P reads the p-th of its P equal
+  blocks (and only those records), so runs on 1 or P processes see the same global batches.
   """
   if global_batch_size % process_count:
     raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
@@ -256,10 +424,10 @@ def train_batches(source, preprocessor: Preprocessor, *, global_batch_size: int,
                      f"({global_batch_size}); lower config.data.batch_size")
   fields = raw_fields(preprocessor.config, preprocessor)
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-  ds = ds[process_index::process_count]
-  ds = ds.map(lambda ex: {k: ex[k] for k in fields})
+  ds = ds.map(lambda ex: {k: ex[k] for k in fields})  # lazy: only the sliced blocks are read
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True,
                 batch_fn=stack_examples)
+  ds = ds[process_index::process_count]
   ds = ds[start_step:].map(preprocessor)
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                    prefetch_buffer_size=4)))

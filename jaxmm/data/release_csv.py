@@ -3,7 +3,9 @@
 Line numbers are those of the file as a text editor shows them (the header is line 1), so a
 message such as "HAM10000_metadata.csv line 17" points at the row to fix. A missing column is
 always an error (the whole file is in the wrong format); a row with the wrong number of fields
-is reported as a bad row through `Row.problem`. A table released gzipped (PhysioNet ships
+is reported as a bad row through `Row.problem`. A file that cannot be read as a UTF-8 CSV
+(undecodable bytes, a field over the csv module's size limit, e.g. after an unclosed quote)
+raises ValueError naming the file and the line. A table released gzipped (PhysioNet ships
 `mimic-cxr-2.0.0-*.csv.gz`) is read as is when the plain `.csv` is absent.
 """
 import csv
@@ -52,9 +54,10 @@ def read_rows(path: str, required: Sequence[str]) -> Iterator[Row]:
   path = found
   with _open_text(path) as f:
     reader = csv.reader(f)
-    header = [h.strip() for h in next(reader, [])]
+    records = _records(reader, path)
+    header = [h.strip() for h in next(records, [])]
     check_columns(path, header, required)
-    for values in reader:
+    for values in records:
       if not values:
         continue  # blank line
       problem = None
@@ -63,3 +66,34 @@ def read_rows(path: str, required: Sequence[str]) -> Iterator[Row]:
       fields = {name: value.strip() for name, value in zip(header, values)}
       fields.update({name: "" for name in header[len(values):]})
       yield Row(reader.line_num, fields, problem)
+
+
+def _records(reader, path: str) -> Iterator[list]:
+  """The reader's records; ValueError naming `path` and the line when the file is not CSV."""
+  while True:
+    try:
+      values = next(reader)
+    except StopIteration:
+      return
+    except csv.Error as e:
+      hint = ("; is a quote left open? It makes the rest of the file one field"
+              if "field limit" in str(e) else "")
+      raise ValueError(f"{path} line {reader.line_num}: not readable as CSV ({e}){hint}") \
+          from None
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path} line {undecodable_line(path)}: not UTF-8 text ({e.reason}); "
+                       f"save the table as UTF-8") from None
+    yield values
+
+
+def undecodable_line(path: str) -> int:
+  """1-based line of the first byte of `path` (gzipped or not) that is not UTF-8 (0: none)."""
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    data = f.read()
+  try:
+    data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    head = data[:e.start]
+    return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
+  return 0

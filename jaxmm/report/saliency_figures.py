@@ -7,7 +7,6 @@
   modality_bars   multimodal IG: each modality's share and the metadata field attributions
 Every figure is written atomically as PNG into the given folder.
 """
-import io
 import os
 from typing import Sequence
 
@@ -17,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxmm.data.atomic import write_bytes_atomic  # noqa: E402
+from jaxmm.data.atomic import write_figure_atomic  # noqa: E402
 
 SIGNED_CMAP = "RdBu_r"
 SEQUENTIAL_CMAP = "inferno"
@@ -26,11 +25,11 @@ DISPLAY_PERCENTILE = 99
 
 
 def save_figure(fig, path: str) -> str:
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  write_bytes_atomic(path, buffer.getvalue())
-  return path
+  """Writes `fig` as PNG to `path` atomically and closes it (also when drawing fails)."""
+  try:
+    return write_figure_atomic(fig, path, format="png", dpi=110, bbox_inches="tight")
+  finally:
+    plt.close(fig)
 
 
 def is_signed(name: str, data: dict) -> bool:
