@@ -7,6 +7,10 @@ evaluate_explanations (ROI agreement, integrated feature analysis, faithfulness 
 checks of those maps; config.evaluation), baselines (scikit-learn models on the checkpoint's
 embeddings; config.baselines), shap (SHAP of metadata fields / report tokens; config.shap),
 fairness (subgroup slices and significance tests; config.fairness), report (report.html).
+
+Several processes (hosts): run the same command in each (launch/slurm.sh, launch/tpu_vm.sh);
+`--distributed=auto` joins them through jax.distributed when the cluster's environment or
+`--num_processes` says there are several (see jaxmm.train.distributed).
 """
 import sys
 
@@ -17,7 +21,7 @@ from jaxmm import workflow
 from jaxmm.evaluation import runner as evaluation_runner
 from jaxmm.report import report_runner
 from jaxmm.saliency import runner as saliency_runner
-from jaxmm.train import config_lib, loop
+from jaxmm.train import config_lib, distributed, loop
 
 MODES = {
     "train": loop.train_and_evaluate,
@@ -35,6 +39,13 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/synth
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and analysis.")
 flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
+flags.DEFINE_enum("distributed", "auto", list(distributed.MODES),
+                  "Join several processes with jax.distributed: auto (when the environment or "
+                  "--num_processes says there are several), on, off.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (default: from the "
+                    "cluster's environment or $JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (default: from the cluster).")
+flags.DEFINE_integer("process_id", None, "This process's index (default: from the cluster).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -44,6 +55,8 @@ def main(argv):
   # orbax and tfds log every save/restore at INFO; --verbosity=0 brings them back.
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
+  distributed.initialize(f.distributed, f.coordinator_address, f.num_processes, f.process_id)
   MODES[flags.FLAGS.mode](flags.FLAGS.config, flags.FLAGS.workdir)
 
 

@@ -3,9 +3,9 @@
 A row is bad when its image is missing or cannot be decoded, a category is outside the
 release's vocabulary, an age is not a number or not an age (negative, infinite, above 150
 years), an id repeats, and so on (`BadInput.kind` names the problem). A builder built with
-`skip_bad_rows=False` (the default) stops with an error naming the CSV file, its line number and the problem; with `skip_bad_rows=True` the row
-is left out, logged and counted by kind in the dataset info, so a dataset is never silently
-shorter than its CSV.
+`skip_bad_rows=False` (the default) stops with an error naming the CSV file, its line number
+and the problem; with `skip_bad_rows=True` the row is left out, logged and counted by kind in
+the dataset info, so a dataset is never silently shorter than its CSV.
 """
 import collections
 import dataclasses

@@ -25,7 +25,7 @@ from jaxmm.data.atomic import write_npz_atomic, write_text_atomic
 from jaxmm.saliency import methods as methods_lib
 from jaxmm.saliency import model_fns
 from jaxmm.saliency.targets import resolve_targets
-from jaxmm.train import config_lib, loop
+from jaxmm.train import config_lib, distributed, loop
 
 ID_FIELDS = ("image_id", "dicom_id", "image_name", "study_id", "example_id")
 # Record fields kept next to the maps for the explanation evaluation (when the dataset has them):
@@ -135,7 +135,10 @@ class ShardWriter:
     if scfg.batch_size % self.mesh.devices.size:
       raise ValueError(f"config.saliency.batch_size {scfg.batch_size} is not divisible by the "
                        f"{self.mesh.devices.size} local devices")
-    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
+    # Host copies first: with several processes the restored state spans every process's
+    # devices, and each process computes its own shards on its own devices.
+    self.variables = jax.device_put(distributed.host_copy(variables),
+                                    NamedSharding(self.mesh, P()))
     context = context_for(run, scfg)
     builder = lambda v: model_fns.linen_apply_fn(run.model, v, train=False)
     self.fns = {m: methods_lib.compiled(m, builder, scfg.options.get(m, {}), context)
@@ -255,6 +258,7 @@ def run_saliency(config, workdir: str) -> dict:
     check_manifest(manifest_path, manifest)
   elif jax.process_index() == 0:
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
+  distributed.barrier(f"saliency manifest of {out_dir}")
   shards = [(i, np.arange(s, min(s + scfg.shard_size, n)))
             for i, s in enumerate(range(0, n, scfg.shard_size))]
   mine = [(i, idx) for i, idx in shards if i % jax.process_count() == jax.process_index()
@@ -265,9 +269,11 @@ def run_saliency(config, workdir: str) -> dict:
               disable=not scfg.progress, leave=False) as bar:
       for shard_id, idx in mine:
         write_npz_atomic(shard_file(out_dir, shard_id), writer.shard(shard_id, idx, bar))
+  distributed.barrier(f"saliency shards of {out_dir}")  # every shard written, by whoever
   done = sum(os.path.exists(shard_file(out_dir, i)) for i, _ in shards)
-  print(f"saliency: {done}/{len(shards)} shards of {n} {scfg.split} examples "
-        f"({', '.join(methods)}) in {out_dir}", flush=True)
+  if jax.process_index() == 0:
+    print(f"saliency: {done}/{len(shards)} shards of {n} {scfg.split} examples "
+          f"({', '.join(methods)}) in {out_dir}", flush=True)
   encoder = run.preprocessor.meta_encoder
   return {"directory": out_dir, "methods": list(methods), "num_examples": n,
           "num_shards": len(shards), "computed_shards": [i for i, _ in mine],

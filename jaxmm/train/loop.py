@@ -18,7 +18,8 @@ from tqdm import tqdm
 from jaxmm.data import pipeline
 from jaxmm.data.atomic import write_npz_atomic, write_text_atomic
 from jaxmm.models import build as model_build
-from jaxmm.train import checkpointing, losses, metrics as metrics_lib, optimizers, sharding, writer
+from jaxmm.train import checkpointing, distributed, losses, metrics as metrics_lib, optimizers
+from jaxmm.train import sharding, writer
 from jaxmm.train import pretrained
 from jaxmm.train.steps import TrainState, eval_step, train_step
 
@@ -85,12 +86,16 @@ def setup_run(config, workdir: str, record_run: bool = True) -> Run:
   os.makedirs(workdir, exist_ok=True)
   if record_run and jax.process_index() == 0:
     writer.write_run_info(workdir, config.to_json_best_effort(indent=2), config.seed)
-  builder = pipeline.load_builder(config.data)
+  builder = distributed.process_zero_first(lambda: pipeline.load_builder(config.data),
+                                           "dataset prepared")
   # One pass over the training split serves the metadata statistics and the class weights.
   train_columns = functools.cache(lambda: pipeline.read_fields(
       builder.as_data_source("train"), pipeline.statistics_fields(config.data)))
-  preprocessor = pipeline.fit_preprocessor(config.data, builder, workdir, train_columns,
-                                          pretrained.init_from(config.model, "text"))
+  image_section = config.model.get("image", None) if "image" in config.model.get(
+      "modalities", ("image",)) else None
+  preprocessor = pipeline.fit_preprocessor(
+      config.data, builder, workdir, train_columns, pretrained.init_from(config.model, "text"),
+      image_channels=image_section.get("in_channels", None) if image_section else None)
   info = pipeline.task_info(config.data, builder, preprocessor)
   train_labels = train_columns()[config.data.label_key]
   pipeline.check_labels(np.stack([np.asarray(v) for v in train_labels]), info,
@@ -122,8 +127,11 @@ def setup_run(config, workdir: str, record_run: bool = True) -> Run:
 
 def sample_batch(preprocessor, builder, size: int = 2) -> dict:
   """A tiny real batch (model inputs only) used to initialise parameters."""
-  batch = next(pipeline.eval_batches(builder.as_data_source("train"), preprocessor,
-                                     batch_size=size))
+  try:
+    batch = next(pipeline.eval_batches(builder.as_data_source("train"), preprocessor,
+                                       batch_size=size))
+  except pipeline.BadBatch as e:
+    raise e.at(f"the first {size} training examples (read to initialise the model)") from e
   return {k: v for k, v in batch.items() if k in pipeline.MODEL_KEYS}
 
 
@@ -165,25 +173,52 @@ def restore_or_init(run: Run) -> tuple[TrainState, dict]:
 
 
 def predict(run: Run, state: TrainState, split: str, extra_fields: tuple = ()) -> dict:
-  """Logits, labels and example indices for a whole split (padding removed)."""
+  """Logits, labels and example indices for a whole split (padding removed), on every process.
+
+  Each process reads its share of every global batch (split positions p, p + P, ...); the
+  rows of all processes are gathered back, so the result is in split order everywhere.
+  """
   source = run.builder.as_data_source(split)
   batch_size = run.config.data.get("eval_batch_size", run.config.data.batch_size)
   sharding.check_batch_size(batch_size, run.mesh, "config.data.eval_batch_size")
+  if not len(source):
+    raise ValueError(f"the {split} split of {run.config.data.name} is empty")
+  count, me = jax.process_count(), jax.process_index()
+  local_size = batch_size // count
+  mine = np.arange(len(source))[me::count]
+  num_batches = -(-len(source) // batch_size)  # the same on every process: no one waits alone
+  fields = tuple(dict.fromkeys(pipeline.raw_fields(run.config.data, run.preprocessor) +
+                               tuple(extra_fields)))
   outs = {"logits": [], "label": [], "index": []}
   outs.update({f: [] for f in extra_fields})
-  batches = pipeline.eval_batches(source, run.preprocessor, batch_size=batch_size,
-                                  extra_fields=extra_fields)
-  for batch in tqdm(batches, total=-(-len(source) // batch_size), desc=f"predict {split}",
-                    disable=not run.config.train.get("progress", True), leave=False):
+  for b in tqdm(range(num_batches), desc=f"predict {split}", leave=False,
+                disable=not run.config.train.get("progress", True) or me != 0):
+    indices = mine[b * local_size:(b + 1) * local_size]
+    # A process whose share ran out still takes part, with padding (weight 0) only.
+    positions = indices if len(indices) else mine[:1]
+    try:
+      batch, raw = pipeline.read_examples(source, run.preprocessor, positions, fields,
+                                          local_size)
+    except pipeline.BadBatch as e:
+      raise e.at(f"{split} split, positions {positions[0]}..{positions[-1]}") from e
+    if not len(indices):
+      batch["weight"][:], batch["index"][:] = 0.0, -1
     device_batch = sharding.shard_batch(
         {k: v for k, v in batch.items() if k in pipeline.MODEL_KEYS}, run.mesh)
-    logits = np.asarray(jax.device_get(run.eval_fn(state, device_batch)))
-    keep = batch["weight"] > 0
-    outs["logits"].append(logits[keep])
+    logits = run.eval_fn(state, device_batch)
+    host = {"logits": logits if count > 1 else jax.device_get(logits), "label": batch["label"],
+            "index": batch["index"], "weight": batch["weight"]}
+    if extra_fields:
+      extras = {f: np.asarray(raw[f]) for f in extra_fields}
+      extras["weight"] = np.ones(len(extras[extra_fields[0]]), np.float32)
+      host.update({f: v for f, v in pipeline.pad_batch(extras, local_size).items()
+                   if f != "weight"})
+    host = {k: distributed.gather_rows(v) for k, v in host.items()}
+    keep = host.pop("weight") > 0
     for key in outs:
-      if key != "logits":
-        outs[key].append(np.asarray(batch[key])[keep])
-  return {k: np.concatenate(v) for k, v in outs.items()}
+      outs[key].append(np.asarray(host[key])[keep])
+  order = np.argsort(np.concatenate(outs["index"]), kind="stable")
+  return {k: np.concatenate(v)[order] for k, v in outs.items()}
 
 
 def compute_metrics(run: Run, logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -280,13 +315,19 @@ def train_loop(run: Run, state: TrainState, record: dict) -> tuple[TrainState, d
       global_batch_size=run.config.data.batch_size, seed=run.config.seed, start_step=start,
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_threads=run.config.data.get("num_threads", 2))
+  # Host-to-device copies run ahead of the steps; the only host sync is at logging intervals.
+  batches = sharding.prefetch_to_mesh(batches, run.mesh, TRAIN_KEYS,
+                                      run.config.data.get("prefetch_to_device", 2))
   log_every = int(run.config.train.get("log_every_steps", 50))
   pending, first = [], start
   with tqdm(total=run.total_steps, initial=start, desc=f"train {os.path.basename(run.workdir)}",
             disable=not run.config.train.get("progress", True), leave=False) as bar:
     for step in range(start + 1, run.total_steps + 1):
-      batch = sharding.shard_batch({k: v for k, v in next(batches).items() if k in TRAIN_KEYS},
-                                   run.mesh)
+      try:
+        batch = next(batches)
+      except pipeline.BadBatch as e:  # names the examples; the step says where in the run
+        raise e.at(f"training step {step} (batch index {step - 1}, epoch "
+                   f"{(step - 1) // run.steps_per_epoch})") from e
       state, m = run.train_fn(state, batch)
       pending.append(m)
       bar.update(1)

@@ -1,4 +1,7 @@
 """Data parallelism: a 1-D device mesh, the batch sharded over it, the state replicated."""
+import collections
+from typing import Iterator
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -38,3 +41,42 @@ def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
 
 def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
+
+
+class _Failed:
+  """An exception met while preparing a batch, re-raised when that batch's turn comes."""
+
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
+def prefetch_to_mesh(batches: Iterator[dict], mesh: Mesh, keys: tuple,
+                     size: int = 2) -> Iterator[dict]:
+  """The `keys` of each host batch, sharded over `mesh`, `size` batches ahead of the consumer.
+
+  Device transfers are asynchronous, so batch s+1..s+size travel while step s computes. An
+  error while reading or transferring a batch is raised at that batch, not earlier, so the
+  step it names is right.
+  """
+  queue = collections.deque()
+
+  def enqueue() -> bool:
+    try:
+      host = next(batches)
+    except StopIteration:
+      return False
+    except Exception as e:  # noqa: BLE001 -- re-raised in order below
+      queue.append(_Failed(e))
+      return True
+    queue.append(shard_batch({k: v for k, v in host.items() if k in keys}, mesh))
+    return True
+
+  for _ in range(max(size, 1)):
+    if not enqueue():
+      break
+  while queue:
+    item = queue.popleft()
+    if isinstance(item, _Failed):
+      raise item.error
+    enqueue()
+    yield item

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxmm.data import pipeline
 from jaxmm.train import checkpointing, loop
 
 
@@ -113,3 +114,47 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(smoke_conf
   good = params_of(str(tmp_path), config)
   assert int(good.step) == 2
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(good.params))
+
+
+def subclass_copy(preprocessor, call):
+  """A copy of `preprocessor` whose __call__ is `call(raw, real_call)`."""
+  class Wrapped(type(preprocessor)):
+    def __call__(self, raw):
+      return call(raw, super().__call__)
+  copy = Wrapped.__new__(Wrapped)
+  copy.__dict__.update(preprocessor.__dict__)
+  return copy
+
+
+def test_a_bad_input_batch_stops_naming_the_step_and_examples(smoke_config, tmp_path,
+                                                              monkeypatch):
+  """A batch whose images have the wrong size (met in grain's reader threads) stops training
+  with the step and the example ids; the checkpoints already written stay."""
+  config = smoke_config("synthetic_derm", "model=image")
+  config.train.num_steps = 5
+  config.train.checkpoint_every_steps = 2
+  run = loop.setup_run(config, str(tmp_path / "probe"), record_run=False)
+  run.checkpointer.close()
+  seen = []
+  recording = subclass_copy(run.preprocessor,
+                            lambda raw, call: seen.append(set(raw["image_id"])) or call(raw))
+  stream = pipeline.train_batches(run.builder.as_data_source("train"), recording,
+                                  global_batch_size=config.data.batch_size, seed=config.seed,
+                                  num_threads=0)
+  for _ in range(3):
+    next(stream)
+  bad_ids = seen[2]
+  real_train_batches = pipeline.train_batches
+
+  def crop(raw, call):
+    if set(raw["image_id"]) == bad_ids:
+      raw = dict(raw, image=raw["image"][:, 1:])
+    return call(raw)
+
+  monkeypatch.setattr(pipeline, "train_batches", lambda source, preprocessor, **kwargs:
+                      real_train_batches(source, subclass_copy(preprocessor, crop), **kwargs))
+  workdir = str(tmp_path / "run")
+  with pytest.raises(pipeline.ImageShapeMismatch, match=r"training step 3 .*image_id") as e:
+    loop.train_and_evaluate(config, workdir)
+  assert set(e.value.ids) == {f"image_id {i}" for i in bad_ids}
+  assert int(params_of(workdir, config).step) == 2

@@ -1,0 +1,152 @@
+"""Two real JAX processes (jax.distributed on localhost, CPU collectives over gloo), started by
+launch/slurm.sh through a stand-in `srun`: training ends with the parameters of one process
+fed the same global batches, and the saliency runner writes every example exactly once."""
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxmm.data import pipeline
+from jaxmm.train import distributed, loop, sharding
+from tests.conftest import load_smoke_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SPEC = os.path.join(REPO, "configs", "synthetic_derm.py") + ":model=concat,smoke"
+# SGD: Adam's normalisation would blow reduction-order noise in near-zero gradients up to
+# full-size updates, hiding what this test checks.
+OVERRIDES = ("--config.optimizer.name=sgd", "--config.train.progress=false",
+             "--config.saliency.progress=false")
+
+
+def free_slurm_job_id() -> int:
+  """A SLURM_JOB_ID whose coordinator port (JAX: 61440 + id mod 4096) is free here."""
+  for job_id in range(os.getpid() % 4096, os.getpid() % 4096 + 4096):
+    port = 61440 + job_id % 4096
+    with socket.socket() as s:
+      try:
+        s.bind(("localhost", port))
+      except OSError:
+        continue
+    return job_id
+  raise RuntimeError("no free port in 61440-65535")
+
+
+def slurm_launch(workdir: str, data_dir: str, tmp_path, *flags) -> str:
+  """launch/slurm.sh CONFIG WORKDIR FLAGS as a 2-task SLURM step on this machine."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir(exist_ok=True)
+  srun = bin_dir / "srun"
+  if not srun.exists():
+    srun.symlink_to(os.path.join(REPO, "tests", "train", "fake_srun.py"))
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_NTASKS="2",
+             SLURM_JOB_ID=str(free_slurm_job_id()), SLURM_SUBMIT_DIR=REPO,
+             JAXMM_DATA_DIR=data_dir, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHON=sys.executable)
+  env["PATH"] = f"{os.path.dirname(sys.executable)}:{env['PATH']}"
+  out = subprocess.run(["bash", os.path.join(REPO, "launch", "slurm.sh"), SPEC, workdir,
+                        *OVERRIDES, *flags], env=env, capture_output=True, text=True,
+                       timeout=600, cwd=str(tmp_path))
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+  return out.stdout + out.stderr
+
+
+def read_params(state_dir: str) -> dict:
+  """A checkpoint's arrays as NumPy, whatever number of processes wrote it."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(state_dir).item_metadata.tree
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=args))
+  return dict(jax.tree.leaves_with_path(restored))
+
+
+def test_process_blocks_make_the_single_process_batches(data_dir):
+  """Process p of P reads block p of each global batch: concatenated in process order they
+  are the one-process batch, so results do not depend on the process count."""
+  config = load_smoke_config(data_dir, "synthetic_derm", "model=concat")
+  builder = pipeline.load_builder(config.data)
+  preprocessor = pipeline.fit_preprocessor(config.data, builder, None)
+  source = builder.as_data_source("train")
+  stream = lambda p, n: pipeline.train_batches(source, preprocessor, global_batch_size=8,
+                                               seed=3, start_step=5, process_index=p,
+                                               process_count=n, num_threads=0)
+  one, halves = stream(0, 1), (stream(0, 2), stream(1, 2))
+  for _ in range(12):  # past an epoch boundary (train has < 96 examples)
+    whole = next(one)
+    parts = [next(h) for h in halves]
+    assert len(parts[0]["label"]) == 4
+    for key in whole:
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+
+
+def test_gather_rows_is_identity_on_one_process():
+  values = np.array(["a", "bé", ""], dtype=object)
+  assert distributed.gather_rows(values) is not None
+  np.testing.assert_array_equal(distributed.gather_rows(values), values)
+  assert not distributed.wanted("auto", None, environ={})
+  assert distributed.wanted("auto", 2, environ={})
+  assert distributed.wanted("auto", None, environ={"SLURM_STEP_NUM_TASKS": "4"})
+  assert not distributed.wanted("auto", None, environ={"SLURM_STEP_NUM_TASKS": "1"})
+  with pytest.raises(ValueError, match="valid: \\['auto', 'on', 'off'\\]"):
+    distributed.wanted("yes", None)
+
+
+def test_two_processes_train_like_one_and_share_saliency(data_dir, tmp_path):
+  two = str(tmp_path / "two")
+  log = slurm_launch(two, data_dir, tmp_path)
+  assert "process 1 of 2: 1 local / 2 global devices" in log
+
+  config = load_smoke_config(data_dir, "synthetic_derm", "model=concat")
+  config.optimizer.name = "sgd"
+  one = str(tmp_path / "one")
+  loop.train_and_evaluate(config, one)
+
+  step = max(int(os.path.basename(p)) for p in glob.glob(f"{two}/checkpoints/latest/*"))
+  params_two = read_params(f"{two}/checkpoints/latest/{step}/state")
+  params_one = read_params(f"{one}/checkpoints/latest/{step}/state")
+  assert params_two.keys() == params_one.keys() and len(params_one) > 50
+  for key, value in params_one.items():
+    np.testing.assert_allclose(params_two[key], value, rtol=1e-4, atol=1e-6, err_msg=str(key))
+  # Evaluation is split between the processes and gathered back in split order.
+  for split in ("validation", "test"):
+    a, b = np.load(f"{two}/predictions/{split}.npz"), np.load(f"{one}/predictions/{split}.npz")
+    np.testing.assert_array_equal(a["index"], np.arange(len(b["index"])))
+    np.testing.assert_array_equal(a["sex"], b["sex"])
+    np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-4, atol=1e-5)
+  with open(f"{two}/results.json") as f, open(f"{one}/results.json") as g:
+    assert json.load(f)["test"]["accuracy"] == json.load(g)["test"]["accuracy"]
+
+  # Saliency: 4 shards of 14 examples, 2 computed by each process, each example once.
+  slurm_launch(two, data_dir, tmp_path, "--mode=saliency", "--config.saliency.split=test",
+               "--config.saliency.methods=('gradcam',)", "--config.saliency.shard_size=4",
+               "--config.saliency.max_examples=14", "--config.saliency.batch_size=4")
+  shards = sorted(glob.glob(f"{two}/analysis/saliency/test/shard_*.npz"))
+  assert len(shards) == 4
+  index = np.concatenate([np.load(s)["index"] for s in shards])
+  np.testing.assert_array_equal(index, np.arange(14))
+  logits = np.concatenate([np.load(s)["logits"] for s in shards])
+  best = np.load(f"{two}/predictions/test.npz")["logits"][:14]
+  np.testing.assert_allclose(logits, best, rtol=1e-4, atol=1e-5)
+
+
+def test_prefetch_keeps_order_and_raises_at_the_bad_batch():
+  mesh = sharding.make_mesh()
+  n = mesh.devices.size
+
+  def batches():
+    for i in range(5):
+      if i == 3:
+        raise pipeline.BadBatch("batch 3 is bad", "image", [0])
+      yield {"x": np.full((n, 2), i, np.float32), "name": np.array(["a"] * n, object)}
+
+  got = sharding.prefetch_to_mesh(batches(), mesh, ("x",), size=2)
+  for i in range(3):  # batch 3 was already read (it failed) when batch 1 was handed out
+    batch = next(got)
+    assert set(batch) == {"x"} and float(batch["x"][0, 0]) == i
+  with pytest.raises(pipeline.BadBatch, match="batch 3 is bad"):
+    next(got)
