@@ -10,9 +10,22 @@ Steps (each writes under DIR/analysis/ and DIR/figures/evaluation/):
      analysis/sanity.csv;
   5. on a dataset with a planted confounder, the confounder finding: analysis/confounder.json.
 A summary of the headline numbers goes to analysis/explanation_evaluation.json and stdout.
+
+Resuming: steps 2-4 are made of units, one per method (ROI agreement, IFA, deletion /
+insertion, cascading randomisation; deletion / insertion also for the random order). A unit
+writes its files atomically, then, last, its record analysis/evaluation_units/<unit>.json: the
+settings it was computed with (the saliency manifest, split, checkpoint step, number of
+examples, the data and model sections, and the config.evaluation keys it reads) and its results
+(arrays in <unit>.npz). Re-running the same command reuses every unit whose record matches and
+whose files are all there, so a run killed mid-way computes only the unfinished units. A unit
+whose settings changed is recomputed (the changed keys are printed); units no longer asked for
+are removed with their files. The combined tables (summary.csv, group_tests.csv, agreement.json,
+faithfulness.csv, sanity.csv, the confounder finding, the summary) are rebuilt on every run from
+the units' records, so they are the same whether a run was interrupted or not.
 """
 import contextlib
 import functools
+import json
 import os
 import time
 
@@ -103,40 +116,218 @@ def saliency_maps(config, workdir: str, ecfg, methods: tuple) -> tuple[dict, dic
   return saliency_runner.load_saliency(summary["directory"]), cfg.saliency
 
 
-def write_rows(path: str, rows: list) -> None:
+def write_rows(path: str, rows: list) -> str | None:
+  """rows -> CSV at `path` (atomically), returning `path`; no rows: no file (an older one is
+  removed, so that it cannot pass for this run's)."""
   if rows:
     stats.write_table_csv(path, rows)
+    return path
+  remove_file(path)
+  return None
 
 
-def roi_agreement(data: dict, ecfg, class_names, out_dir: str) -> dict:
-  """Paper 004's tables for every method; tests adjusted together (Bonferroni)."""
+def remove_file(path: str) -> None:
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(path)
+
+
+# ------------------------------------------------------------------ resumable units
+
+UNITS_DIR = "evaluation_units"
+# config.data keys that change how data is read, not what it is
+RUNTIME_DATA_KEYS = ("data_dir", "batch_size", "eval_batch_size", "num_threads")
+_ABSENT = object()
+
+
+def plain(value):
+  """ConfigDicts, numpy scalars and arrays -> Python values, recursively; unlike
+  stats.write_json, NaN is kept, so a record reads back exactly what was computed."""
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, dict):
+    return {str(key): plain(item) for key, item in value.items()}
+  if isinstance(value, np.ndarray):
+    return plain(value.tolist())
+  if isinstance(value, (list, tuple)):
+    return [plain(item) for item in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def json_text(obj) -> str:
+  return json.dumps(plain(obj), indent=1, default=str)
+
+
+def flat_items(tree, prefix: str = "") -> dict:
+  """{"a.b.c": leaf} of nested dicts (an empty dict is a leaf)."""
+  if not isinstance(tree, dict) or not tree:
+    return {prefix: tree}
+  items = {}
+  for key, value in tree.items():
+    items.update(flat_items(value, f"{prefix}.{key}" if prefix else key))
+  return items
+
+
+def changed_keys(before: dict, now: dict) -> list:
+  """The dotted keys whose values differ between two settings trees."""
+  a, b = flat_items(before), flat_items(now)
+  return sorted(k for k in a.keys() | b.keys() if a.get(k, _ABSENT) != b.get(k, _ABSENT))
+
+
+def run_settings(config, ecfg, scfg, workdir: str, step: int, data: dict) -> dict:
+  """What every unit depends on: the evaluated maps (the saliency runner's manifest), the
+  split, checkpoint step and number of examples, and the data and model sections."""
+  manifest = os.path.join(workdir, "analysis", "saliency", scfg.output_name, "manifest.json")
+  with open(manifest) as f:
+    saliency_manifest = json.load(f)
+  data_section = {k: v for k, v in config.data.to_dict().items() if k not in RUNTIME_DATA_KEYS}
+  return {"split": ecfg.split, "checkpoint_step": step, "num_examples": len(data["index"]),
+          "saliency_manifest": saliency_manifest, "data": data_section,
+          "model": config.model.to_dict()}
+
+
+class UnitStore:
+  """The units of one evaluation (module docstring, Resuming): records in
+  DIR/analysis/evaluation_units/<unit>.json, arrays in <unit>.npz; `common` holds the
+  settings every unit depends on (`run_settings`)."""
+
+  def __init__(self, analysis_dir: str, common: dict):
+    self.analysis_dir, self.common, self.used = analysis_dir, common, []
+    self.directory = os.path.join(analysis_dir, UNITS_DIR)
+
+  def path(self, name: str, ext: str = "json") -> str:
+    return os.path.join(self.directory, f"{name}.{ext}")
+
+  def run(self, name: str, settings: dict, compute, label: str) -> dict:
+    """The unit's results: read from its record when that matches the settings and its files
+    are there, else `compute()` -> (payload, arrays or None, paths written), recorded. Either
+    way the results are read back from disk, so later steps see identical values."""
+    self.used.append(name)
+    settings = json.loads(json_text({**self.common, **settings}))
+    record = self.read(name)
+    why = self.stale_reason(record, settings) if record is not None else None
+    if record is not None and why is None:
+      print(f"evaluation: {label}: reused ({os.path.relpath(self.path(name), self.analysis_dir)})",
+            flush=True)
+      return self.results(record)
+    if why:
+      print(f"evaluation: {label}: recomputed, {why}", flush=True)
+    self.discard(name, record)
+    with timed(label):
+      payload, arrays, outputs = compute()
+    outputs = [os.path.relpath(p, self.analysis_dir) for p in outputs]
+    if arrays is not None:
+      write_npz_atomic(self.path(name, "npz"), arrays)
+      outputs.append(os.path.relpath(self.path(name, "npz"), self.analysis_dir))
+    text = json_text({"unit": name, "settings": settings, "outputs": outputs,
+                      "arrays": arrays is not None, "payload": payload})
+    write_text_atomic(self.path(name), text)  # last: the unit is done
+    return self.results(json.loads(text))
+
+  def read(self, name: str) -> dict | None:
+    path = self.path(name)
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      try:
+        return json.load(f)
+      except ValueError as e:
+        raise ValueError(f"{path} is not a unit record ({e}); delete it to recompute the "
+                         f"unit") from e
+
+  def stale_reason(self, record: dict, settings: dict) -> str | None:
+    """Why a record cannot be reused (changed settings, missing files), None if it can."""
+    changed = changed_keys(record.get("settings", {}), settings)
+    if changed:
+      return f"settings changed: {', '.join(changed)}"
+    missing = [p for p in record["outputs"] if not os.path.exists(
+        os.path.join(self.analysis_dir, p))]
+    return f"files missing: {', '.join(missing)}" if missing else None
+
+  def results(self, record: dict) -> dict:
+    payload = dict(record["payload"])
+    if record["arrays"]:
+      with np.load(self.path(record["unit"], "npz")) as f:
+        payload["arrays"] = {k: f[k] for k in f.files}
+    return payload
+
+  def discard(self, name: str, record: dict | None) -> None:
+    """Removes a unit's record first (so no record vouches for half-replaced files), then the
+    files it lists, and their folders left empty (analysis/ifa/<method>/)."""
+    remove_file(self.path(name))
+    for relative in (record or {}).get("outputs", []):
+      path = os.path.join(self.analysis_dir, relative)
+      remove_file(path)
+      folder = os.path.dirname(path)
+      if folder not in (self.analysis_dir, self.directory):
+        with contextlib.suppress(OSError):  # not empty, or gone
+          os.rmdir(folder)
+
+  def remove_unused(self) -> list:
+    """Removes the units this run did not ask for (a method dropped from the config) with their
+    files, so that no table or figure mixes them in; returns their names."""
+    files = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+    names = sorted({os.path.splitext(f)[0] for f in files if f.endswith((".json", ".npz"))})
+    unused = [n for n in names if n not in self.used]
+    for name in unused:
+      record = self.read(name)
+      self.discard(name, record)
+      remove_file(self.path(name, "npz"))  # arrays of a unit killed before its record
+      print(f"evaluation: removed unit {name} (not part of this run) and its files "
+            f"{(record or {}).get('outputs', [])}", flush=True)
+    return unused
+
+
+# ------------------------------------------------------------------ ROI agreement
+
+def roi_agreement(units: UnitStore, data: dict, ecfg, class_names, out_dir: str) -> dict:
+  """Paper 004's tables for every method (a unit each); tests adjusted together (Bonferroni)."""
   if "roi_mask" not in data or not agreement.has_roi(data).any():
     return {}
-  per_method, summary_rows, tests = {}, [], []
+  per_method, summary_rows, tests, galleries = {}, [], [], {}
   for method in ecfg.saliency_methods:
-    result = agreement.evaluate_method(
-        data, method, class_names, which=ecfg.maps, fraction=ecfg.gallery_fraction,
-        num_resamples=ecfg.bootstrap_resamples, seed=ecfg.seed)
-    per_method[method] = result
+    settings = {"method": method, "evaluation": {k: ecfg[k] for k in (
+        "maps", "gallery_fraction", "bootstrap_resamples", "seed")}}
+    result = units.run(f"roi_agreement.{method}", settings, functools.partial(
+        roi_method, data, method, ecfg, class_names, out_dir), f"ROI agreement, {method}")
+    per_method[method] = {"images": result["arrays"]}
     summary_rows += result["summaries"]
     tests += result["tests"]
-    write_rows(os.path.join(out_dir, f"{method}_per_image.csv"), table_rows(result["images"]))
-    write_rows(os.path.join(out_dir, f"{method}_per_case.csv"), table_rows(result["cases"]))
+    galleries[method] = result["galleries"]
   tests = stats.bonferroni(tests, ecfg.alpha)
   write_rows(os.path.join(out_dir, "summary.csv"), summary_rows)
   write_rows(os.path.join(out_dir, "group_tests.csv"), tests)
   stats.write_json(os.path.join(out_dir, "agreement.json"), {
       "maps": ecfg.maps, "thresholds": "0.00..1.00 step 0.01, salient iff map >= t",
-      "summaries": summary_rows, "tests": tests,
-      "galleries": {m: {k: {side: r["images"]["index"][idx].tolist() for side, idx in g.items()}
-                        for k, g in r["galleries"].items()} for m, r in per_method.items()}})
+      "summaries": summary_rows, "tests": tests, "galleries": galleries})
   return {"per_method": per_method, "summaries": summary_rows, "tests": tests}
+
+
+def roi_method(data: dict, method: str, ecfg, class_names, out_dir: str) -> tuple:
+  """One method's ROI agreement (a unit): writes its per-image and per-case tables; returns
+  the summaries, the unadjusted tests and the galleries (split positions) as the payload and
+  the per-image table's columns as arrays."""
+  result = agreement.evaluate_method(
+      data, method, class_names, which=ecfg.maps, fraction=ecfg.gallery_fraction,
+      num_resamples=ecfg.bootstrap_resamples, seed=ecfg.seed)
+  images = result["images"]
+  written = [write_rows(os.path.join(out_dir, f"{method}_per_image.csv"), table_rows(images)),
+             write_rows(os.path.join(out_dir, f"{method}_per_case.csv"),
+                        table_rows(result["cases"]))]
+  galleries = {k: {side: images["index"][idx] for side, idx in g.items()}
+               for k, g in result["galleries"].items()}
+  arrays = {k: v.astype(str) if v.dtype == object else v for k, v in images.items()}
+  payload = {"summaries": result["summaries"], "tests": result["tests"], "galleries": galleries}
+  return payload, arrays, [p for p in written if p]
 
 
 def table_rows(table: dict) -> list:
   columns = list(table)
   return [{c: table[c][i] for c in columns} for i in range(len(table[columns[0]]))]
 
+
+# ------------------------------------------------------------------ integrated feature analysis
 
 def split_batches(run, split: str, fields: tuple, batch_size: int, limit: int | None):
   """(batch, raw) pairs over a split with "valid" marking real rows (the last is padded)."""
@@ -159,8 +350,6 @@ def analysis_fields(run, names=("confounder", "confounder_mask")) -> tuple:
   return tuple(dict.fromkeys(pipeline.raw_fields(run.config.data, run.preprocessor) +
                              tuple(f for f in names if f in features)))
 
-
-# ------------------------------------------------------------------ integrated feature analysis
 
 def ifa_layer(run, scfg, ecfg) -> str:
   return ecfg.ifa.layer or scfg.layer or f"image/{run.model.image.feature_map_name}"
@@ -220,7 +409,42 @@ def drop_rows(method: str, per: dict, selection) -> list:
   return rows
 
 
-def ifa_method(run, variables, method: str, layer: str, ecfg, affected, out_dir: str) -> dict:
+CONFOUNDER_ARRAYS = ("feature_confounder_share", "group_cam", "group_fs_cam")
+
+
+def ifa_results(units: UnitStore, run, variables, scfg, ecfg, affected, out_dir: str) -> dict:
+  """The integrated feature analysis of each of config.evaluation.ifa.methods (a unit each)."""
+  if not ecfg.ifa.enabled or "image" not in run.model.modalities or run.info.multilabel:
+    return {}
+  layer = ifa_layer(run, scfg, ecfg)
+  results = {}
+  for method in ecfg.ifa.methods:
+    options = {k: v for k, v in ecfg.ifa.items() if k != "methods"}  # not the other methods
+    settings = {"method": method, "layer": layer, "affected_class": affected, "evaluation": {
+        "ifa": options, "alpha": ecfg.alpha,
+        "confounder": {"feature_fraction": ecfg.confounder.feature_fraction}}}
+    results[method] = units.run(f"ifa.{method}", settings, functools.partial(
+        ifa_unit, run, variables, method, layer, ecfg, affected, os.path.join(out_dir, method)),
+        f"integrated feature analysis, {method} at {layer}")
+  return results
+
+
+def ifa_unit(run, variables, method: str, layer: str, ecfg, affected, out_dir: str) -> tuple:
+  """`ifa_method` as a unit: its files written (`write_ifa`); the tables the summary reads as
+  the payload; the importance matrix and per-example arrays the confounder finding reads."""
+  result = ifa_method(run, variables, method, layer, ecfg, affected)
+  written = write_ifa(result, method, out_dir)
+  per = result["per_example"]
+  arrays = {"label": per["label"],
+            "reference_eq4": result["importance"]["reference"]["all"]["eq4"],
+            **{k: per[k] for k in CONFOUNDER_ARRAYS if k in per}}
+  if result["selection"].group_features is not None:
+    arrays["group_features"] = result["selection"].group_features
+  payload = {k: result[k] for k in ("layer", "consistency", "masking", "drop", "overfitting")}
+  return payload, arrays, written
+
+
+def ifa_method(run, variables, method: str, layer: str, ecfg, affected) -> dict:
   """Reference pass on the reference split, evaluation pass on the evaluated split."""
   cfg = ecfg.ifa
   builder = lambda v: model_fns.linen_apply_fn(run.model, v, train=False)
@@ -244,7 +468,7 @@ def ifa_method(run, variables, method: str, layer: str, ecfg, affected, out_dir:
       ifa_dataset.evaluation_step(builder, layer, method, black, cfg.target), variables,
       batches(ecfg.split), num_classes, selection)
   per = evaluation["per_example"]
-  result = {
+  return {
       "layer": layer, "reference_split": cfg.reference_split,
       "statistics": reference["statistics"], "scaling": scaling,
       "importance": {"reference": reference["importance"], "evaluated": evaluation["importance"]},
@@ -254,34 +478,37 @@ def ifa_method(run, variables, method: str, layer: str, ecfg, affected, out_dir:
       "masking": masking_rows(method, per, selection),
       "drop": drop_rows(method, per, selection),
       "selection": selection, "per_example": per}
-  write_ifa(result, method, os.path.join(out_dir, method))
-  return result
 
 
-def write_ifa(result: dict, method: str, out_dir: str) -> None:
-  """Scaling statistics and importance matrices next to the tables (reused for later maps)."""
+def write_ifa(result: dict, method: str, out_dir: str) -> list:
+  """Scaling statistics and importance matrices next to the tables (reused for later maps);
+  returns the paths written."""
   os.makedirs(out_dir, exist_ok=True)
-  stats.write_json(os.path.join(out_dir, "distribution.json"), {
+  path = lambda name: os.path.join(out_dir, name)
+  stats.write_json(path("distribution.json"), {
       "layer": result["layer"], "split": result["reference_split"],
       "per_class": result["statistics"]})
   scaling = result["scaling"]
   scaling = ifa.ScalingStats(per_class=scaling.per_class, low=scaling.low, high=scaling.high,
                              method=method, layer=result["layer"])
-  write_text_atomic(os.path.join(out_dir, "scaling.json"), scaling.to_json())
+  write_text_atomic(path("scaling.json"), scaling.to_json())
   matrices = {"reference_eq3": result["importance"]["reference"]["all"]["eq3"],
               "reference_eq4": result["importance"]["reference"]["all"]["eq4"],
               "evaluated_eq3": result["importance"]["evaluated"]["eq3"],
               "evaluated_eq4": result["importance"]["evaluated"]["eq4"]}
-  write_npz_atomic(os.path.join(out_dir, "importance.npz"), matrices)
+  write_npz_atomic(path("importance.npz"), matrices)
   per = result["per_example"]
-  write_npz_atomic(os.path.join(out_dir, "per_example.npz"), {
+  write_npz_atomic(path("per_example.npz"), {
       "label": per["label"], "target": per["target"],
       "target_logit": per["logits"][np.arange(len(per["target"])), per["target"]],
       **{f"sum.{k}": v for k, v in cam_sums(per, result["selection"]).items()}})
-  write_rows(os.path.join(out_dir, "consistency.csv"), result["consistency"])
-  write_rows(os.path.join(out_dir, "feature_masking.csv"), result["masking"])
-  write_rows(os.path.join(out_dir, "average_drop_increase.csv"), result["drop"])
-  stats.write_json(os.path.join(out_dir, "overfitting.json"), result["overfitting"])
+  stats.write_json(path("overfitting.json"), result["overfitting"])
+  tables = [write_rows(path("consistency.csv"), result["consistency"]),
+            write_rows(path("feature_masking.csv"), result["masking"]),
+            write_rows(path("average_drop_increase.csv"), result["drop"])]
+  return [path(name) for name in ("distribution.json", "scaling.json", "importance.npz",
+                                  "per_example.npz", "overfitting.json")] + \
+      [p for p in tables if p]
 
 
 # ------------------------------------------------------------------ faithfulness and sanity
@@ -294,30 +521,51 @@ def first_examples(run, split: str, indices: np.ndarray) -> dict:
   return {k: jnp.asarray(v) for k, v in batch.items() if k in pipeline.MODEL_KEYS}
 
 
-def faithfulness_rows(run, variables, data: dict, ecfg, split: str) -> list:
-  """Deletion / insertion AUCs of each method's raw maps and of a random pixel order."""
+def faithfulness_rows(units: UnitStore, run, variables, data: dict, ecfg, split: str) -> list:
+  """Deletion / insertion AUCs of each method's raw maps and of a random pixel order (a unit
+  each)."""
   count = min(ecfg.faithfulness.num_examples, len(data["index"]))
   if count == 0 or "image" not in run.model.modalities:
     return []
+  inputs = functools.cache(functools.partial(faithfulness_inputs, run, variables, data, ecfg,
+                                             count, split))
+  rows = []
+  for method in tuple(ecfg.saliency_methods) + ("random",):
+    seed = {"seed": ecfg.seed} if method == "random" else {}  # random pixel orders only
+    settings = {"method": method, "evaluation": {"faithfulness": ecfg.faithfulness, **seed}}
+    compute = lambda method=method: (
+        {"row": faithfulness_row(method, data, ecfg, count, *inputs())}, None, [])
+    rows.append(units.run(f"faithfulness.{method}", settings, compute,
+                          f"deletion / insertion, {method}")["row"])
+  return rows
+
+
+def faithfulness_inputs(run, variables, data: dict, ecfg, count: int, split: str) -> tuple:
+  """(model function of images, images, targets, curve options) of the first `count` examples,
+  shared by every method's curves."""
   batch = first_examples(run, split, np.asarray(data["index"][:count]))
   apply = model_fns.linen_apply_fn(run.model, variables, train=False)
-  f = methods_lib.image_function(apply, batch)
   targets = jnp.asarray(agreement.first_target(np.asarray(data["targets"][:count]), 1))
   options = {"baseline": saliency_runner.image_baseline(run.config.data),
              "steps": ecfg.faithfulness.steps,
              "chunk_size": ecfg.faithfulness.chunk_size,
              "multilabel": bool(run.info.multilabel)}
-  curves = {m: faithfulness.deletion_insertion(
-      f, batch["image"], jnp.asarray(agreement.selected_maps(data, m, "raw")[:count]), targets,
-      **options) for m in ecfg.saliency_methods}
-  curves["random"] = faithfulness.random_order_auc(
-      f, batch["image"], targets, jax.random.key(ecfg.seed), **options)
-  return [{"method": m, "n": count, "steps": ecfg.faithfulness.steps,
-           "deletion_auc": float(np.mean(c["deletion_auc"])),
-           "insertion_auc": float(np.mean(c["insertion_auc"])),
-           "deletion_curve": np.asarray(c["deletion"]).mean(0).round(4).tolist(),
-           "insertion_curve": np.asarray(c["insertion"]).mean(0).round(4).tolist()}
-          for m, c in curves.items()]
+  return methods_lib.image_function(apply, batch), batch["image"], targets, options
+
+
+def faithfulness_row(method: str, data: dict, ecfg, count: int, f, images, targets,
+                     options: dict) -> dict:
+  """Mean deletion / insertion AUCs and curves of one method ("random": random pixel orders)."""
+  if method == "random":
+    c = faithfulness.random_order_auc(f, images, targets, jax.random.key(ecfg.seed), **options)
+  else:
+    maps = jnp.asarray(agreement.selected_maps(data, method, "raw")[:count])
+    c = faithfulness.deletion_insertion(f, images, maps, targets, **options)
+  return {"method": method, "n": count, "steps": ecfg.faithfulness.steps,
+          "deletion_auc": float(np.mean(c["deletion_auc"])),
+          "insertion_auc": float(np.mean(c["insertion_auc"])),
+          "deletion_curve": np.asarray(c["deletion"]).mean(0).round(4).tolist(),
+          "insertion_curve": np.asarray(c["insertion"]).mean(0).round(4).tolist()}
 
 
 def randomizable(model):
@@ -330,29 +578,49 @@ def randomizable(model):
   return model
 
 
-def sanity_rows(run, variables, data: dict, ecfg, scfg, split: str) -> list:
-  """The cascading parameter randomisation test of each sanity method (top layer down)."""
+def sanity_rows(units: UnitStore, run, variables, data: dict, ecfg, scfg, split: str) -> list:
+  """The cascading parameter randomisation test of each sanity method (a unit each)."""
   count = min(ecfg.sanity.num_examples, len(data["index"]))
   if count == 0:
     return []
-  batch = first_examples(run, split, np.asarray(data["index"][:count]))
-  targets = jnp.asarray(agreement.first_target(np.asarray(data["targets"][:count]), 1))
   context = saliency_runner.context_for(run, scfg)
-  builder = lambda v: model_fns.linen_apply_fn(run.model, v, train=False)
-  key = jax.random.key(ecfg.seed)
-  # Host copies: the randomised trees mix restored (mesh-sharded) and fresh leaves, and
-  # uniform inputs let every cascading step reuse one compiled method.
-  variables = jax.device_get(variables)
+  inputs = functools.cache(functools.partial(sanity_inputs, run, variables, data, count, split))
   rows = []
   for method in ecfg.sanity.methods:
     if any(m not in run.model.modalities for m in methods_lib.REQUIRES[method]):
       continue
-    fn = methods_lib.compiled(method, builder, scfg.options.get(method, {}), context)
-    method_fn = lambda v, b, t, fn=fn: fn(v, b, t, key)["raw"]
-    for row in sanity.cascading_randomization_test(randomizable(run.model), variables, batch,
-                                                   targets, method_fn, key):
-      row.pop("per_example")
-      rows.append({"method": method, "n": count, **row})
+    settings = {"method": method, "layer": context.layer,
+                "options": scfg.options.get(method, {}),
+                "evaluation": {"sanity": {"num_examples": ecfg.sanity.num_examples},
+                               "seed": ecfg.seed}}
+    compute = lambda method=method: ({"rows": sanity_method_rows(
+        run, method, scfg, context, ecfg.seed, count, *inputs())}, None, [])
+    rows += units.run(f"sanity.{method}", settings, compute,
+                      f"cascading randomisation, {method}")["rows"]
+  return rows
+
+
+def sanity_inputs(run, variables, data: dict, count: int, split: str) -> tuple:
+  """(host variables, model inputs, targets) of the first `count` examples. Host copies: the
+  randomised trees mix restored (mesh-sharded) and fresh leaves, and uniform inputs let every
+  cascading step reuse one compiled method."""
+  batch = first_examples(run, split, np.asarray(data["index"][:count]))
+  targets = jnp.asarray(agreement.first_target(np.asarray(data["targets"][:count]), 1))
+  return jax.device_get(variables), batch, targets
+
+
+def sanity_method_rows(run, method: str, scfg, context, seed: int, count: int, variables,
+                       batch: dict, targets) -> list:
+  """One method's cascading randomisation rows (top layer down)."""
+  builder = lambda v: model_fns.linen_apply_fn(run.model, v, train=False)
+  key = jax.random.key(seed)
+  fn = methods_lib.compiled(method, builder, scfg.options.get(method, {}), context)
+  method_fn = lambda v, b, t: fn(v, b, t, key)["raw"]
+  rows = []
+  for row in sanity.cascading_randomization_test(randomizable(run.model), variables, batch,
+                                                 targets, method_fn, key):
+    row.pop("per_example")
+    rows.append({"method": method, "n": count, **row})
   return rows
 
 
@@ -397,7 +665,7 @@ def confounder_finding(data: dict, ecfg, affected: int, class_names, roi_result:
   finding = {"affected_class": class_names[affected], "rates": dict(zip(class_names, rates)),
              "alpha": ecfg.alpha, "methods": rows}
   method = ecfg.confounder.method
-  if method in ifa_results and masks.ndim == 3:
+  if masks.ndim == 3 and "group_features" in ifa_results.get(method, {}).get("arrays", {}):
     finding["features"] = feature_evidence(ifa_results[method], flags, masks, affected, method)
   return finding
 
@@ -418,8 +686,8 @@ def write_confounder_examples(data: dict, ecfg, affected: int, ifa_results: dict
   for method in ecfg.saliency_methods:
     arrays[f"{method}.normalized"] = agreement.selected_maps(data, method, ecfg.maps)[order]
   result = ifa_results.get(ecfg.confounder.method)
-  if result is not None and "group_cam" in result["per_example"]:
-    per = result["per_example"]
+  if result is not None and "group_cam" in result["arrays"]:
+    per = result["arrays"]
     keep = order[order < len(per["group_cam"])]
     arrays["ifa_index"] = keep
     arrays["class_cam"] = per["group_cam"][keep]
@@ -429,11 +697,12 @@ def write_confounder_examples(data: dict, ecfg, affected: int, ifa_results: dict
 
 def feature_evidence(result: dict, flags: np.ndarray, masks: np.ndarray, affected: int,
                      method: str) -> dict:
-  """Where the importance matrix's confounder features look, on images with the confounder."""
-  selection, per = result["selection"], result["per_example"]
+  """Where the importance matrix's confounder features look, on images with the confounder
+  (`result`: the method's IFA unit, its arrays as `ifa_unit` records them)."""
+  per = result["arrays"]
   n = min(len(per["label"]), len(flags))
-  features = selection.group_features
-  column = result["importance"]["reference"]["all"]["eq4"][:, affected]
+  features = per["group_features"].astype(bool)
+  column = per["reference_eq4"][:, affected]
   share = per["feature_confounder_share"][:n][flags[:n]]
   test = confounder.fs_cam_on_artefact(per["group_cam"][:n], per["group_fs_cam"][:n],
                                        masks[:n], flags[:n])
@@ -460,6 +729,17 @@ def usable(methods, modalities) -> tuple:
                if all(x in modalities for x in methods_lib.REQUIRES[m]))
 
 
+def restored_run(config, workdir: str):
+  """The run's setup, the checkpoint's variables and its step."""
+  run = loop.setup_run(config, workdir, record_run=False)
+  try:
+    variables, step = saliency_runner.restore_variables(
+        run, saliency_runner.saliency_config(config).checkpoint)
+  finally:
+    run.checkpointer.close()
+  return run, variables, step
+
+
 def run_evaluation(config, workdir: str) -> dict:
   """Evaluates the explanations of the workdir's checkpoint (module docstring)."""
   ecfg = evaluation_config(config)
@@ -467,12 +747,7 @@ def run_evaluation(config, workdir: str) -> dict:
     methods_lib.get_method(name)
   for name in ecfg.ifa.methods:
     ifa.check_method(name)
-  run = loop.setup_run(config, workdir, record_run=False)
-  try:
-    variables, step = saliency_runner.restore_variables(
-        run, saliency_runner.saliency_config(config).checkpoint)
-  finally:
-    run.checkpointer.close()
+  run, variables, step = restored_run(config, workdir)
   modalities = tuple(run.model.modalities)
   ecfg.saliency_methods = usable(ecfg.saliency_methods, modalities)
   ecfg.sanity.methods = usable(ecfg.sanity.methods, modalities)
@@ -483,25 +758,20 @@ def run_evaluation(config, workdir: str) -> dict:
   with timed(f"saliency maps of {ecfg.split}"):
     data, scfg = saliency_maps(config, workdir, ecfg, ecfg.saliency_methods)
   out_dir = os.path.join(workdir, "analysis")
+  units = UnitStore(out_dir, run_settings(config, ecfg, scfg, workdir, step, data))
   class_names = list(run.info.class_names)
   result = {"split": ecfg.split, "checkpoint_step": step, "num_examples": len(data["index"]),
             "methods": list(ecfg.saliency_methods)}
-  with timed("ROI agreement"):
-    result["roi"] = roi_agreement(data, ecfg, class_names, os.path.join(out_dir, "roi_agreement"))
+  result["roi"] = roi_agreement(units, data, ecfg, class_names,
+                                os.path.join(out_dir, "roi_agreement"))
   affected = affected_class_of(data, ecfg, len(class_names))
-  result["ifa"] = {}
-  if ecfg.ifa.enabled and "image" in run.model.modalities and not run.info.multilabel:
-    layer = ifa_layer(run, scfg, ecfg)
-    for method in ecfg.ifa.methods:
-      with timed(f"integrated feature analysis, {method} at {layer}"):
-        result["ifa"][method] = ifa_method(run, variables, method, layer, ecfg, affected,
-                                           os.path.join(out_dir, "ifa"))
-  with timed("deletion / insertion"):
-    result["faithfulness"] = faithfulness_rows(run, variables, data, ecfg, ecfg.split)
+  result["ifa"] = ifa_results(units, run, variables, scfg, ecfg, affected,
+                              os.path.join(out_dir, "ifa"))
+  result["faithfulness"] = faithfulness_rows(units, run, variables, data, ecfg, ecfg.split)
   write_rows(os.path.join(out_dir, "faithfulness.csv"), result["faithfulness"])
-  with timed("cascading randomisation"):
-    result["sanity"] = sanity_rows(run, variables, data, ecfg, scfg, ecfg.split)
+  result["sanity"] = sanity_rows(units, run, variables, data, ecfg, scfg, ecfg.split)
   write_rows(os.path.join(out_dir, "sanity.csv"), result["sanity"])
+  units.remove_unused()
   if affected is not None:
     result["confounder"] = confounder_finding(data, ecfg, affected, class_names,
                                               result["roi"], result["ifa"])
