@@ -1,6 +1,7 @@
-"""Two real JAX processes (jax.distributed on localhost, CPU collectives over gloo), started by
-launch/slurm.sh through a stand-in `srun`: training ends with the parameters of one process
-fed the same global batches, and the saliency runner writes every example exactly once."""
+"""Two real JAX processes of 2 CPU devices each (jax.distributed on localhost, CPU collectives
+over gloo), started by launch/slurm.sh through a stand-in `srun`: training on the 4-device mesh
+ends with the parameters of one single-device process fed the same global batches, and the
+saliency runner writes every example exactly once."""
 import glob
 import json
 import os
@@ -47,7 +48,8 @@ def slurm_launch(workdir: str, data_dir: str, tmp_path, *flags) -> str:
     srun.symlink_to(os.path.join(REPO, "tests", "train", "fake_srun.py"))
   env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_NTASKS="2",
              SLURM_JOB_ID=str(free_slurm_job_id()), SLURM_SUBMIT_DIR=REPO,
-             JAXMM_DATA_DIR=data_dir, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHON=sys.executable)
+             JAXMM_DATA_DIR=data_dir, JAX_PLATFORMS="cpu", PYTHON=sys.executable,
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
   env["PATH"] = f"{os.path.dirname(sys.executable)}:{env['PATH']}"
   out = subprocess.run(["bash", os.path.join(REPO, "launch", "slurm.sh"), SPEC, workdir,
                         *OVERRIDES, *flags], env=env, capture_output=True, text=True,
@@ -99,7 +101,7 @@ def test_gather_rows_is_identity_on_one_process():
 def test_two_processes_train_like_one_and_share_saliency(data_dir, tmp_path):
   two = str(tmp_path / "two")
   log = slurm_launch(two, data_dir, tmp_path)
-  assert "process 1 of 2: 1 local / 2 global devices" in log
+  assert "process 1 of 2: 2 local / 4 global devices" in log
 
   config = load_smoke_config(data_dir, "synthetic_derm", "model=concat")
   config.optimizer.name = "sgd"
@@ -121,7 +123,8 @@ def test_two_processes_train_like_one_and_share_saliency(data_dir, tmp_path):
   with open(f"{two}/results.json") as f, open(f"{one}/results.json") as g:
     assert json.load(f)["test"]["accuracy"] == json.load(g)["test"]["accuracy"]
 
-  # Saliency: 4 shards of 14 examples, 2 computed by each process, each example once.
+  # Saliency: 4 shards of 14 examples, 2 computed by each process (on its 2 devices), each
+  # example once.
   slurm_launch(two, data_dir, tmp_path, "--mode=saliency", "--config.saliency.split=test",
                "--config.saliency.methods=('gradcam',)", "--config.saliency.shard_size=4",
                "--config.saliency.max_examples=14", "--config.saliency.batch_size=4")
