@@ -1,6 +1,7 @@
 r"""Side-by-side performance against peer libraries, same weights, inputs and machine.
 
   python -m jaxmm.benchmark saliency [--image_size=224 --batch=2 --steps=16 --samples=2]
+  python -m jaxmm.benchmark train [--models=resnet18,resnet50,bert --batch=16 --json=PATH]
 
 saliency: ResNet-18 (transformers' PyTorch ResNetForImageClassification, randomly initialised,
 converted to jaxmm with jaxmm.third_party.resnet_hf), IG + SmoothGrad path points per second
@@ -8,9 +9,15 @@ and Grad-CAM images per second, jaxmm vs captum, and the ratio. torch and captum
 dependencies: install them with `pip install -e '.[test]'`. Each measurement is the median
 of --repeats timed calls after a warm-up call (the warm-up includes jaxmm's compilation,
 reported apart).
+
+train: training images (ResNet-18, ResNet-50) or sequences (BERT) per second, jaxmm's
+build_model + train_step vs transformers' PyTorch classes of the same sizes run with PyTorch's
+fastest documented settings, the ratio, and on a GPU the model FLOP utilisation; see
+jaxmm.train_benchmark. --json=PATH writes the numbers of either benchmark.
 """
 import argparse
 import functools
+import json
 import os
 import statistics
 import sys
@@ -21,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmm import train_benchmark
+from jaxmm.data.atomic import write_text_atomic
 from jaxmm.models.resnet import ResNet18
 from jaxmm.saliency import cams, model_fns, smoothgrad
 from jaxmm.saliency.targets import target_scores
@@ -164,7 +173,10 @@ def print_saliency(result: dict, args) -> None:
       f"{k} {v:.1f}s" for k, v in result["first_call_s"].items()))
 
 
-BENCHMARKS = {"saliency": (saliency_benchmark, print_saliency)}
+BENCHMARKS = {"saliency": (saliency_benchmark, print_saliency),
+              "train": (train_benchmark.train_benchmark, train_benchmark.print_train)}
+# Defaults that differ per benchmark (None on the command line: not given).
+DEFAULTS = {"saliency": {"batch": 2, "repeats": 3}, "train": {"batch": 0, "repeats": 10}}
 
 
 def parse(argv):
@@ -172,22 +184,54 @@ def parse(argv):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("which", choices=sorted(BENCHMARKS))
   parser.add_argument("--image_size", type=int, default=224)
-  parser.add_argument("--batch", type=int, default=2)
+  parser.add_argument("--batch", type=int, default=None,
+                      help="saliency: images (2); train: examples per step (default 16 "
+                      "images / 8 sequences on CPU, 256 / 64 on GPU)")
   parser.add_argument("--steps", type=int, default=16)
   parser.add_argument("--samples", type=int, default=2)
   parser.add_argument("--path_chunk", type=int, default=4)
   parser.add_argument("--sample_chunk", type=int, default=1)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=None,
+                      help="timed calls, the median is reported (saliency 3, train 10)")
   parser.add_argument("--captum_batch", type=int, default=0,
                       help="captum's internal_batch_size (0: batch x steps, one pass per sample)")
   parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
-  return parser.parse_args(argv)
+  add_train_flags(parser)
+  args = parser.parse_args(argv)
+  for key, value in DEFAULTS[args.which].items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
+  return args
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+  """Flags of the `train` benchmark."""
+  parser.add_argument("--models", default=",".join(train_benchmark.MODEL_NAMES),
+                      help=f"comma-separated, from {list(train_benchmark.MODEL_NAMES)}")
+  parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                      help="compute dtype of both sides (auto: bfloat16 on GPU, float32 on CPU)")
+  parser.add_argument("--torch_compile", choices=("auto", "on", "off"), default="auto",
+                      help="auto: time eager and torch.compile, report the faster")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+  parser.add_argument("--bert_layers", type=int, default=12)
+  parser.add_argument("--bert_hidden", type=int, default=768)
+  parser.add_argument("--bert_heads", type=int, default=0, help="0: hidden / 64")
+  parser.add_argument("--seq_len", type=int, default=128)
+  parser.add_argument("--xla_cpu_flags", action=argparse.BooleanOptionalAction, default=True,
+                      help="add train_benchmark.RECOMMENDED_XLA_CPU_FLAGS to XLA_FLAGS")
+  parser.add_argument("--json", default="", help="also write the numbers to this file")
 
 
 def main(argv=None) -> int:
   args = parse(sys.argv[1:] if argv is None else argv)
+  if args.which == "train":
+    # Before anything starts JAX's backend: XLA reads XLA_FLAGS once, then.
+    train_benchmark.setup_environment(args)
   run, show = BENCHMARKS[args.which]
-  show(run(args), args)
+  result = run(args)
+  show(result, args)
+  if args.json:
+    write_text_atomic(args.json, json.dumps(result, indent=2))
   return 0
 
 
