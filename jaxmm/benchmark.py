@@ -14,6 +14,9 @@ train: training images (ResNet-18, ResNet-50) or sequences (BERT) per second, ja
 build_model + train_step vs transformers' PyTorch classes of the same sizes run with PyTorch's
 fastest documented settings, the ratio, and on a GPU the model FLOP utilisation; see
 jaxmm.train_benchmark. --json=PATH writes the numbers of either benchmark.
+
+On CPU both benchmarks add train_benchmark.RECOMMENDED_XLA_CPU_FLAGS to XLA_FLAGS (XLA's
+multi-threaded convolutions instead of YNNPACK's; --no-xla_cpu_flags leaves XLA_FLAGS alone).
 """
 import argparse
 import functools
@@ -164,6 +167,8 @@ def print_saliency(result: dict, args) -> None:
         f"{args.captum_batch or args.batch * args.steps}, nt_samples_batch_size = samples, "
         f"LayerGradCam + bilinear interpolate; eval mode, torch default threads"
         f"{', channels_last' if args.channels_last else ''}")
+  print(f"jaxmm: XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} (--no-xla_cpu_flags: without "
+        f"the recommended CPU flags)")
   print(f"logits max |jaxmm - torch| = {result['logit_parity_max_abs_diff']:.2e}")
   for name in ("ig_smoothgrad_points_per_s", "gradcam_images_per_s"):
     values = result[name]
@@ -218,15 +223,15 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--bert_heads", type=int, default=0, help="0: hidden / 64")
   parser.add_argument("--seq_len", type=int, default=128)
   parser.add_argument("--xla_cpu_flags", action=argparse.BooleanOptionalAction, default=True,
-                      help="add train_benchmark.RECOMMENDED_XLA_CPU_FLAGS to XLA_FLAGS")
+                      help="add train_benchmark.RECOMMENDED_XLA_CPU_FLAGS to XLA_FLAGS "
+                      "(both benchmarks)")
   parser.add_argument("--json", default="", help="also write the numbers to this file")
 
 
 def main(argv=None) -> int:
   args = parse(sys.argv[1:] if argv is None else argv)
-  if args.which == "train":
-    # Before anything starts JAX's backend: XLA reads XLA_FLAGS once, then.
-    train_benchmark.setup_environment(args)
+  # Before anything starts JAX's backend: XLA reads XLA_FLAGS once, then.
+  train_benchmark.setup_environment(args)
   run, show = BENCHMARKS[args.which]
   result = run(args)
   show(result, args)
