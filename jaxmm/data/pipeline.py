@@ -86,7 +86,9 @@ def read_fields(source, fields: tuple) -> dict:
   return {f: np.array([_decode(r[f]) for r in rows], dtype=object) for f in fields}
 
 
-ID_FIELDS = ("image_id", "dicom_id", "lesion_id", "study_id", "patient_id")
+# The field that names one example, first found: derm / ISIC images, MIMIC-CXR images, ISIC
+# 2020 CSV names, (synthetic) CXR studies, generic. Errors, saliency shards and SHAP use it.
+ID_FIELDS = ("image_id", "dicom_id", "image_name", "study_id", "example_id")
 
 
 def check_labels(labels, info: "TaskInfo", where: str, ids=None) -> None:

@@ -27,7 +27,6 @@ from jaxmm.saliency import model_fns
 from jaxmm.saliency.targets import resolve_targets
 from jaxmm.train import config_lib, distributed, loop
 
-ID_FIELDS = ("image_id", "dicom_id", "image_name", "study_id", "example_id")
 # Record fields kept next to the maps for the explanation evaluation (when the dataset has them):
 # case grouping, demographics, and the synthetic data's planted confounder and its mask.
 ANALYSIS_FIELDS = ("lesion_id", "patient_id", "study_id", "sex", "age", "localization",
@@ -145,7 +144,7 @@ class ShardWriter:
                 for m in methods}
     self.logits_fn = jax.jit(lambda v, b: builder(v)(b)[0])
     features = run.builder.info.features
-    self.id_field = next((f for f in ID_FIELDS if f in features), None)
+    self.id_field = next((f for f in pipeline.ID_FIELDS if f in features), None)
     self.analysis_fields = tuple(f for f in ANALYSIS_FIELDS if f in features)
     extras = [f for f in ("roi_mask", self.id_field) if f and f in features]
     self.fields = tuple(dict.fromkeys(

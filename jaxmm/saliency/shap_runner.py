@@ -102,7 +102,7 @@ def fixed_inputs(inputs: dict, i: int, masked: tuple) -> dict:
 def read_split(run, split: str, indices: np.ndarray) -> tuple[dict, dict]:
   """(model inputs [N, ...], raw records) of the examples at `indices` of `split`."""
   features = run.builder.info.features
-  id_field = tuple(f for f in saliency_runner.ID_FIELDS if f in features)[:1]
+  id_field = tuple(f for f in pipeline.ID_FIELDS if f in features)[:1]
   fields = tuple(dict.fromkeys(pipeline.raw_fields(run.config.data, run.preprocessor) +
                                id_field))
   batch, raw = pipeline.read_examples(run.builder.as_data_source(split), run.preprocessor,
@@ -190,7 +190,7 @@ def explain_tokens(run, scfg, rows_fn, inputs: dict, raw: dict, common: dict) ->
 
 
 def id_values(raw: dict, n: int) -> np.ndarray:
-  field = next((f for f in saliency_runner.ID_FIELDS if f in raw), None)
+  field = next((f for f in pipeline.ID_FIELDS if f in raw), None)
   return np.asarray(raw[field]).astype(str) if field else np.arange(n).astype(str)
 
 
