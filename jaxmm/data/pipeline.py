@@ -442,15 +442,24 @@ def eval_batches(source, preprocessor: Preprocessor, *, batch_size: int,
 
   Each batch has `weight` (1.0 real, 0.0 padding) and `index` (position in the split, -1 for
   padding) so results can be matched back to examples, and the raw `extra_fields` (padded).
+  Process p of P reads positions p, p + P, ...; every process yields the same number of
+  batches, a process whose share has run out a batch of padding only, so steps that need all
+  processes stay in step. A BadBatch names the split positions of its batch.
   """
   n = len(source)
   if n == 0:
     raise ValueError("evaluation split is empty")
   fields = tuple(dict.fromkeys(raw_fields(preprocessor.config, preprocessor) + tuple(extra_fields)))
   indices = np.arange(n)[process_index::process_count]
-  for start in range(0, len(indices), batch_size):
-    batch, raw = read_examples(source, preprocessor, indices[start:start + batch_size], fields,
-                               batch_size)
+  for start in range(0, -(-n // (batch_size * process_count)) * batch_size, batch_size):
+    chunk = indices[start:start + batch_size]
+    positions = chunk if len(chunk) else np.zeros(1, np.int64)  # padding reads position 0
+    try:
+      batch, raw = read_examples(source, preprocessor, positions, fields, batch_size)
+    except BadBatch as e:
+      raise e.at(f"split positions {positions[0]}..{positions[-1]}") from e
+    if not len(chunk):
+      batch["weight"][:], batch["index"][:] = 0.0, -1
     extras = {f: raw[f] for f in extra_fields if f not in batch}
     if extras:
       extras["weight"] = np.ones(len(raw[fields[0]]), np.float32)

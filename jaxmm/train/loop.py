@@ -175,48 +175,38 @@ def restore_or_init(run: Run) -> tuple[TrainState, dict]:
 def predict(run: Run, state: TrainState, split: str, extra_fields: tuple = ()) -> dict:
   """Logits, labels and example indices for a whole split (padding removed), on every process.
 
-  Each process reads its share of every global batch (split positions p, p + P, ...); the
-  rows of all processes are gathered back, so the result is in split order everywhere.
+  Each process reads its share of every global batch (pipeline.eval_batches); the rows of all
+  processes are gathered back, so the result is in split order everywhere.
   """
   source = run.builder.as_data_source(split)
   batch_size = run.config.data.get("eval_batch_size", run.config.data.batch_size)
   sharding.check_batch_size(batch_size, run.mesh, "config.data.eval_batch_size")
   if not len(source):
     raise ValueError(f"the {split} split of {run.config.data.name} is empty")
-  count, me = jax.process_count(), jax.process_index()
-  local_size = batch_size // count
-  mine = np.arange(len(source))[me::count]
-  num_batches = -(-len(source) // batch_size)  # the same on every process: no one waits alone
-  fields = tuple(dict.fromkeys(pipeline.raw_fields(run.config.data, run.preprocessor) +
-                               tuple(extra_fields)))
+  count = jax.process_count()
+  batches = pipeline.eval_batches(source, run.preprocessor, batch_size=batch_size // count,
+                                  extra_fields=extra_fields, process_index=jax.process_index(),
+                                  process_count=count)
   outs = {"logits": [], "label": [], "index": []}
   outs.update({f: [] for f in extra_fields})
-  for b in tqdm(range(num_batches), desc=f"predict {split}", leave=False,
-                disable=not run.config.train.get("progress", True) or me != 0):
-    indices = mine[b * local_size:(b + 1) * local_size]
-    # A process whose share ran out still takes part, with padding (weight 0) only.
-    positions = indices if len(indices) else mine[:1]
-    try:
-      batch, raw = pipeline.read_examples(source, run.preprocessor, positions, fields,
-                                          local_size)
-    except pipeline.BadBatch as e:
-      raise e.at(f"{split} split, positions {positions[0]}..{positions[-1]}") from e
-    if not len(indices):
-      batch["weight"][:], batch["index"][:] = 0.0, -1
-    device_batch = sharding.shard_batch(
-        {k: v for k, v in batch.items() if k in pipeline.MODEL_KEYS}, run.mesh)
-    logits = run.eval_fn(state, device_batch)
-    host = {"logits": logits if count > 1 else jax.device_get(logits), "label": batch["label"],
-            "index": batch["index"], "weight": batch["weight"]}
-    if extra_fields:
-      extras = {f: np.asarray(raw[f]) for f in extra_fields}
-      extras["weight"] = np.ones(len(extras[extra_fields[0]]), np.float32)
-      host.update({f: v for f, v in pipeline.pad_batch(extras, local_size).items()
-                   if f != "weight"})
-    host = {k: distributed.gather_rows(v) for k, v in host.items()}
-    keep = host.pop("weight") > 0
-    for key in outs:
-      outs[key].append(np.asarray(host[key])[keep])
+  bar = tqdm(total=-(-len(source) // batch_size), desc=f"predict {split}", leave=False,
+             disable=not run.config.train.get("progress", True) or jax.process_index() != 0)
+  try:
+    for batch in batches:
+      device_batch = sharding.shard_batch(
+          {k: v for k, v in batch.items() if k in pipeline.MODEL_KEYS}, run.mesh)
+      logits = run.eval_fn(state, device_batch)
+      host = {k: batch[k] for k in ("label", "index", "weight") + tuple(extra_fields)}
+      host["logits"] = logits if count > 1 else jax.device_get(logits)
+      host = {k: distributed.gather_rows(v) for k, v in host.items()}
+      keep = host.pop("weight") > 0
+      for key in outs:
+        outs[key].append(np.asarray(host[key])[keep])
+      bar.update(1)
+  except pipeline.BadBatch as e:
+    raise e.at(f"the {split} split") from e
+  finally:
+    bar.close()
   order = np.argsort(np.concatenate(outs["index"]), kind="stable")
   return {k: np.concatenate(v)[order] for k, v in outs.items()}
 
