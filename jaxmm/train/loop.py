@@ -165,10 +165,10 @@ def restore_or_init(run: Run) -> tuple[TrainState, dict]:
   """The latest checkpoint if there is one (loop record too), else a fresh state."""
   state = create_state(run, load_pretrained=run.checkpointer.latest_step() is None)
   restored = run.checkpointer.restore(checkpointing.abstract_like(state))
-  record = {"best_value": None, "best_step": None, "bad_evals": 0, "stopped": False}
-  if restored is not None:
-    state, record = restored
-  # Also with no checkpoint: a run killed before its first one starts over from step 0.
+  if restored is None:  # a run killed before its first checkpoint starts over: drop its log
+    run.writer.truncate_after(0)
+    return state, {"best_value": None, "best_step": None, "bad_evals": 0, "stopped": False}
+  state, record = restored
   run.writer.truncate_after(int(state.step))
   return state, record
 
