@@ -59,14 +59,16 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep_latest: int = 2, async_save: bool = True):
     root = os.path.join(os.path.abspath(workdir), "checkpoints")
-    self.latest = ocp.CheckpointManager(
-        os.path.join(root, "latest"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep_latest,
-                                             enable_async_checkpointing=async_save))
-    self.best = ocp.CheckpointManager(
-        os.path.join(root, "best"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1,
-                                             enable_async_checkpointing=async_save))
+    self.latest, self.best = (ocp.CheckpointManager(
+        os.path.join(root, name),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save,
+            # Both managers save the same step when it is the best so far; orbax names its
+            # multi-process barriers by step, so without a prefix per manager the two saves'
+            # barriers share names, pair up wrongly across processes and hang the run.
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=f"jaxmm_{name}")))
+        for name, keep in (("latest", keep_latest), ("best", 1)))
 
   def save(self, step: int, state: Any, record: dict, *, best: bool = False) -> None:
     """Saves `state` and `record` as the latest checkpoint (and as the best one if `best`)."""

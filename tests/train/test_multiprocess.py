@@ -54,7 +54,8 @@ def slurm_launch(workdir: str, data_dir: str, tmp_path, *flags) -> str:
   out = subprocess.run(["bash", os.path.join(REPO, "launch", "slurm.sh"), SPEC, workdir,
                         *OVERRIDES, *flags], env=env, capture_output=True, text=True,
                        timeout=600, cwd=str(tmp_path))
-  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+  # Each task's lines are labelled with its rank; how each task ended is printed last.
+  assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-8000:]
   return out.stdout + out.stderr
 
 
@@ -135,6 +136,25 @@ def test_two_processes_train_like_one_and_share_saliency(data_dir, tmp_path):
   logits = np.concatenate([np.load(s)["logits"] for s in shards])
   best = np.load(f"{two}/predictions/test.npz")["logits"][:14]
   np.testing.assert_allclose(logits, best, rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_save_latest_and_best_at_the_same_step(tmp_path):
+  """A step that is the best so far is saved by both checkpoint managers; orbax names its
+  multi-process barriers by step, so the managers need their own barrier names (without them
+  the two saves' barriers collided: 'Barrier _async_write_complete.1 is already ongoing',
+  both processes aborted; before that, an intermittent hang or crash of the run above)."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  script = os.path.join(REPO, "tests", "train", "two_process_saves.py")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  procs = [subprocess.Popen([sys.executable, script, str(i), str(port), str(tmp_path), "12"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0 and "saved 12 steps" in out, f"process {i}:\n{out[-3000:]}"
+  assert sorted(os.listdir(tmp_path / "checkpoints" / "best")) == ["12"]
 
 
 def test_prefetch_keeps_order_and_raises_at_the_bad_batch():
