@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxmm import train_benchmark
 from jaxmm.data.atomic import write_text_atomic
+from jaxmm.models import fast_backward
 from jaxmm.models.resnet import ResNet18
 from jaxmm.saliency import cams, model_fns, smoothgrad
 from jaxmm.saliency.targets import target_scores
@@ -97,26 +98,38 @@ class TorchLogits:
     return Wrapped().eval()
 
 
+def torch_device_and_sync():
+  """("cuda", synchronize) with a GPU, else ("cpu", no-op); on a GPU cudnn.benchmark is on,
+  PyTorch's documented setting for fixed input shapes."""
+  import torch
+  if not torch.cuda.is_available():
+    return "cpu", lambda: None
+  torch.backends.cudnn.benchmark = True
+  return "cuda", torch.cuda.synchronize
+
+
 def saliency_benchmark(args) -> dict:
   """IG + SmoothGrad points/s and Grad-CAM images/s, jaxmm and captum, one process."""
   import torch
   import captum.attr as captum_attr
   num_classes = 10
+  device, sync = torch_device_and_sync()
   torch_model = torch_resnet18(num_classes)
   model, variables = jaxmm_resnet18_like(torch_model, num_classes)
+  torch_model = torch_model.to(device)
   net = TorchLogits(torch_model)
   if args.channels_last:
     net = net.to(memory_format=torch.channels_last)
   rng = np.random.default_rng(0)
   images = rng.normal(size=(args.batch, args.image_size, args.image_size, 3)).astype(np.float32)
-  x_torch = torch.tensor(images.transpose(0, 3, 1, 2))
+  x_torch = torch.tensor(images.transpose(0, 3, 1, 2), device=device)
   if args.channels_last:
     x_torch = x_torch.contiguous(memory_format=torch.channels_last)
   x = jnp.asarray(images)
   apply = model_fns.linen_apply_fn(model, variables, train=False)
   f = lambda v: apply(v)[0]
   with torch.no_grad():
-    logits_torch = net(x_torch).numpy()
+    logits_torch = net(x_torch).cpu().numpy()
   logits = np.asarray(f(x))
   targets = np.argmax(logits_torch, -1)
   t = jnp.asarray(targets)
@@ -129,11 +142,17 @@ def saliency_benchmark(args) -> dict:
   key = jax.random.key(0)
   jax_ig = timed(lambda: jax.block_until_ready(ig_sg(x, t, key=key)), args.repeats)
   nt = captum_attr.NoiseTunnel(captum_attr.IntegratedGradients(net))
-  torch_ig = timed(lambda: nt.attribute(
-      x_torch, nt_type="smoothgrad", nt_samples=args.samples, stdevs=0.15,
-      nt_samples_batch_size=args.samples, target=targets.tolist(), n_steps=args.steps,
-      method="riemann_trapezoid", internal_batch_size=args.captum_batch or args.batch * args.steps),
-      args.repeats)
+
+  def torch_ig():
+    attr = nt.attribute(
+        x_torch, nt_type="smoothgrad", nt_samples=args.samples, stdevs=0.15,
+        nt_samples_batch_size=args.samples, target=targets.tolist(), n_steps=args.steps,
+        method="riemann_trapezoid",
+        internal_batch_size=args.captum_batch or args.batch * args.steps)
+    sync()
+    return attr
+
+  torch_ig_t = timed(torch_ig, args.repeats)
 
   def gradcam(v, targets_):
     score = lambda logits: target_scores(logits, targets_)
@@ -146,12 +165,16 @@ def saliency_benchmark(args) -> dict:
 
   def torch_cam():
     attr = layer_cam.attribute(x_torch, target=targets.tolist(), relu_attributions=True)
-    return captum_attr.LayerAttribution.interpolate(attr, x_torch.shape[2:], "bilinear")
+    attr = captum_attr.LayerAttribution.interpolate(attr, x_torch.shape[2:], "bilinear")
+    sync()
+    return attr
 
   torch_cam_t = timed(torch_cam, args.repeats)
   return {
+      "torch_device": device,
       "logit_parity_max_abs_diff": parity,
-      "ig_smoothgrad_points_per_s": {"jaxmm": points / jax_ig[1], "captum": points / torch_ig[1]},
+      "ig_smoothgrad_points_per_s": {"jaxmm": points / jax_ig[1],
+                                     "captum": points / torch_ig_t[1]},
       "gradcam_images_per_s": {"jaxmm": args.batch / jax_cam[1],
                                "captum": args.batch / torch_cam_t[1]},
       "first_call_s": {"jaxmm_ig_smoothgrad": jax_ig[0], "jaxmm_gradcam": jax_cam[0]},
@@ -161,14 +184,17 @@ def saliency_benchmark(args) -> dict:
 def print_saliency(result: dict, args) -> None:
   import torch
   print(f"ResNet-18 {args.image_size}x{args.image_size}, batch {args.batch}, IG {args.steps} "
-        f"steps x SmoothGrad {args.samples} samples; device {jax.devices()[0].platform}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__} threads {torch.get_num_threads()}")
+        f"steps x SmoothGrad {args.samples} samples; jax on {jax.devices()[0].device_kind}, "
+        f"torch on {result['torch_device']}; {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"threads {torch.get_num_threads()}")
   print(f"peer settings: captum NoiseTunnel(IntegratedGradients) with internal_batch_size = "
         f"{args.captum_batch or args.batch * args.steps}, nt_samples_batch_size = samples, "
         f"LayerGradCam + bilinear interpolate; eval mode, torch default threads"
-        f"{', channels_last' if args.channels_last else ''}")
-  print(f"jaxmm: XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} (--no-xla_cpu_flags: without "
-        f"the recommended CPU flags)")
+        f"{', channels_last' if args.channels_last else ''}"
+        f"{', cudnn.benchmark' if result['torch_device'] == 'cuda' else ''}")
+  print(f"jaxmm: path_chunk {args.path_chunk}, sample_chunk {args.sample_chunk}; XLA_FLAGS="
+        f"{os.environ.get('XLA_FLAGS', '')!r} (--no-xla_cpu_flags: without the recommended CPU "
+        f"flags)")
   print(f"logits max |jaxmm - torch| = {result['logit_parity_max_abs_diff']:.2e}")
   for name in ("ig_smoothgrad_points_per_s", "gradcam_images_per_s"):
     values = result[name]
@@ -225,6 +251,9 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--xla_cpu_flags", action=argparse.BooleanOptionalAction, default=True,
                       help="add train_benchmark.RECOMMENDED_XLA_CPU_FLAGS to XLA_FLAGS "
                       "(both benchmarks)")
+  parser.add_argument("--fast_backward", action=argparse.BooleanOptionalAction, default=True,
+                      help="jaxmm's ResNets take the custom strided-conv / max-pool gradients "
+                      "of jaxmm.models.fast_backward (--no-fast_backward: XLA's own)")
   parser.add_argument("--json", default="", help="also write the numbers to this file")
 
 
@@ -232,6 +261,7 @@ def main(argv=None) -> int:
   args = parse(sys.argv[1:] if argv is None else argv)
   # Before anything starts JAX's backend: XLA reads XLA_FLAGS once, then.
   train_benchmark.setup_environment(args)
+  fast_backward.ENABLED = args.fast_backward
   run, show = BENCHMARKS[args.which]
   result = run(args)
   show(result, args)

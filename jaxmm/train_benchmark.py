@@ -17,8 +17,8 @@ backward and an optimizer update (SGD with momentum 0.9 for the ResNets, AdamW f
          autocast for bfloat16, cudnn.benchmark and TF32 on GPU, default threads on CPU.
 Each side: compilation and warm-up calls are reported apart, then the median of --repeats
 timed steps, the sides taking turns step by step (jaxmm blocks on the new state; torch
-synchronises on GPU). On a GPU the model FLOP utilisation uses the FLOPs of the compiled jaxmm
-step (XLA's cost analysis) for both. On CPU the benchmark sets RECOMMENDED_XLA_CPU_FLAGS
+synchronises on GPU). On a GPU the model FLOP utilisation uses, for both sides, the FLOPs of
+jaxmm's step counted from its jaxpr (`traced_flops`). On CPU the benchmark sets RECOMMENDED_XLA_CPU_FLAGS
 before JAX starts (--no-xla_cpu_flags: XLA_FLAGS as given) and prints them.
 """
 import functools
@@ -221,18 +221,63 @@ def jaxmm_setup(spec: ModelSpec, batch: dict, dtype: str, seed: int = 0):
   return count, state, train_fn
 
 
-def compiled_flops(compiled) -> float | None:
-  """FLOPs of one call of an AOT-compiled function from XLA's cost analysis (None if absent)."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  flops = (cost or {}).get("flops")
-  return float(flops) if flops and flops > 0 else None
+def _product(values) -> float:
+  return float(np.prod([float(v) for v in values])) if len(values) else 1.0
+
+
+def _jaxpr_flops(jaxpr) -> float:
+  """2 x the multiply-adds of the dot_general / conv_general_dilated equations of a jaxpr
+  (those with the zeros of an input dilation left out), recursing into sub-jaxprs (jit, custom gradients, remat; a scan's body x its length, the
+  costliest branch of a cond, a while body once)."""
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+      (contract, _), (batch, _) = eqn.params["dimension_numbers"]
+      total += 2 * _product(lhs) * _product(rhs) / (
+          _product([lhs[i] for i in contract]) * _product([lhs[i] for i in batch]))
+      continue
+    if name == "conv_general_dilated":
+      rhs = eqn.invars[1].aval.shape
+      out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+      # An input dilation (the input gradient of a strided conv) inserts zeros: of the
+      # products with them, only 1 / prod(lhs_dilation) are work a model needs.
+      total += 2 * _product(eqn.outvars[0].aval.shape) * _product(rhs) / (
+          out_features * _product(eqn.params["lhs_dilation"]))
+      continue
+    subs = [_jaxpr_flops(j) for j in _sub_jaxprs(eqn.params)]
+    if name == "cond":
+      total += max(subs, default=0.0)
+    else:
+      total += sum(subs) * (eqn.params["length"] if name == "scan" else 1)
+  return total
+
+
+def _sub_jaxprs(params: dict):
+  """The jaxprs among an equation's parameters (Jaxpr, ClosedJaxpr, or sequences of them)."""
+  from jax.extend import core
+  for value in params.values():
+    for item in value if isinstance(value, (list, tuple)) else (value,):
+      if isinstance(item, core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, core.Jaxpr):
+        yield item
+
+
+def traced_flops(fn: Callable, *args) -> float:
+  """FLOPs of one call of `fn(*args)` as traced: 2 per multiply-add of its matrix products
+  and convolutions (forward, backward and any recomputation), the model FLOPs of MFU. Counted
+  from the jaxpr because XLA's cost analysis of a compiled GPU program leaves out the
+  convolutions and matrix products it hands to cuDNN / cuBLAS (it gave 0.4 GFLOP per
+  ResNet-50 training image on an H200 instead of about 25)."""
+  import jax
+  return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def jaxmm_stepper(spec: ModelSpec, batch_np: dict, dtype: str) -> tuple[Stepper, dict]:
   """jaxmm's train step compiled ahead of time for `batch_np`, state threaded through the
-  donated calls: (stepper, {"params": count, "flops_per_step": XLA's count or None})."""
+  donated calls: (stepper, {"params": count, "flops_per_step": traced_flops of the step})."""
   import jax
   from jaxmm.train import sharding
   count, state, train_fn = jaxmm_setup(spec, batch_np, dtype)
@@ -255,7 +300,7 @@ def jaxmm_stepper(spec: ModelSpec, batch_np: dict, dtype: str) -> tuple[Stepper,
     return float(metrics["loss"])
 
   return (Stepper(step, sync, compile_s),
-          {"params": count, "flops_per_step": compiled_flops(compiled)})
+          {"params": count, "flops_per_step": traced_flops(train_fn, state, batch)})
 
 
 # ---------------------------------------------------------------- torch side
@@ -438,6 +483,7 @@ def machine_info(args) -> dict:
   """Platform, device kind, CPUs, versions and both sides' global settings."""
   import jax
   import torch
+  from jaxmm.models import fast_backward
   device = jax.devices()[0]
   platform = device.platform
   dtype = args.dtype if args.dtype != "auto" else ("float32" if platform == "cpu"
@@ -447,6 +493,7 @@ def machine_info(args) -> dict:
           "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
           "cpu_model": cpu_model(), "dtype": dtype, "jax": jax.__version__,
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_device": torch_device,
+          "fast_backward": fast_backward.ENABLED,
           "torch_threads": torch.get_num_threads(),
           "torch_settings": configure_torch(torch_device, dtype)}
 
@@ -489,6 +536,9 @@ def jaxmm_settings(model: dict, machine: dict) -> str:
   parts = ["build_model + train_step, jit with donated state",
            f"data parallel over {machine['device_count']} {machine['platform']} device(s)",
            f"compute {model['dtype']}"]
+  if model["unit"] == "images":
+    parts.append("fast_backward gradients" if machine["fast_backward"]
+                 else "XLA's conv / max-pool gradients (--no-fast_backward)")
   if machine["platform"] == "cpu":
     parts.append(f"XLA_FLAGS={machine['xla_flags']!r}")
   return ", ".join(parts)
@@ -499,12 +549,12 @@ def mfu_line(model: dict) -> str | None:
   if model["flops_per_step"] is None:
     return None
   if model["peak_flops"] is None:
-    return (f"  model FLOPs/step {model['flops_per_step']:.3g} (XLA cost analysis): jaxmm "
+    return (f"  model FLOPs/step {model['flops_per_step']:.3g} (traced): jaxmm "
             f"{model['jaxmm']['model_tflops_per_s']:.2f} TFLOP/s, torch "
             f"{model['torch']['model_tflops_per_s']:.2f} TFLOP/s; MFU: unknown peak")
   return (f"  MFU jaxmm {100 * model['jaxmm']['mfu']:.1f}%, torch "
-          f"{100 * model['torch']['mfu']:.1f}% (model FLOPs/step {model['flops_per_step']:.3g} "
-          f"from XLA cost analysis; peak {model['peak_flops'] / 1e12:.0f} TFLOP/s "
+          f"{100 * model['torch']['mfu']:.1f}% (model FLOPs/step {model['flops_per_step']:.3g}, "
+          f"traced; peak {model['peak_flops'] / 1e12:.0f} TFLOP/s "
           f"{model['dtype']} dense)")
 
 

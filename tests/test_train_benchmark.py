@@ -109,3 +109,28 @@ def test_bert_spec_sizes_follow_the_flags():
   assert spec.jaxmm_encoder["num_heads"] == 2 and spec.hf_layout["num_attention_heads"] == 2
   assert spec.hf_layout["intermediate_size"] == spec.jaxmm_encoder["intermediate_size"] == 512
   assert spec.optimizer == "adamw" and tb.model_spec("resnet50", args).optimizer == "sgd"
+
+
+def test_traced_flops_count_products_and_convolutions_by_hand():
+  """2 FLOPs per multiply-add: dense forward + weight gradient, a batched matmul, a conv, the
+  input gradient of a strided conv without the zeros its input dilation inserts, a scan's
+  body x its length and the costlier branch of a cond."""
+  import jax
+  import jax.numpy as jnp
+  from jax import lax
+  x, w = jnp.ones((8, 32)), jnp.ones((32, 16))
+  assert tb.traced_flops(jax.grad(lambda w: jnp.sum(x @ w)), w) == 2 * (2 * 8 * 32 * 16)
+  a, b = jnp.ones((3, 4, 5)), jnp.ones((3, 5, 6))
+  assert tb.traced_flops(lambda a, b: jnp.einsum("bij,bjk->bik", a, b), a, b) == 2 * 3 * 4 * 5 * 6
+  image, kernel = jnp.ones((2, 10, 10, 4)), jnp.ones((3, 3, 4, 6))
+  conv = lambda s: lambda image: lax.conv_general_dilated(
+      image, kernel, (s, s), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert tb.traced_flops(conv(1), image) == 2 * (2 * 10 * 10 * 6) * (3 * 3 * 4)
+  strided = 2 * (2 * 5 * 5 * 6) * (3 * 3 * 4)  # 5x5 outputs
+  input_grad = jax.grad(lambda image: jnp.sum(conv(2)(image)))
+  assert tb.traced_flops(input_grad, image) == 2 * strided  # forward + input gradient
+  m = jnp.ones((32, 32))
+  scan = lambda m: lax.scan(lambda c, _: (c @ m, None), jnp.ones((4, 32)), length=5)[0]
+  assert tb.traced_flops(scan, m) == 5 * 2 * 4 * 32 * 32
+  cond = lambda p, m: lax.cond(p, lambda: m @ m @ m, lambda: m @ m)
+  assert tb.traced_flops(cond, True, m) == 2 * 2 * 32 ** 3

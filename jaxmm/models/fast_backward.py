@@ -21,6 +21,11 @@ from jax import lax
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
+# Whether `conv_general_dilated` and `max_pool` take the custom gradients (read when a model is
+# traced). False: plain lax ops and XLA's own gradients (select-and-scatter for the pool, which
+# is non-deterministic on GPU). `python -m jaxmm.benchmark train --no-fast_backward` compares.
+ENABLED = True
+
 
 def polyphase_input_gradient(g: jax.Array, kernel: jax.Array, stride: int,
                              padding: Sequence[tuple[int, int]],
@@ -79,7 +84,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   to `strided_conv`."""
   # Only kernels wider than stride + 1 (the 7x7/2 stem): for 3x3/2 and 1x1/2 XLA's own
   # gradient is as fast or faster (measured on a 2-core CPU).
-  plain = (lhs.ndim == 4 and len(set(window_strides)) == 1 and window_strides[0] > 1
+  plain = (ENABLED and lhs.ndim == 4 and len(set(window_strides)) == 1
+           and window_strides[0] > 1
            and min(rhs.shape[:2]) > window_strides[0] + 1
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1)))
@@ -100,9 +106,14 @@ def _pool_max(x, window, stride, padding):
                            ((0, 0), padding, padding, (0, 0)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool(x: jax.Array, window: int, stride: int, padding: tuple[int, int]) -> jax.Array:
-  """Square max pool of NHWC x (padding with -inf), as `nn.max_pool`."""
+  """Square max pool of NHWC x (padding with -inf), as `nn.max_pool`; its gradient goes to
+  the first maximum of each window (`_max_pool_bwd`) when ENABLED."""
+  return (_max_pool if ENABLED else _pool_max)(x, window, stride, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x: jax.Array, window: int, stride: int, padding: tuple[int, int]) -> jax.Array:
   return _pool_max(x, window, stride, padding)
 
 
@@ -148,4 +159,4 @@ def _max_pool_bwd(window, stride, padding, residuals, g):
   return (dx[:, padding[0]:padding[0] + h, padding[0]:padding[0] + w],)
 
 
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

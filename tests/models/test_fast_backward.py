@@ -65,3 +65,18 @@ def test_max_pool_ties_send_the_gradient_to_one_maximum():
   x = jnp.zeros((1, 4, 4, 1))
   dx = jax.grad(lambda x: fast_backward.max_pool(x, 2, 2, (0, 0)).sum())(x)
   np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 0, 1, 0], [0, 0, 0, 0]] * 2)
+
+
+def test_disabled_runs_the_plain_lax_ops(monkeypatch):
+  """ENABLED = False (the benchmark's --no-fast_backward): no custom gradient is traced."""
+  import flax.linen as nn
+  monkeypatch.setattr(fast_backward, "ENABLED", False)
+  calls = []
+  monkeypatch.setattr(fast_backward, "strided_conv", lambda *a: calls.append(a))
+  monkeypatch.setattr(fast_backward, "_max_pool", lambda *a: calls.append(a))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 8, 8, 2)), jnp.float32)
+  layer = nn.Conv(4, (5, 5), 2, padding=2, use_bias=False,
+                  conv_general_dilated=fast_backward.conv_general_dilated)
+  variables = layer.init(jax.random.key(0), x)
+  loss = lambda x: jnp.sum(fast_backward.max_pool(layer.apply(variables, x), 3, 2, (1, 1)))
+  assert jnp.isfinite(jax.grad(loss)(x)).all() and calls == []
