@@ -8,7 +8,7 @@ converted to jaxmm with jaxmm.third_party.resnet_hf), IG + SmoothGrad path point
 and Grad-CAM images per second, jaxmm vs captum, and the ratio. torch and captum are test-only
 dependencies: install them with `pip install -e '.[test]'`. Each measurement is the median
 of --repeats timed calls after a warm-up call (the warm-up includes jaxmm's compilation,
-reported apart).
+reported apart), jaxmm and captum taking turns call by call.
 
 train: training images (ResNet-18, ResNet-50) or sequences (BERT) per second, jaxmm's
 build_model + train_step vs transformers' PyTorch classes of the same sizes run with PyTorch's
@@ -39,17 +39,13 @@ from jaxmm.saliency import cams, model_fns, smoothgrad
 from jaxmm.saliency.targets import target_scores
 
 
-def timed(fn, repeats: int) -> tuple[float, float]:
-  """(seconds of the first call, median seconds of `repeats` further calls)."""
-  start = time.perf_counter()
-  fn()
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
+def interleaved(pair: dict, repeats: int) -> dict:
+  """{name: (first call s, median s)} of two callables: one untimed first call each (jaxmm's
+  includes compilation), then `repeats` rounds timing each in turn, so a change in the
+  machine's speed (a shared host) hits both sides alike."""
+  steppers = {name: train_benchmark.Stepper(fn, lambda _: 0.0) for name, fn in pair.items()}
+  measured = train_benchmark.measure_interleaved(steppers, 1, repeats)
+  return {name: (m.warmup_s[0], m.step_s) for name, m in measured.items()}
 
 
 def torch_resnet18(num_classes: int):
@@ -140,7 +136,6 @@ def saliency_benchmark(args) -> dict:
       smoothgrad.ig_smoothgrad, f, steps=args.steps, num_samples=args.samples,
       path_chunk_size=args.path_chunk, sample_chunk_size=args.sample_chunk))
   key = jax.random.key(0)
-  jax_ig = timed(lambda: jax.block_until_ready(ig_sg(x, t, key=key)), args.repeats)
   nt = captum_attr.NoiseTunnel(captum_attr.IntegratedGradients(net))
 
   def torch_ig():
@@ -152,7 +147,8 @@ def saliency_benchmark(args) -> dict:
     sync()
     return attr
 
-  torch_ig_t = timed(torch_ig, args.repeats)
+  ig_times = interleaved({"jaxmm": lambda: jax.block_until_ready(ig_sg(x, t, key=key)),
+                          "captum": torch_ig}, args.repeats)
 
   def gradcam(v, targets_):
     score = lambda logits: target_scores(logits, targets_)
@@ -160,7 +156,6 @@ def saliency_benchmark(args) -> dict:
     return cams.gradient_cam("gradcam", a, g, size=v.shape[1:3])["cam"]
 
   jax_cam_fn = jax.jit(gradcam)  # inputs are arguments: XLA must not constant-fold the work
-  jax_cam = timed(lambda: jax.block_until_ready(jax_cam_fn(x, t)), args.repeats)
   layer_cam = captum_attr.LayerGradCam(net, torch_model.resnet.encoder.stages[3])
 
   def torch_cam():
@@ -169,15 +164,15 @@ def saliency_benchmark(args) -> dict:
     sync()
     return attr
 
-  torch_cam_t = timed(torch_cam, args.repeats)
+  cam_times = interleaved({"jaxmm": lambda: jax.block_until_ready(jax_cam_fn(x, t)),
+                           "captum": torch_cam}, args.repeats)
   return {
       "torch_device": device,
       "logit_parity_max_abs_diff": parity,
-      "ig_smoothgrad_points_per_s": {"jaxmm": points / jax_ig[1],
-                                     "captum": points / torch_ig_t[1]},
-      "gradcam_images_per_s": {"jaxmm": args.batch / jax_cam[1],
-                               "captum": args.batch / torch_cam_t[1]},
-      "first_call_s": {"jaxmm_ig_smoothgrad": jax_ig[0], "jaxmm_gradcam": jax_cam[0]},
+      "ig_smoothgrad_points_per_s": {k: points / v[1] for k, v in ig_times.items()},
+      "gradcam_images_per_s": {k: args.batch / v[1] for k, v in cam_times.items()},
+      "first_call_s": {"jaxmm_ig_smoothgrad": ig_times["jaxmm"][0],
+                       "jaxmm_gradcam": cam_times["jaxmm"][0]},
   }
 
 
