@@ -22,10 +22,8 @@ import argparse
 import functools
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
