@@ -18,8 +18,9 @@ backward and an optimizer update (SGD with momentum 0.9 for the ResNets, AdamW f
 Each side: compilation and warm-up calls are reported apart, then the median of --repeats
 timed steps, the sides taking turns step by step (jaxmm blocks on the new state; torch
 synchronises on GPU). On a GPU the model FLOP utilisation uses, for both sides, the FLOPs of
-jaxmm's step counted from its jaxpr (`traced_flops`). On CPU the benchmark sets RECOMMENDED_XLA_CPU_FLAGS
-before JAX starts (--no-xla_cpu_flags: XLA_FLAGS as given) and prints them.
+jaxmm's step counted from its jaxpr (`traced_flops`). On CPU the benchmark sets
+RECOMMENDED_XLA_CPU_FLAGS before JAX starts (--no-xla_cpu_flags: XLA_FLAGS as given) and prints
+them.
 """
 import functools
 import os
@@ -227,8 +228,9 @@ def _product(values) -> float:
 
 def _jaxpr_flops(jaxpr) -> float:
   """2 x the multiply-adds of the dot_general / conv_general_dilated equations of a jaxpr
-  (those with the zeros of an input dilation left out), recursing into sub-jaxprs (jit, custom gradients, remat; a scan's body x its length, the
-  costliest branch of a cond, a while body once)."""
+  (those with the zeros of an input dilation left out), recursing into sub-jaxprs (jit,
+  custom gradients, remat; a scan's body x its length, the costliest branch of a cond, a
+  while body once)."""
   total = 0.0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
