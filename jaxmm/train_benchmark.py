@@ -23,6 +23,7 @@ RECOMMENDED_XLA_CPU_FLAGS before JAX starts (--no-xla_cpu_flags: XLA_FLAGS as gi
 them.
 """
 import functools
+import math
 import os
 import statistics
 import sys
@@ -222,10 +223,6 @@ def jaxmm_setup(spec: ModelSpec, batch: dict, dtype: str, seed: int = 0):
   return count, state, train_fn
 
 
-def _product(values) -> float:
-  return float(np.prod([float(v) for v in values])) if len(values) else 1.0
-
-
 def _jaxpr_flops(jaxpr) -> float:
   """2 x the multiply-adds of the dot_general / conv_general_dilated equations of a jaxpr
   (those with the zeros of an input dilation left out), recursing into sub-jaxprs (jit,
@@ -237,16 +234,16 @@ def _jaxpr_flops(jaxpr) -> float:
     if name == "dot_general":
       lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
       (contract, _), (batch, _) = eqn.params["dimension_numbers"]
-      total += 2 * _product(lhs) * _product(rhs) / (
-          _product([lhs[i] for i in contract]) * _product([lhs[i] for i in batch]))
+      total += 2 * math.prod(lhs) * math.prod(rhs) / (
+          math.prod([lhs[i] for i in contract]) * math.prod([lhs[i] for i in batch]))
       continue
     if name == "conv_general_dilated":
       rhs = eqn.invars[1].aval.shape
       out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
       # An input dilation (the input gradient of a strided conv) inserts zeros: of the
       # products with them, only 1 / prod(lhs_dilation) are work a model needs.
-      total += 2 * _product(eqn.outvars[0].aval.shape) * _product(rhs) / (
-          out_features * _product(eqn.params["lhs_dilation"]))
+      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs) / (
+          out_features * math.prod(eqn.params["lhs_dilation"]))
       continue
     subs = [_jaxpr_flops(j) for j in _sub_jaxprs(eqn.params)]
     if name == "cond":
