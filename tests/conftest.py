@@ -1,13 +1,34 @@
-"""Shared fixtures: one data directory per test session, smoke configs."""
+"""Shared fixtures: one data directory per test session, smoke configs; one JAX compilation
+cache per session."""
 import functools
 import os
+import shutil
+import tempfile
 
-import pytest
+# Many tests compile the same programs (the smoke configs' steps, in this process and in the
+# subprocesses of the CLI, preemption, sweep and multi-process tests); compilation is most of
+# their time on a 2-core CPU. One persistent cache per session, empty at the start, serves
+# them all; set before JAX is imported (it reads these once), and inherited by subprocesses.
+# A JAX_COMPILATION_CACHE_DIR set by the user (or by a test, for its subprocesses) wins.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  SESSION_CACHE_DIR = tempfile.mkdtemp(prefix="jaxmm-test-jax-cache-")
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=SESSION_CACHE_DIR,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+else:
+  SESSION_CACHE_DIR = None
 
-from jaxmm.train import config_lib
+import pytest  # noqa: E402
+
+from jaxmm.train import config_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
+
+
+def pytest_unconfigure(config):
+  if SESSION_CACHE_DIR:
+    shutil.rmtree(SESSION_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
