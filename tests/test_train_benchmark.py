@@ -44,10 +44,9 @@ def test_train_benchmark_tiny_models_train_and_report(tmp_path, capsys, jax_env)
     assert f"ratio jaxmm / torch = {model['ratio']:.2f}x" in printed
   assert "2 layers, hidden 64, 1 heads, seq 16, batch 2" in printed
   # The FLOPs come from the trace that was compiled: equal to a fresh trace of the same step.
-  args = types.SimpleNamespace(image_size=32, seq_len=16, bert_layers=2, bert_hidden=64,
-                               bert_heads=0)
+  args = benchmark.parse(["train", *TINY])
   spec = tb.model_spec("resnet_tiny", args)
-  batch = tb.random_batch(spec, 2, args)
+  batch = tb.random_batch(spec, args.batch, args)
   _, state, train_fn = tb.jaxmm_setup(spec, batch, "float32")
   assert result["models"][0]["flops_per_step"] == tb.traced_flops(train_fn, state, batch) > 0
   for text in ("jaxmm", "torch", "images/s", "sequences/s", "eager used", "channels_last",
