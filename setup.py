@@ -1,6 +1,8 @@
 """Installs jaxmm: interpretable multimodal medical classification in JAX/Flax."""
 import setuptools
 
+ONEDNN_PLATFORMS = "sys_platform == 'linux' and platform_machine == 'x86_64'"
+
 INSTALL_REQUIRES = [
     "jax>=0.10",
     "flax>=0.12",
@@ -21,6 +23,10 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "numpy>=1.26",
     "pillow>=10",
+    # oneDNN convolutions on CPU (jaxmm/models/onednn_conv.py; built on first use with g++,
+    # XLA's own convolutions where these or a compiler are missing).
+    f"onednn-cpu-gomp==2023.2.0; {ONEDNN_PLATFORMS}",
+    f"onednn-devel-cpu-gomp==2023.2.0; {ONEDNN_PLATFORMS}",
 ]
 
 TEST_REQUIRES = [
@@ -39,6 +45,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["jaxmm", "jaxmm.*"]),
+    package_data={"jaxmm.models": ["onednn_conv.cc"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
 )

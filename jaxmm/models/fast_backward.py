@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxmm.models import onednn_conv
+
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 # Whether `conv_general_dilated` and `max_pool` take the custom gradients (read when a model is
@@ -79,22 +81,24 @@ strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs):
-  """Drop-in for `lax.conv_general_dilated` (flax nn.Conv's `conv_general_dilated`) that
-  routes square-strided, undilated, ungrouped NHWC convs with kernels wider than stride + 1
-  to `strided_conv`."""
-  # Only kernels wider than stride + 1 (the 7x7/2 stem): for 3x3/2 and 1x1/2 XLA's own
-  # gradient is as fast or faster (measured on a 2-core CPU).
+  """Drop-in for `lax.conv_general_dilated` (flax nn.Conv's `conv_general_dilated`) for
+  square-strided, undilated, ungrouped NHWC convs: on oneDNN where `onednn_conv.usable` (float32
+  on one CPU device), else kernels wider than stride + 1 go to `strided_conv`."""
   plain = (ENABLED and lhs.ndim == 4 and len(set(window_strides)) == 1
-           and window_strides[0] > 1
-           and min(rhs.shape[:2]) > window_strides[0] + 1
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and feature_group_count == 1 and not isinstance(padding, str)
            and precision is None and not kwargs and dimension_numbers is not None
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
-  if plain:
-    return strided_conv(lhs, rhs, int(window_strides[0]), tuple(map(tuple, padding)))
+  stride = int(window_strides[0]) if plain else 0
+  padding = tuple(map(tuple, padding)) if plain else padding
+  if plain and onednn_conv.usable(lhs, rhs):
+    return onednn_conv.conv(lhs, rhs, stride, padding)
+  # Only kernels wider than stride + 1 (the 7x7/2 stem): for 3x3/2 and 1x1/2 XLA's own
+  # gradient is as fast or faster (measured on a 2-core CPU).
+  if plain and stride > 1 and min(rhs.shape[:2]) > stride + 1:
+    return strided_conv(lhs, rhs, stride, padding)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                   rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                   feature_group_count=feature_group_count, precision=precision,

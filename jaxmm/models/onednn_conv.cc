@@ -1,0 +1,229 @@
+// oneDNN convolutions as XLA FFI custom calls for jaxmm on CPU (see onednn_conv.py).
+//
+// Three handlers, float32, activations NHWC and kernels HWIO as jaxmm's models hold them:
+//   jaxmm_onednn_conv_fwd          y  = conv(x, w)           (x, w)   -> y
+//   jaxmm_onednn_conv_bwd_data     dx = d conv / d x . g     (g, w)   -> dx
+//   jaxmm_onednn_conv_bwd_weights  dw = d conv / d w . g     (x, g)   -> dw
+// Attributes: stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right (int64).
+// Activations stay in the caller's NHWC buffers; kernels are reordered to (from) the layout the
+// chosen oneDNN implementation wants on every call, as PyTorch does for channels_last training.
+// Primitives are built once per shape and kept; each call brings its own scratchpad, so calls
+// from several XLA threads at once are safe.
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+
+namespace {
+
+// N, C (in), H, W, O (out), KH, KW, OH, OW, stride h/w, pad top/bottom/left/right.
+using Key = std::array<int64_t, 15>;
+
+struct Conv {
+  dnnl::convolution_forward::primitive_desc fwd_pd;
+  dnnl::convolution_backward_data::primitive_desc data_pd;
+  dnnl::convolution_backward_weights::primitive_desc weights_pd;
+  dnnl::primitive fwd, data, weights;
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// Builds the forward pd eagerly (the backward ones need it as a hint) and each backward
+// primitive on first use, under the lock.
+Conv& Lookup(const Key& k, int which) {
+  static std::mutex mu;
+  static std::map<Key, std::unique_ptr<Conv>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& slot = cache[k];
+  const memory::dims src{k[0], k[1], k[2], k[3]}, wei{k[4], k[1], k[5], k[6]},
+      dst{k[0], k[4], k[7], k[8]}, strides{k[9], k[10]}, pad_l{k[11], k[13]},
+      pad_r{k[12], k[14]};
+  const memory::desc src_md(src, memory::data_type::f32, tag::nhwc);
+  const memory::desc dst_md(dst, memory::data_type::f32, tag::nhwc);
+  const memory::desc wei_any(wei, memory::data_type::f32, tag::any);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (!slot) {
+    slot = std::make_unique<Conv>();
+    slot->fwd_pd = dnnl::convolution_forward::primitive_desc(
+        Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+        src_md, wei_any, dst_md, strides, pad_l, pad_r, attr);
+    slot->fwd = dnnl::convolution_forward(slot->fwd_pd);
+  }
+  Conv& c = *slot;
+  if (which == 1 && !c.data) {
+    c.data_pd = dnnl::convolution_backward_data::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, src_md, wei_any, dst_md, strides, pad_l,
+        pad_r, c.fwd_pd, attr);
+    c.data = dnnl::convolution_backward_data(c.data_pd);
+  }
+  if (which == 2 && !c.weights) {
+    c.weights_pd = dnnl::convolution_backward_weights::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, src_md, wei_any, dst_md, strides,
+        pad_l, pad_r, c.fwd_pd, attr);
+    c.weights = dnnl::convolution_backward_weights(c.weights_pd);
+  }
+  return c;
+}
+
+Key MakeKey(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+            ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+            int64_t pl, int64_t pr) {
+  // x [N, H, W, C], w [KH, KW, C, O], y [N, OH, OW, O].
+  return Key{x[0], x[3], x[1], x[2], w[3], w[0], w[1], y[1], y[2], sh, sw, pt, pb, pl, pr};
+}
+
+ffi::Error Check(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                 ffi::Span<const int64_t> y) {
+  if (x.size() != 4 || w.size() != 4 || y.size() != 4 || x[3] != w[2] || y[3] != w[3] ||
+      x[0] != y[0]) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "jaxmm oneDNN conv: expected x [N,H,W,C], w [KH,KW,C,O], y [N,OH,OW,O]");
+  }
+  return ffi::Error::Success();
+}
+
+// Runs `prim` with `args` plus a scratchpad of the size `pd` asks for.
+void Execute(const dnnl::primitive& prim, const dnnl::primitive_desc& pd,
+             std::unordered_map<int, memory> args) {
+  thread_local std::vector<uint8_t> scratchpad;
+  const memory::desc sp = pd.scratchpad_desc();
+  scratchpad.resize(sp.get_size());
+  args.insert({DNNL_ARG_SCRATCHPAD, memory(sp, Engine(), scratchpad.data())});
+  dnnl::stream stream(Engine());
+  prim.execute(stream, args);
+  stream.wait();
+}
+
+// The kernel in the layout `want` asks for: the HWIO buffer itself, or a reordered copy.
+memory KernelIn(const memory::desc& want, const memory::dims& dims, float* hwio,
+                std::vector<uint8_t>& buffer) {
+  memory user(memory::desc(dims, memory::data_type::f32, tag::hwio), Engine(), hwio);
+  if (want == user.get_desc()) return user;
+  buffer.resize(want.get_size());
+  memory out(want, Engine(), buffer.data());
+  dnnl::stream stream(Engine());
+  dnnl::reorder(user, out).execute(stream, user, out);
+  stream.wait();
+  return out;
+}
+
+ffi::Error Fail(const dnnl::error& e) {
+  return ffi::Error(ffi::ErrorCode::kInternal, std::string("jaxmm oneDNN conv: ") + e.what());
+}
+
+ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
+                       int64_t pb, int64_t pl, int64_t pr) {
+  if (auto err = Check(x.dimensions(), w.dimensions(), y->dimensions()); err.failure())
+    return err;
+  try {
+    const Key k = MakeKey(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl,
+                          pr);
+    Conv& c = Lookup(k, 0);
+    thread_local std::vector<uint8_t> kernel;
+    memory wm = KernelIn(c.fwd_pd.weights_desc(), {k[4], k[1], k[5], k[6]}, w.typed_data(),
+                         kernel);
+    Execute(c.fwd, c.fwd_pd,
+            {{DNNL_ARG_SRC, memory(c.fwd_pd.src_desc(), Engine(), x.typed_data())},
+             {DNNL_ARG_WEIGHTS, wm},
+             {DNNL_ARG_DST, memory(c.fwd_pd.dst_desc(), Engine(), y->typed_data())}});
+  } catch (const dnnl::error& e) {
+    return Fail(e);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
+                           ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t pt,
+                           int64_t pb, int64_t pl, int64_t pr) {
+  if (auto err = Check(dx->dimensions(), w.dimensions(), g.dimensions()); err.failure())
+    return err;
+  try {
+    const Key k = MakeKey(dx->dimensions(), w.dimensions(), g.dimensions(), sh, sw, pt, pb, pl,
+                          pr);
+    Conv& c = Lookup(k, 1);
+    thread_local std::vector<uint8_t> kernel;
+    memory wm = KernelIn(c.data_pd.weights_desc(), {k[4], k[1], k[5], k[6]}, w.typed_data(),
+                         kernel);
+    Execute(c.data, c.data_pd,
+            {{DNNL_ARG_DIFF_DST, memory(c.data_pd.diff_dst_desc(), Engine(), g.typed_data())},
+             {DNNL_ARG_WEIGHTS, wm},
+             {DNNL_ARG_DIFF_SRC,
+              memory(c.data_pd.diff_src_desc(), Engine(), dx->typed_data())}});
+  } catch (const dnnl::error& e) {
+    return Fail(e);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
+                              ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw,
+                              int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  if (auto err = Check(x.dimensions(), dw->dimensions(), g.dimensions()); err.failure())
+    return err;
+  try {
+    const Key k = MakeKey(x.dimensions(), dw->dimensions(), g.dimensions(), sh, sw, pt, pb, pl,
+                          pr);
+    Conv& c = Lookup(k, 2);
+    const memory::dims dims{k[4], k[1], k[5], k[6]};
+    memory user(memory::desc(dims, memory::data_type::f32, tag::hwio), Engine(),
+                dw->typed_data());
+    const memory::desc want = c.weights_pd.diff_weights_desc();
+    thread_local std::vector<uint8_t> kernel;
+    memory out = user;
+    if (want != user.get_desc()) {
+      kernel.resize(want.get_size());
+      out = memory(want, Engine(), kernel.data());
+    }
+    Execute(c.weights, c.weights_pd,
+            {{DNNL_ARG_SRC, memory(c.weights_pd.src_desc(), Engine(), x.typed_data())},
+             {DNNL_ARG_DIFF_DST,
+              memory(c.weights_pd.diff_dst_desc(), Engine(), g.typed_data())},
+             {DNNL_ARG_DIFF_WEIGHTS, out}});
+    if (want != user.get_desc()) {
+      dnnl::stream stream(Engine());
+      dnnl::reorder(out, user).execute(stream, out, user);
+      stream.wait();
+    }
+  } catch (const dnnl::error& e) {
+    return Fail(e);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define JAXMM_CONV_ATTRS                                                              \
+  .Attr<int64_t>("stride_h").Attr<int64_t>("stride_w").Attr<int64_t>("pad_top")       \
+      .Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_left").Attr<int64_t>("pad_right")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxmmConvFwd, ConvFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXMM_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxmmConvBwdData, ConvBwdDataImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXMM_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxmmConvBwdWeights, ConvBwdWeightsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAXMM_CONV_ATTRS);
