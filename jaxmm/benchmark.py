@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmm import train_benchmark
+from jaxmm import host_memory, train_benchmark
 from jaxmm.data.atomic import write_text_atomic
-from jaxmm.models import fast_backward
+from jaxmm.models import fast_backward, onednn_conv
 from jaxmm.models.resnet import ResNet18
 from jaxmm.saliency import cams, model_fns, smoothgrad
 from jaxmm.saliency.targets import target_scores
@@ -185,9 +185,11 @@ def print_saliency(result: dict, args) -> None:
         f"LayerGradCam + bilinear interpolate; eval mode, torch default threads"
         f"{', channels_last' if args.channels_last else ''}"
         f"{', cudnn.benchmark' if result['torch_device'] == 'cuda' else ''}")
-  print(f"jaxmm: path_chunk {args.path_chunk}, sample_chunk {args.sample_chunk}; XLA_FLAGS="
+  print(f"jaxmm: path_chunk {args.path_chunk}, sample_chunk {args.sample_chunk}; "
+        f"{onednn_conv.describe() if fast_backward.ENABLED else 'XLA convolutions'}; XLA_FLAGS="
         f"{os.environ.get('XLA_FLAGS', '')!r} (--no-xla_cpu_flags: without the recommended CPU "
-        f"flags)")
+        f"flags); host memory "
+        f"{'kept (both sides: jaxmm.host_memory)' if args.kept_host_memory else 'as is'}")
   print(f"logits max |jaxmm - torch| = {result['logit_parity_max_abs_diff']:.2e}")
   for name in ("ig_smoothgrad_points_per_s", "gradcam_images_per_s"):
     values = result[name]
@@ -213,7 +215,9 @@ def parse(argv):
                       "images / 8 sequences on CPU, 256 / 64 on GPU)")
   parser.add_argument("--steps", type=int, default=16)
   parser.add_argument("--samples", type=int, default=2)
-  parser.add_argument("--path_chunk", type=int, default=4)
+  parser.add_argument("--path_chunk", type=int, default=0,
+                      help="IG path points per chunk (0: --steps, the whole path in one pass, as "
+                      "captum's internal_batch_size = batch x steps)")
   parser.add_argument("--sample_chunk", type=int, default=1)
   parser.add_argument("--repeats", type=int, default=None,
                       help="timed calls, the median is reported (saliency 3, train 10)")
@@ -225,6 +229,7 @@ def parse(argv):
   for key, value in DEFAULTS[args.which].items():
     if getattr(args, key) is None:
       setattr(args, key, value)
+  args.path_chunk = args.path_chunk or args.steps
   return args
 
 
@@ -254,6 +259,7 @@ def main(argv=None) -> int:
   args = parse(sys.argv[1:] if argv is None else argv)
   # Before anything starts JAX's backend: XLA reads XLA_FLAGS once, then.
   train_benchmark.setup_environment(args)
+  args.kept_host_memory = host_memory.keep_host_memory()  # both sides share this process
   fast_backward.ENABLED = args.fast_backward
   run, show = BENCHMARKS[args.which]
   result = run(args)

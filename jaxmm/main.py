@@ -17,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxmm import workflow
+from jaxmm import host_memory, workflow
 from jaxmm.evaluation import runner as evaluation_runner
 from jaxmm.report import report_runner
 from jaxmm.saliency import runner as saliency_runner
@@ -56,6 +56,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
+  host_memory.keep_host_memory()  # before JAX's backend starts its threads
   distributed.initialize(f.distributed, f.coordinator_address, f.num_processes, f.process_id)
   MODES[flags.FLAGS.mode](flags.FLAGS.config, flags.FLAGS.workdir)
 

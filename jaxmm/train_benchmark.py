@@ -483,7 +483,7 @@ def machine_info(args) -> dict:
   """Platform, device kind, CPUs, versions and both sides' global settings."""
   import jax
   import torch
-  from jaxmm.models import fast_backward
+  from jaxmm.models import fast_backward, onednn_conv
   device = jax.devices()[0]
   platform = device.platform
   dtype = args.dtype if args.dtype != "auto" else ("float32" if platform == "cpu"
@@ -493,7 +493,8 @@ def machine_info(args) -> dict:
           "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
           "cpu_model": cpu_model(), "dtype": dtype, "jax": jax.__version__,
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_device": torch_device,
-          "fast_backward": fast_backward.ENABLED,
+          "fast_backward": fast_backward.ENABLED, "convolutions": onednn_conv.describe(),
+          "kept_host_memory": bool(getattr(args, "kept_host_memory", False)),
           "torch_threads": torch.get_num_threads(),
           "torch_settings": configure_torch(torch_device, dtype)}
 
@@ -539,6 +540,8 @@ def jaxmm_settings(model: dict, machine: dict) -> str:
   if model["unit"] == "images":
     parts.append("fast_backward gradients" if machine["fast_backward"]
                  else "XLA's conv / max-pool gradients (--no-fast_backward)")
+    if machine["fast_backward"]:
+      parts.append(machine["convolutions"])
   if machine["platform"] == "cpu":
     parts.append(f"XLA_FLAGS={machine['xla_flags']!r}")
   return ", ".join(parts)
@@ -564,7 +567,8 @@ def print_train(result: dict, args) -> None:
   print(f"machine: {m['device_count']} x {m['device_kind']} ({m['platform']}); "
         f"{m['cpu_count']} CPUs ({m['cpu_model']}), load average {m['load_before']:.2f} "
         f"before, {m['load_after']:.2f} after; jax {m['jax']}; torch on {m['torch_device']}, "
-        f"{m['torch_threads']} threads; compute dtype {m['dtype']}")
+        f"{m['torch_threads']} threads; compute dtype {m['dtype']}; host memory "
+        f"{'kept (glibc, both sides: jaxmm.host_memory)' if m['kept_host_memory'] else 'as is'}")
   for model in result["models"]:
     optimizer = "SGD momentum 0.9" if model["optimizer"] == "sgd" else "AdamW wd 0.01"
     print(f"{model['model']}: {model['sizes']}; {optimizer}, lr {model['learning_rate']}; "
