@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import shutil
+import site
 import subprocess
 import sys
 import tempfile
@@ -57,10 +58,11 @@ def mode() -> str:
 
 
 def onednn_root() -> Path:
-  """The prefix holding oneDNN's include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so: $JAXMM_ONEDNN_ROOT,
-  else the Python prefix pip installs the onednn wheels' data into."""
+  """The prefix holding oneDNN's include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so:
+  $JAXMM_ONEDNN_ROOT, else where pip installs the onednn wheels' data (the environment's
+  prefix, or the user base for `pip install --user`)."""
   candidates = ([Path(os.environ["JAXMM_ONEDNN_ROOT"])] if os.environ.get("JAXMM_ONEDNN_ROOT")
-                else [Path(sys.prefix), Path(sys.base_prefix)])
+                else [Path(sys.prefix), Path(sys.base_prefix), Path(site.getuserbase())])
   for root in candidates:
     if (root / "include/oneapi/dnnl/dnnl.hpp").is_file() and (root / "lib/libdnnl.so").exists():
       return root
