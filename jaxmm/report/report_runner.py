@@ -489,8 +489,8 @@ DETERMINISM_NOTES = (
 
 
 def reproducibility_body(workdir: str, runs: Sequence[tuple[str, str]]) -> str:
-  """Per run: seed, backend, XLA_FLAGS and relative links to its record files; the key
-  package versions; how GPU runs are made deterministic."""
+  """Per run: seed, backend, XLA_FLAGS, convolutions and relative links to its record files;
+  the key package versions; how GPU runs are made deterministic."""
   rows, versions = [], {}
   for name, run_dir in runs:
     env = optional_json(os.path.join(run_dir, "env_info.json"), {})
@@ -499,12 +499,13 @@ def reproducibility_body(workdir: str, runs: Sequence[tuple[str, str]]) -> str:
     files = [html.link(relative(os.path.join(run_dir, f), workdir), f) for f in RUN_FILES
              if os.path.exists(os.path.join(run_dir, f))]
     rows.append((name, env.get("seed", config.get("seed")), env.get("backend"),
-                 env.get("xla_flags") or "(unset)", files))
+                 env.get("xla_flags") or "(unset)", env.get("convolutions", "-"), files))
   body = html.html_table(
-      ["run", "seed", "backend", "XLA_FLAGS", "records"],
+      ["run", "seed", "backend", "XLA_FLAGS", "convolutions", "records"],
       [[(html.text(n), False), (html.text(s), True), (html.text(b), False),
-        (f"<code>{html.text(x)}</code>", False), (" &middot; ".join(links), False)]
-       for n, s, b, x, links in rows],
+        (f"<code>{html.text(x)}</code>", False), (html.text(c), False),
+        (" &middot; ".join(links), False)]
+       for n, s, b, x, c, links in rows],
       caption="Seeds and run records (links relative to this report)")
   if versions:
     body += html.key_value_table([(k, versions[k]) for k in KEY_VERSIONS if versions.get(k)],

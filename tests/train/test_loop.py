@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxmm.data import pipeline
+from jaxmm.models import onednn_conv
 from jaxmm.train import checkpointing, loop
 
 
@@ -57,7 +58,9 @@ def test_training_lowers_the_loss(smoke_config, tmp_path):
   for name in ("config.json", "env_info.json", "requirements.lock", "results.json"):
     assert (tmp_path / name).exists(), name
   assert "jax==" in (tmp_path / "requirements.lock").read_text()
-  assert json.loads((tmp_path / "env_info.json").read_text())["seed"] == config.seed
+  env = json.loads((tmp_path / "env_info.json").read_text())
+  assert env["seed"] == config.seed
+  assert env["convolutions"] == onednn_conv.describe()
   assert set(results) >= {"validation", "test", "best_step"}
   assert 0.0 <= results["test"]["macro_f1"] <= 1.0
   # --mode=eval on the workdir reproduces the best checkpoint's test metrics exactly.
