@@ -108,6 +108,18 @@ def build(root: Path | None = None, out_dir: Path | None = None) -> Path:
   return target
 
 
+def open_library(out_dir: Path | None = None) -> ctypes.CDLL:
+  """Builds (if needed) and opens the library; a cached file that does not load (truncated,
+  say) is removed and built again once."""
+  path = build(out_dir=out_dir)
+  try:
+    return ctypes.cdll.LoadLibrary(str(path))
+  except OSError as e:
+    logging.warning("jaxmm: rebuilding the oneDNN library %s, which did not load: %s", path, e)
+    path.unlink(missing_ok=True)
+    return ctypes.cdll.LoadLibrary(str(build(out_dir=out_dir)))
+
+
 def load() -> None:
   """Builds (if needed) and loads the library and registers its FFI targets; once per
   process. Raises OneDNNUnavailable (the same one again on later calls) if it cannot."""
@@ -116,7 +128,7 @@ def load() -> None:
   if "error" in _state:
     raise _state["error"]
   try:
-    lib = ctypes.cdll.LoadLibrary(str(build()))
+    lib = open_library()
     for name, symbol in TARGETS.items():
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
                                   platform="cpu")

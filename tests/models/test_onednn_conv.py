@@ -125,3 +125,10 @@ def test_missing_library_and_failed_build_say_what_and_where(tmp_path, monkeypat
                      match="(?s)building onednn_conv.cc failed.*not a real header"):
     onednn_conv.build(root, tmp_path / "cache")
   assert list((tmp_path / "cache").iterdir()) == []  # no half-written library left behind
+
+
+def test_a_corrupt_cached_library_is_rebuilt(loaded, tmp_path):
+  path = onednn_conv.build(out_dir=tmp_path)
+  path.write_bytes(b"not a shared library")
+  lib = onednn_conv.open_library(tmp_path)
+  assert hasattr(lib, "JaxmmConvFwd") and path.stat().st_size > 1000
