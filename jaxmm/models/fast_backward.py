@@ -93,7 +93,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
   stride = int(window_strides[0]) if plain else 0
   padding = tuple(map(tuple, padding)) if plain else padding
-  if plain and onednn_conv.usable(lhs, rhs):
+  if plain and min(min(pair) for pair in padding) >= 0 and onednn_conv.usable(lhs, rhs):
     return onednn_conv.conv(lhs, rhs, stride, padding)
   # Only kernels wider than stride + 1 (the 7x7/2 stem): for 3x3/2 and 1x1/2 XLA's own
   # gradient is as fast or faster (measured on a 2-core CPU).

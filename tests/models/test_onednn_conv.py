@@ -95,9 +95,11 @@ def test_flax_convs_route_to_onednn_on_one_cpu_device(loaded, monkeypatch):
                                nn.Conv(4, (3, 3), stride, padding=1,
                                        use_bias=False).apply(variables, x), rtol=1e-5,
                                atol=1e-5)
-    # bfloat16 operands keep XLA's convolution.
+    # bfloat16 operands and negative (cropping) padding keep XLA's convolution.
     layer.apply(jax.tree.map(lambda v: v.astype(jnp.bfloat16), variables),
                 x.astype(jnp.bfloat16))
+    fast_backward.conv_general_dilated(x, variables["params"]["kernel"], (stride, stride),
+                                       ((-1, 1), (1, 1)), dimension_numbers=NHWC)
   assert calls == [(1, ((1, 1), (1, 1))), (2, ((1, 1), (1, 1)))]
   assert onednn_conv.describe() == "oneDNN convolutions (float32)"
 
