@@ -1,8 +1,10 @@
-"""Strided conv and max pool with input gradients XLA's CPU backend computes fast.
+"""Convs and max pool with gradients that are fast on CPU.
 
-Both give the same values as `lax.conv_general_dilated` / `nn.max_pool`; only how the
-gradient with respect to the input is computed changes (the parameter gradient is the
-standard one, and XLA drops it when only input gradients are taken, as in saliency):
+`conv_general_dilated` (the ResNets' convs) runs float32 convs on one CPU device on oneDNN
+(`onednn_conv`: forward and both gradients). Elsewhere, and for the max pool, the values are
+those of `lax.conv_general_dilated` / `nn.max_pool`; only how the gradient with respect to
+the input is computed changes (the parameter gradient is the standard one, and XLA drops it
+when only input gradients are taken, as in saliency):
   * strided conv: XLA computes d input as a convolution of the lhs-dilated output gradient,
     which wastes (stride^2 - 1) / stride^2 of its work on inserted zeros (the 7x7/2 ResNet
     stem: 153 ms vs 42 ms forward for 16 images at 224 px, 2-core CPU). Here it is one
