@@ -42,9 +42,11 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+enum class Part { kForward, kInputGradient, kKernelGradient };
+
 // Builds the forward pd eagerly (the backward ones need it as a hint) and each backward
 // primitive on first use, under the lock.
-Conv& Lookup(const Key& k, int which) {
+Conv& Lookup(const Key& k, Part part) {
   static std::mutex mu;
   static std::map<Key, std::unique_ptr<Conv>> cache;
   std::lock_guard<std::mutex> lock(mu);
@@ -65,13 +67,13 @@ Conv& Lookup(const Key& k, int which) {
     slot->fwd = dnnl::convolution_forward(slot->fwd_pd);
   }
   Conv& c = *slot;
-  if (which == 1 && !c.data) {
+  if (part == Part::kInputGradient && !c.data) {
     c.data_pd = dnnl::convolution_backward_data::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, src_md, wei_any, dst_md, strides, pad_l,
         pad_r, c.fwd_pd, attr);
     c.data = dnnl::convolution_backward_data(c.data_pd);
   }
-  if (which == 2 && !c.weights) {
+  if (part == Part::kKernelGradient && !c.weights) {
     c.weights_pd = dnnl::convolution_backward_weights::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, src_md, wei_any, dst_md, strides,
         pad_l, pad_r, c.fwd_pd, attr);
@@ -109,16 +111,26 @@ void Execute(const dnnl::primitive& prim, const dnnl::primitive_desc& pd,
   stream.wait();
 }
 
+void Reorder(memory& from, memory& to) {
+  dnnl::stream stream(Engine());
+  dnnl::reorder(from, to).execute(stream, from, to);
+  stream.wait();
+}
+
+// The HWIO kernel buffer of convolution `k` as oneDNN memory.
+memory Hwio(const Key& k, float* data) {
+  return memory(memory::desc({k[4], k[1], k[5], k[6]}, memory::data_type::f32, tag::hwio),
+                Engine(), data);
+}
+
 // The kernel in the layout `want` asks for: the HWIO buffer itself, or a reordered copy.
-memory KernelIn(const memory::desc& want, const memory::dims& dims, float* hwio,
+memory KernelIn(const memory::desc& want, const Key& k, float* hwio,
                 std::vector<uint8_t>& buffer) {
-  memory user(memory::desc(dims, memory::data_type::f32, tag::hwio), Engine(), hwio);
+  memory user = Hwio(k, hwio);
   if (want == user.get_desc()) return user;
   buffer.resize(want.get_size());
   memory out(want, Engine(), buffer.data());
-  dnnl::stream stream(Engine());
-  dnnl::reorder(user, out).execute(stream, user, out);
-  stream.wait();
+  Reorder(user, out);
   return out;
 }
 
@@ -134,10 +146,9 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   try {
     const Key k = MakeKey(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl,
                           pr);
-    Conv& c = Lookup(k, 0);
+    Conv& c = Lookup(k, Part::kForward);
     thread_local std::vector<uint8_t> kernel;
-    memory wm = KernelIn(c.fwd_pd.weights_desc(), {k[4], k[1], k[5], k[6]}, w.typed_data(),
-                         kernel);
+    memory wm = KernelIn(c.fwd_pd.weights_desc(), k, w.typed_data(), kernel);
     Execute(c.fwd, c.fwd_pd,
             {{DNNL_ARG_SRC, memory(c.fwd_pd.src_desc(), Engine(), x.typed_data())},
              {DNNL_ARG_WEIGHTS, wm},
@@ -156,10 +167,9 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
   try {
     const Key k = MakeKey(dx->dimensions(), w.dimensions(), g.dimensions(), sh, sw, pt, pb, pl,
                           pr);
-    Conv& c = Lookup(k, 1);
+    Conv& c = Lookup(k, Part::kInputGradient);
     thread_local std::vector<uint8_t> kernel;
-    memory wm = KernelIn(c.data_pd.weights_desc(), {k[4], k[1], k[5], k[6]}, w.typed_data(),
-                         kernel);
+    memory wm = KernelIn(c.data_pd.weights_desc(), k, w.typed_data(), kernel);
     Execute(c.data, c.data_pd,
             {{DNNL_ARG_DIFF_DST, memory(c.data_pd.diff_dst_desc(), Engine(), g.typed_data())},
              {DNNL_ARG_WEIGHTS, wm},
@@ -179,10 +189,8 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
   try {
     const Key k = MakeKey(x.dimensions(), dw->dimensions(), g.dimensions(), sh, sw, pt, pb, pl,
                           pr);
-    Conv& c = Lookup(k, 2);
-    const memory::dims dims{k[4], k[1], k[5], k[6]};
-    memory user(memory::desc(dims, memory::data_type::f32, tag::hwio), Engine(),
-                dw->typed_data());
+    Conv& c = Lookup(k, Part::kKernelGradient);
+    memory user = Hwio(k, dw->typed_data());
     const memory::desc want = c.weights_pd.diff_weights_desc();
     thread_local std::vector<uint8_t> kernel;
     memory out = user;
@@ -195,11 +203,7 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
              {DNNL_ARG_DIFF_DST,
               memory(c.weights_pd.diff_dst_desc(), Engine(), g.typed_data())},
              {DNNL_ARG_DIFF_WEIGHTS, out}});
-    if (want != user.get_desc()) {
-      dnnl::stream stream(Engine());
-      dnnl::reorder(out, user).execute(stream, out, user);
-      stream.wait();
-    }
+    if (want != user.get_desc()) Reorder(out, user);
   } catch (const dnnl::error& e) {
     return Fail(e);
   }

@@ -161,14 +161,22 @@ def available() -> bool:
   return True
 
 
+def _excluded() -> str | None:
+  """Why this process's default devices keep XLA's convolutions before any library question
+  (switched off, not a CPU, several devices), or None."""
+  if mode() == "off":
+    return f"{ENV}=0"
+  if jax.default_backend() != "cpu":
+    return f"on {jax.default_backend()}"
+  if jax.device_count() != 1:
+    return "several devices"
+  return None
+
+
 def describe() -> str:
   """Which convolutions jaxmm's ResNets run on this process's default devices, and why."""
-  if mode() == "off":
-    return f"XLA convolutions ({ENV}=0)"
-  if jax.default_backend() != "cpu":
-    return f"XLA convolutions (on {jax.default_backend()})"
-  if jax.device_count() != 1:
-    return "XLA convolutions (several devices)"
+  if reason := _excluded():
+    return f"XLA convolutions ({reason})"
   try:
     load()
   except OneDNNUnavailable as e:
@@ -178,8 +186,8 @@ def describe() -> str:
 
 def usable(x: jax.Array, kernel: jax.Array) -> bool:
   """Whether conv(x, kernel, ...) should run on oneDNN: float32, CPU, a single device."""
-  return (x.dtype == jnp.float32 and kernel.dtype == jnp.float32
-          and jax.default_backend() == "cpu" and jax.device_count() == 1 and available())
+  return (x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and _excluded() is None
+          and available())
 
 
 # ---------------------------------------------------------------- the custom calls
