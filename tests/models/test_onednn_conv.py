@@ -41,7 +41,10 @@ def case(kernel, stride, size, cin, cout, seed=0):
 @pytest.mark.parametrize("kernel,stride,pad,size,cin,cout", [
     (3, 1, ((1, 1), (1, 1)), 12, 4, 5), (1, 1, ((0, 0), (0, 0)), 9, 3, 7),
     (3, 2, ((1, 1), (1, 1)), 15, 4, 6), (1, 2, ((0, 0), (0, 0)), 16, 5, 6),
-    (7, 2, ((3, 3), (3, 3)), 32, 3, 8), (3, 1, ((0, 2), (2, 1)), 10, 2, 3)])
+    (7, 2, ((3, 3), (3, 3)), 32, 3, 8), (3, 1, ((0, 2), (2, 1)), 10, 2, 3),
+    # ResNet-sized channels: the kernels go to oneDNN's blocked layouts (on AVX-512, Acdb64a
+    # and Bcda64b; 72 outputs pad the last block), copied by onednn_conv.cc's CopyToBlocked.
+    (3, 1, ((1, 1), (1, 1)), 6, 64, 64), (3, 2, ((1, 1), (1, 1)), 7, 128, 72)])
 def test_values_and_both_gradients_match_lax(loaded, kernel, stride, pad, size, cin, cout):
   x, w = case(kernel, stride, size, cin, cout)
   ours = jax.jit(lambda x, w: onednn_conv.conv(x, w, stride, pad))
