@@ -15,7 +15,11 @@ import sys
 ENV = "JAXMM_KEEP_HOST_MEMORY"  # 0: leave the allocator as it is
 # glibc mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
+# mallopt takes an int but glibc keeps the trim threshold as a size_t: -1 is "never". (With
+# 2**31 - 1, freeing ResNet-50's 2 GB temporary buffer at times left more than that free at the
+# top of the heap, glibc gave it back, and the next step faulted 2 GB in again: 4-5 s steps.)
+NEVER = -1
+SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER))
 
 
 def keep_host_memory() -> bool:

@@ -45,3 +45,35 @@ def test_kept_host_memory_stops_per_call_page_faults():
   # Without the setting every step faults its temporary buffer in again (30k pages measured).
   assert default["faults_per_call"] > 10_000, default
   assert kept["faults_per_call"] < 1_000, kept
+
+
+# A buffer larger than 2**31 bytes freed at the top of the heap: glibc trims the heap when the
+# free top exceeds the trim threshold, so the next allocation of that size faults every page
+# in again unless the threshold is "never" (ResNet-50's 2 GB temporary buffer did this).
+BIG_SCRIPT = r"""
+import ctypes, json, resource
+from jaxmm import host_memory
+kept = host_memory.keep_host_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+size = 2**31 + 2**28
+def touch():
+  p = libc.malloc(size)
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  ctypes.memset(p, 1, size)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+  libc.free(p)
+  return faults
+first, again = touch(), touch()
+print(json.dumps({"kept": kept, "first": first, "again": again}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_memory_above_2_gib_is_kept_too():
+  out = subprocess.run([sys.executable, "-c", BIG_SCRIPT], capture_output=True, text=True,
+                       timeout=300, check=True)
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["kept"] and result["first"] > 100_000, result  # 2.25 GiB of 4 KiB pages
+  assert result["again"] < 1_000, result
