@@ -5,8 +5,10 @@ step at batch 16 and 224 px) with malloc from a worker thread, and glibc serves 
 large with a fresh mmap that is unmapped again on free: every step then page-faults the whole
 buffer in (118k faults, about 200 ms of a 750 ms step on a 2-core CPU). `keep_host_memory`
 makes glibc serve every thread from its main heap and keep freed memory for reuse (no mmap per
-allocation, no trimming), so after the first step nothing is faulted in again. The cost is that
-the process keeps its peak heap until it exits, as PyTorch's and JAX's device allocators do.
+allocation, no trimming), so a step faults nothing in unless the heap must grow: when smaller
+allocations have split the hole a freed buffer left, the next buffer goes to the top of the heap
+(a step or two early in a run, now and then later). The cost is that the process keeps its peak
+heap until it exits, as PyTorch's and JAX's device allocators do.
 """
 import ctypes
 import os

@@ -1,4 +1,4 @@
-"""keep_host_memory: after the first call, XLA's large temporary buffers fault nothing in."""
+"""keep_host_memory: once the heap has room for them, XLA's large temporary buffers fault nothing in."""
 import json
 import os
 import subprocess
@@ -10,7 +10,7 @@ from jaxmm import host_memory
 
 # jaxmm's ResNet-18 training step (as the training benchmark compiles it) at 96 px, batch 16:
 # XLA's temporary buffer for it is ~125 MB, above glibc's largest mmap threshold. Prints the
-# minor page faults per step after two warm-up steps.
+# minor page faults of each step after two warm-up steps.
 SCRIPT = r"""
 import json, resource, types
 from jaxmm import host_memory
@@ -21,11 +21,12 @@ spec = tb.model_spec("resnet18", args)
 stepper, _ = tb.jaxmm_stepper(spec, tb.random_batch(spec, 16, args), "float32")
 for _ in range(2):
   stepper.sync(stepper.step())
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+faults = []
+for _ in range(8):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   stepper.sync(stepper.step())
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
-print(json.dumps({"kept": kept, "faults_per_call": faults}))
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"kept": kept, "faults": faults}))
 """
 
 
@@ -42,9 +43,13 @@ def run(env_value):
 def test_kept_host_memory_stops_per_call_page_faults():
   kept, default = run(None), run("0")
   assert kept["kept"] and not default["kept"]
-  # Without the setting every step faults its temporary buffer in again (30k pages measured).
-  assert default["faults_per_call"] > 10_000, default
-  assert kept["faults_per_call"] < 1_000, kept
+  # Without the setting every step faults its temporary buffer in again (30.8k pages measured).
+  assert min(default["faults"]) > 10_000, default
+  # With it, a step faults nothing in unless the heap has to grow: when smaller allocations have
+  # split the hole the last buffer left, the next one goes to the top of the heap (one buffer's
+  # worth of faults, seen in 0-2 of the first 10 steps; the heap then keeps that hole too).
+  quiet = sum(f < 1_000 for f in kept["faults"])
+  assert quiet >= 5, kept
 
 
 # A buffer larger than 2**31 bytes freed at the top of the heap: glibc trims the heap when the
