@@ -224,13 +224,18 @@ def jaxmm_setup(spec: ModelSpec, batch: dict, dtype: str, seed: int = 0):
 
 
 def _jaxpr_flops(jaxpr) -> float:
-  """2 x the multiply-adds of the dot_general / conv_general_dilated equations of a jaxpr
+  """2 x the multiply-adds of the dot_general / conv_general_dilated equations (and jaxmm's
+  conv primitives, `conv_ops.model_flops`) of a jaxpr
   (those with the zeros of an input dilation left out), recursing into sub-jaxprs (jit,
   custom gradients, remat; a scan's body x its length, the costliest branch of a cond, a
   while body once)."""
+  from jaxmm.models import conv_ops
   total = 0.0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
+    if (flops := conv_ops.model_flops(eqn)) is not None:  # jaxmm's convs and their gradients
+      total += flops
+      continue
     if name == "dot_general":
       lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
       (contract, _), (batch, _) = eqn.params["dimension_numbers"]

@@ -135,6 +135,11 @@ def test_traced_flops_count_products_and_convolutions_by_hand():
   strided = 2 * (2 * 5 * 5 * 6) * (3 * 3 * 4)  # 5x5 outputs
   input_grad = jax.grad(lambda image: jnp.sum(conv(2)(image)))
   assert tb.traced_flops(input_grad, image) == 2 * strided  # forward + input gradient
+  # jaxmm's conv primitives (the strided-conv family; oneDNN's are the same ConvOps) count as
+  # the lax conv they compute: forward + input gradient + kernel gradient.
+  from jaxmm.models import fast_backward
+  ours = lambda image, kernel: jnp.sum(fast_backward.strided_conv(image, kernel, 2, ((1, 1),) * 2))
+  assert tb.traced_flops(jax.grad(ours, (0, 1)), image, kernel) == 3 * strided
   m = jnp.ones((32, 32))
   scan = lambda m: lax.scan(lambda c, _: (c @ m, None), jnp.ones((4, 32)), length=5)[0]
   assert tb.traced_flops(scan, m) == 5 * 2 * 4 * 32 * 32

@@ -13,19 +13,21 @@ when only input gradients are taken, as in saliency):
   * max pool: XLA's select-and-scatter takes 253 ms vs 23 ms forward (3x3/2, 16 x 112^2 x 64);
     here the gradient goes to the first maximum of each window through k^2 masked, padded
     adds into stride^2 phase planes: a few elementwise passes.
+All of them are `conv_ops` primitives whose derivatives are primitives too, so jax.jvp, grad of
+grad (input-gradient penalties) and hessian-vector products work through the ResNets and
+reach the same fast kernels.
 """
-import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxmm.models import onednn_conv
+from jaxmm.models import conv_ops, onednn_conv
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
-# Whether `conv_general_dilated` and `max_pool` take the custom gradients (read when a model is
+# Whether `conv_general_dilated` and `max_pool` take the fast gradients (read when a model is
 # traced). False: plain lax ops and XLA's own gradients (select-and-scatter for the pool, which
 # is non-deterministic on GPU). `python -m jaxmm.benchmark train --no-fast_backward` compares.
 ENABLED = True
@@ -58,26 +60,29 @@ def polyphase_input_gradient(g: jax.Array, kernel: jax.Array, stride: int,
            padding[1][0]:padding[1][0] + input_hw[1]]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def strided_conv(x: jax.Array, kernel: jax.Array, stride: int,
-                 padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-  """NHWC / HWIO convolution with equal strides in both dimensions (no dilation, groups)."""
+def _lax_conv(x, kernel, *, stride, padding):
   return lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=NHWC)
 
 
-def _strided_conv_fwd(x, kernel, stride, padding):
-  return strided_conv(x, kernel, stride, padding), (x, kernel)
+def _polyphase_input_grad(g, kernel, *, stride, padding, input_hw):
+  return polyphase_input_gradient(g, kernel, stride, padding, input_hw)
 
 
-def _strided_conv_bwd(stride, padding, residuals, g):
-  x, kernel = residuals
-  dx = polyphase_input_gradient(g, kernel, stride, padding, x.shape[1:3]).astype(x.dtype)
-  _, kernel_vjp = jax.vjp(lambda k: lax.conv_general_dilated(
-      x, k, (stride, stride), padding, dimension_numbers=NHWC), kernel)
-  return dx, kernel_vjp(g)[0]
+def _lax_kernel_grad(x, g, *, stride, padding, kernel_hw):
+  kernel = jax.ShapeDtypeStruct((*kernel_hw, x.shape[-1], g.shape[-1]), x.dtype)
+  return jax.linear_transpose(lambda k: _lax_conv(x, k, stride=stride, padding=padding),
+                              kernel)(g)[0]
 
 
-strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
+STRIDED = conv_ops.conv_ops("jaxmm_strided_conv", _lax_conv, _polyphase_input_grad,
+                            _lax_kernel_grad)
+
+
+def strided_conv(x: jax.Array, kernel: jax.Array, stride: int,
+                 padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """NHWC / HWIO convolution with equal strides in both dimensions (no dilation, groups); its
+  input gradient is `polyphase_input_gradient`, its kernel gradient XLA's."""
+  return STRIDED.forward.bind(x, kernel, stride=stride, padding=padding)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -107,43 +112,60 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                                   **kwargs)
 
 
-def _pool_max(x, window, stride, padding):
+def _pool_max(x, *, window, stride, padding):
   return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1),
                            ((0, 0), padding, padding, (0, 0)))
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: tuple[int, int]) -> jax.Array:
   """Square max pool of NHWC x (padding with -inf), as `nn.max_pool`; its gradient goes to
-  the first maximum of each window (`_max_pool_bwd`) when ENABLED."""
-  return (_max_pool if ENABLED else _pool_max)(x, window, stride, padding)
+  the first maximum of each window (`_scatter_to_first_max`) when ENABLED."""
+  padding = tuple(padding)
+  if not ENABLED:
+    return _pool_max(x, window=window, stride=stride, padding=padding)
+  return POOL.pool.bind(x, window=window, stride=stride, padding=padding)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x: jax.Array, window: int, stride: int, padding: tuple[int, int]) -> jax.Array:
-  return _pool_max(x, window, stride, padding)
+def _window_slice(xp, a, b, out_hw, stride):
+  n, _, _, c = xp.shape
+  return lax.slice(xp, (0, a, b, 0), (n, a + stride * (out_hw[0] - 1) + 1,
+                                      b + stride * (out_hw[1] - 1) + 1, c),
+                   (1, stride, stride, 1))
 
 
-def _max_pool_fwd(x, window, stride, padding):
-  y = _pool_max(x, window, stride, padding)
-  return y, (x, y)
-
-
-def _max_pool_bwd(window, stride, padding, residuals, g):
-  """The gradient of each window goes to its first maximum (row-major window order): the
-  window offset of that maximum is found in one pass, then each of the stride^2 phase planes
-  of the (padded) input gathers the gradients of the windows whose maximum it holds."""
-  x, y = residuals
-  n, h, w, c = x.shape
-  oh, ow = y.shape[1:3]
+def _first_max(x, window, stride, padding):
+  """-inf-padded x, the pool's value y and, per window, the row-major offset of its first
+  maximum (found in one pass)."""
+  y = _pool_max(x, window=window, stride=stride, padding=padding)
   xp = jnp.pad(x, ((0, 0), padding, padding, (0, 0)), constant_values=-jnp.inf)
-  qh, qw = -(-xp.shape[1] // stride), -(-xp.shape[2] // stride)
   offsets = [(a, b) for a in range(window) for b in range(window)]
   first = jnp.full(y.shape, len(offsets) - 1, jnp.int32)
   for k, (a, b) in reversed(list(enumerate(offsets))):
-    candidate = lax.slice(xp, (0, a, b, 0), (n, a + stride * (oh - 1) + 1,
-                                             b + stride * (ow - 1) + 1, c),
-                          (1, stride, stride, 1))
-    first = jnp.where(candidate == y, k, first)
+    first = jnp.where(_window_slice(xp, a, b, y.shape[1:3], stride) == y, k, first)
+  return xp, y, first
+
+
+def _gather_first_max(t, x, *, window, stride, padding):
+  """The tangent of the pool: t at each window's first maximum."""
+  xp, y, first = _first_max(x, window, stride, padding)
+  tp = jnp.pad(t, ((0, 0), padding, padding, (0, 0)))
+  out = jnp.zeros(y.shape, t.dtype)
+  for k, (a, b) in enumerate((a, b) for a in range(window) for b in range(window)):
+    out = jnp.where(first == k, _window_slice(tp, a, b, y.shape[1:3], stride), out)
+  return out
+
+
+def _scatter_to_first_max(g, x, *, window, stride, padding):
+  """The transpose of `_gather_first_max`: the gradient of each window goes to its first
+  maximum (row-major window order). Each of the stride^2 phase planes of the (padded) input
+  gathers the gradients of the windows whose maximum it holds (XLA's select-and-scatter takes
+  253 ms vs 23 ms forward for 3x3/2 on 16 x 112^2 x 64, 2-core CPU; this is a few elementwise
+  passes)."""
+  xp, y, first = _first_max(x, window, stride, padding)
+  n, h, w, c = x.shape
+  oh, ow = y.shape[1:3]
+  qh, qw = -(-xp.shape[1] // stride), -(-xp.shape[2] // stride)
+  offsets = [(a, b) for a in range(window) for b in range(window)]
   # Plane position q receives window q - a // stride of offset a: read shifted windows from
   # copies of `first` and g padded once (an out-of-range window reads offset -1, gradient 0).
   lo = (window - 1) // stride
@@ -162,7 +184,8 @@ def _max_pool_bwd(window, stride, padding, residuals, g):
   grid = jnp.stack([jnp.stack([planes.get((ra, rb), zero) for rb in range(stride)], 3)
                     for ra in range(stride)], 2)  # [n, qh, s, qw, s, c]
   dx = grid.reshape(n, qh * stride, qw * stride, c)
-  return (dx[:, padding[0]:padding[0] + h, padding[0]:padding[0] + w],)
+  return dx[:, padding[0]:padding[0] + h, padding[0]:padding[0] + w]
 
 
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+POOL = conv_ops.max_pool_ops("jaxmm_max_pool", _pool_max, _gather_first_max,
+                             _scatter_to_first_max)

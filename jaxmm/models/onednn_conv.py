@@ -7,9 +7,10 @@ use) reads NHWC activations directly. On a 2-core Xeon, 16 x 56^2 x 64, 3x3: for
 training step at batch 16: 1.01 -> 0.76 s (0.70 s with jaxmm.host_memory, 0.60 s once the
 scratchpads and kernel copies stopped being zeroed and re-copied the slow way).
 
-`conv(x, kernel, stride, padding)` is the NHWC / HWIO float32 convolution with a custom VJP
-whose three parts (forward, input gradient, kernel gradient) are oneDNN primitives
-(onednn_conv.cc). The library is compiled on first use with the machine's C++ compiler against
+`conv(x, kernel, stride, padding)` is the NHWC / HWIO float32 convolution; its forward, input
+gradient and kernel gradient are oneDNN primitives (onednn_conv.cc), called through three JAX
+primitives that transpose into each other (`conv_ops`), so jax.grad, jax.jvp, grad of grad and
+vmap all use them. The library is compiled on first use with the machine's C++ compiler against
 the headers of jaxlib (XLA FFI) and of the `onednn-devel-cpu-gomp` wheel, into
 `$JAXMM_CACHE_DIR` (default ~/.cache/jaxmm), once per source, jax and oneDNN version.
 
@@ -19,7 +20,6 @@ convolutions) and the library builds and loads. JAXMM_ONEDNN=0 turns it off, =1 
 build an error instead of a one-time warning and a fall back to XLA's convolutions.
 """
 import ctypes
-import functools
 import hashlib
 import logging
 import os
@@ -34,7 +34,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
+
+from jaxmm.models import conv_ops
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 TARGETS = {"jaxmm_onednn_conv_fwd": "JaxmmConvFwd",
@@ -210,74 +211,32 @@ def output_shape(x_shape, kernel_shape, stride: int, padding) -> tuple[int, int,
   return (n, (h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1, out)
 
 
-def _batched(call, fold: int | None):
-  """`call(a, b)` on rank-4 operands, made vmappable: when only operand `fold` (one whose
-  leading axis is the images axis) carries the vmapped axis, that axis is folded into the
-  images (one bigger call); otherwise the calls run one after another (lax.map)."""
-  @jax.custom_batching.custom_vmap
-  def fn(a, b):
-    return call(a, b)
-
-  @fn.def_vmap
-  def rule(axis_size, in_batched, a, b):
-    if fold is not None and in_batched[fold] and not in_batched[1 - fold]:
-      args = [a, b]
-      args[fold] = args[fold].reshape((-1,) + args[fold].shape[2:])
-      out = fn(*args)
-      return out.reshape((axis_size, -1) + out.shape[1:]), True
-    a, b = (t if batched else jnp.broadcast_to(t, (axis_size,) + t.shape)
-            for t, batched in zip((a, b), in_batched))
-    return lax.map(lambda ab: fn(*ab), (a, b)), True
-
-  return fn
+def _forward(x, kernel, *, stride, padding):
+  shape = output_shape(x.shape, kernel.shape, stride, padding)
+  return jax.ffi.ffi_call("jaxmm_onednn_conv_fwd", jax.ShapeDtypeStruct(shape, x.dtype))(
+      x, kernel, **_attrs(stride, padding))
 
 
-@functools.lru_cache(maxsize=None)
-def _calls(stride: int, padding: tuple[tuple[int, int], tuple[int, int]]):
-  attrs = _attrs(stride, padding)
-
-  def forward(x, kernel):
-    shape = output_shape(x.shape, kernel.shape, stride, padding)
-    return jax.ffi.ffi_call("jaxmm_onednn_conv_fwd",
-                            jax.ShapeDtypeStruct(shape, x.dtype))(x, kernel, **attrs)
-
-  def input_grad(g, kernel, x_hwc):
-    return jax.ffi.ffi_call("jaxmm_onednn_conv_bwd_data",
-                            jax.ShapeDtypeStruct((g.shape[0], *x_hwc), g.dtype))(
-                                g, kernel, **attrs)
-
-  def kernel_grad(x, g, kernel_shape):
-    return jax.ffi.ffi_call("jaxmm_onednn_conv_bwd_weights",
-                            jax.ShapeDtypeStruct(kernel_shape, x.dtype))(x, g, **attrs)
-
-  return forward, input_grad, kernel_grad
+def _input_grad(g, kernel, *, stride, padding, input_hw):
+  shape = (g.shape[0], *input_hw, kernel.shape[2])
+  return jax.ffi.ffi_call("jaxmm_onednn_conv_bwd_data", jax.ShapeDtypeStruct(shape, g.dtype))(
+      g, kernel, **_attrs(stride, padding))
 
 
-def _forward(x, kernel, stride, padding):
-  forward = _calls(stride, padding)[0]
-  return _batched(forward, 0)(x, kernel)
+def _kernel_grad(x, g, *, stride, padding, kernel_hw):
+  shape = (*kernel_hw, x.shape[-1], g.shape[-1])
+  return jax.ffi.ffi_call("jaxmm_onednn_conv_bwd_weights",
+                          jax.ShapeDtypeStruct(shape, x.dtype))(x, g, **_attrs(stride, padding))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+# Forward, input gradient and kernel gradient as primitives that transpose into each other
+# (conv_ops), so jvp, grad of grad and vmap of the ResNets run on oneDNN too.
+OPS = conv_ops.conv_ops("jaxmm_onednn_conv", _forward, _input_grad, _kernel_grad,
+                        platform="cpu")
+
+
 def conv(x: jax.Array, kernel: jax.Array, stride: int,
          padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
   """lax.conv_general_dilated(x, kernel, (stride, stride), padding, NHWC/HWIO/NHWC) on oneDNN
   (float32, CPU; call `load()` or check `usable` first)."""
-  return _forward(x, kernel, stride, padding)
-
-
-def _conv_fwd(x, kernel, stride, padding):
-  return _forward(x, kernel, stride, padding), (x, kernel)
-
-
-def _conv_bwd(stride, padding, residuals, g):
-  x, kernel = residuals
-  _, input_grad, kernel_grad = _calls(stride, padding)
-  # Folding the vmapped axis into the images is right for the input gradient (per image) but
-  # not for the kernel gradient (a sum over images): that one runs per vmapped element.
-  dx = _batched(lambda g, k: input_grad(g, k, x.shape[-3:]), 0)(g, kernel)
-  dk = _batched(lambda x, g: kernel_grad(x, g, kernel.shape[-4:]), None)(x, g)
-  return dx, dk
-
-
-conv.defvjp(_conv_fwd, _conv_bwd)
+  return OPS.forward.bind(x, kernel, stride=stride, padding=padding)
