@@ -212,18 +212,21 @@ def output_shape(x_shape, kernel_shape, stride: int, padding) -> tuple[int, int,
 
 
 def _forward(x, kernel, *, stride, padding):
+  load()  # registers the handlers (cached); raises OneDNNUnavailable saying why not
   shape = output_shape(x.shape, kernel.shape, stride, padding)
   return jax.ffi.ffi_call("jaxmm_onednn_conv_fwd", jax.ShapeDtypeStruct(shape, x.dtype))(
       x, kernel, **_attrs(stride, padding))
 
 
 def _input_grad(g, kernel, *, stride, padding, input_hw):
+  load()
   shape = (g.shape[0], *input_hw, kernel.shape[2])
   return jax.ffi.ffi_call("jaxmm_onednn_conv_bwd_data", jax.ShapeDtypeStruct(shape, g.dtype))(
       g, kernel, **_attrs(stride, padding))
 
 
 def _kernel_grad(x, g, *, stride, padding, kernel_hw):
+  load()
   shape = (*kernel_hw, x.shape[-1], g.shape[-1])
   return jax.ffi.ffi_call("jaxmm_onednn_conv_bwd_weights",
                           jax.ShapeDtypeStruct(shape, x.dtype))(x, g, **_attrs(stride, padding))
@@ -238,5 +241,5 @@ OPS = conv_ops.conv_ops("jaxmm_onednn_conv", _forward, _input_grad, _kernel_grad
 def conv(x: jax.Array, kernel: jax.Array, stride: int,
          padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
   """lax.conv_general_dilated(x, kernel, (stride, stride), padding, NHWC/HWIO/NHWC) on oneDNN
-  (float32, CPU; call `load()` or check `usable` first)."""
+  (float32, CPU; `usable` says whether to; without the library it raises OneDNNUnavailable)."""
   return OPS.forward.bind(x, kernel, stride=stride, padding=padding)

@@ -137,3 +137,14 @@ def test_a_corrupt_cached_library_is_rebuilt(loaded, tmp_path):
   path.write_bytes(b"not a shared library")
   lib = onednn_conv.open_library(tmp_path)
   assert hasattr(lib, "JaxmmConvFwd") and path.stat().st_size > 1000
+
+
+def test_conv_loads_the_library_itself(loaded):
+  """A fresh process calling conv (no load() or usable() first) gets oneDNN, not XLA's
+  'No FFI handler registered'."""
+  import subprocess
+  code = ("import jax.numpy as jnp; from jaxmm.models import onednn_conv as o; "
+          "print(o.conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1)), 1, ((1, 1), (1, 1)))"
+          "[0, 1, 1, 0])")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0 and out.stdout.strip() == "18.0", out.stderr[-2000:]
