@@ -70,7 +70,10 @@ def _primitive(name: str, impl: Callable, platform: str | None) -> Primitive:
                          *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals))
     return jax.core.ShapedArray(out.shape, out.dtype)
 
-  mlir.register_lowering(p, mlir.lower_fun(impl, multiple_results=False), platform=platform)
+  # Not cacheable: a cached lowering is emitted without the devices, and an implementation
+  # may be partitioned over them (onednn_conv's custom_partitioning).
+  mlir.register_lowering(p, mlir.lower_fun(impl, multiple_results=False), platform=platform,
+                         cacheable=False)
   return p
 
 

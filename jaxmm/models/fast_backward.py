@@ -1,6 +1,6 @@
 """Convs and max pool with gradients that are fast on CPU.
 
-`conv_general_dilated` (the ResNets' convs) runs float32 convs on one CPU device on oneDNN
+`conv_general_dilated` (the ResNets' convs) runs float32 convs on CPU devices on oneDNN
 (`onednn_conv`: forward and both gradients). Elsewhere, and for the max pool, the values are
 those of `lax.conv_general_dilated` / `nn.max_pool`; only how the gradient with respect to
 the input is computed changes (the parameter gradient is the standard one, and XLA drops it
@@ -90,7 +90,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          precision=None, **kwargs):
   """Drop-in for `lax.conv_general_dilated` (flax nn.Conv's `conv_general_dilated`) for
   square-strided, undilated, ungrouped NHWC convs: on oneDNN where `onednn_conv.usable` (float32
-  on one CPU device), else kernels wider than stride + 1 go to `strided_conv`."""
+  on CPU devices), else kernels wider than stride + 1 go to `strided_conv`."""
   plain = (ENABLED and lhs.ndim == 4 and len(set(window_strides)) == 1
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1)))

@@ -14,12 +14,14 @@ vmap all use them. The library is compiled on first use with the machine's C++ c
 the headers of jaxlib (XLA FFI) and of the `onednn-devel-cpu-gomp` wheel, into
 `$JAXMM_CACHE_DIR` (default ~/.cache/jaxmm), once per source, jax and oneDNN version.
 
-`usable(x, kernel)` says whether a convolution should take this path: float32 operands, CPU
-backend, one device (the custom call has no sharding rule: a multi-device run keeps XLA's
-convolutions) and the library builds and loads. JAXMM_ONEDNN=0 turns it off, =1 makes a failed
+`usable(x, kernel)` says whether a convolution should take this path: float32 operands, the
+CPU backend, and the library builds and loads. Over several CPU devices or processes (data
+parallel) each device runs oneDNN on its own images and the kernel gradients are all-reduced
+(custom_partitioning, `_partitioned`). JAXMM_ONEDNN=0 turns it off, =1 makes a failed
 build an error instead of a one-time warning and a fall back to XLA's convolutions.
 """
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -168,12 +170,12 @@ def available() -> bool:
 
 def _excluded() -> str | None:
   """Why this process's default devices keep XLA's convolutions before any library question
-  (switched off, not a CPU, several devices), or None."""
+  (switched off, not a CPU, several devices without `PARTITIONABLE`), or None."""
   if mode() == "off":
     return f"{ENV}=0"
   if jax.default_backend() != "cpu":
     return f"on {jax.default_backend()}"
-  if jax.device_count() != 1:
+  if jax.device_count() != 1 and not PARTITIONABLE:
     return "several devices"
   return None
 
@@ -190,7 +192,7 @@ def describe() -> str:
 
 
 def usable(x: jax.Array, kernel: jax.Array) -> bool:
-  """Whether conv(x, kernel, ...) should run on oneDNN: float32, CPU, a single device."""
+  """Whether conv(x, kernel, ...) should run on oneDNN: float32 on CPU devices."""
   return (x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and _excluded() is None
           and available())
 
@@ -211,31 +213,102 @@ def output_shape(x_shape, kernel_shape, stride: int, padding) -> tuple[int, int,
   return (n, (h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1, out)
 
 
-def _forward(x, kernel, *, stride, padding):
-  load()  # registers the handlers (cached); raises OneDNNUnavailable saying why not
+def _local_forward(x, kernel, *, stride, padding):
   shape = output_shape(x.shape, kernel.shape, stride, padding)
   return jax.ffi.ffi_call("jaxmm_onednn_conv_fwd", jax.ShapeDtypeStruct(shape, x.dtype))(
       x, kernel, **_attrs(stride, padding))
 
 
-def _input_grad(g, kernel, *, stride, padding, input_hw):
-  load()
+def _local_input_grad(g, kernel, *, stride, padding, input_hw):
   shape = (g.shape[0], *input_hw, kernel.shape[2])
   return jax.ffi.ffi_call("jaxmm_onednn_conv_bwd_data", jax.ShapeDtypeStruct(shape, g.dtype))(
       g, kernel, **_attrs(stride, padding))
 
 
-def _kernel_grad(x, g, *, stride, padding, kernel_hw):
-  load()
+def _local_kernel_grad(x, g, *, stride, padding, kernel_hw):
   shape = (*kernel_hw, x.shape[-1], g.shape[-1])
   return jax.ffi.ffi_call("jaxmm_onednn_conv_bwd_weights",
                           jax.ShapeDtypeStruct(shape, x.dtype))(x, g, **_attrs(stride, padding))
 
 
+# Over several devices (data parallel: the images sharded, the kernel replicated) each call runs
+# on every device's own images: the forward and the input gradient are per image; the kernel
+# gradient is each device's sum over its images, all-reduced over the axes that shard them.
+# Any other sharding is resharded to that one first (custom_partitioning; Shardy rules below).
+_PARTS = {  # name: (local call, Shardy rule, result summed over the images)
+    "forward": (_local_forward, "n h w i, a b i o -> n p q o", False),
+    "input_grad": (_local_input_grad, "n p q o, a b i o -> n h w i", False),
+    "kernel_grad": (_local_kernel_grad, "n h w i, n p q o -> a b i o", True),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _partitioned(part: str, params: tuple):
+  from jax.experimental.custom_partitioning import custom_partitioning
+  from jax.sharding import NamedSharding, PartitionSpec
+  local, rule, summed = _PARTS[part]
+  local = functools.partial(local, **dict(params))
+
+  @custom_partitioning
+  def call(a, b):
+    return local(a, b)
+
+  def shardings(mesh, arg_shapes):
+    spec = arg_shapes[0].sharding.spec if isinstance(arg_shapes[0].sharding,
+                                                     NamedSharding) else ()
+    axes = spec[0] if len(spec) else None  # the mesh axes the images are split over
+    images, whole = NamedSharding(mesh, PartitionSpec(axes)), NamedSharding(mesh,
+                                                                            PartitionSpec())
+    args = (images, images) if summed else (images, whole)
+    return axes, args, whole if summed else images
+
+  def partition(mesh, arg_shapes, result_shape):
+    axes, args, result = shardings(mesh, arg_shapes)
+    if summed and axes is not None:
+      return mesh, lambda a, b: jax.lax.psum(local(a, b), axes), result, args
+    return mesh, local, result, args
+
+  def infer(mesh, arg_shapes, result_shape):
+    return shardings(mesh, arg_shapes)[2]
+
+  # Every factor but the images, in order of appearance (Shardy wants them sorted so).
+  factors = rule.replace(",", " ").replace("->", " ").split()
+  others = tuple(f for i, f in enumerate(factors) if f != "n" and f not in factors[:i])
+  call.def_partition(partition, infer_sharding_from_operands=infer,
+                     propagate_user_sharding=lambda mesh, user_shape: user_shape.sharding,
+                     sharding_rule=rule,
+                     reduction_factors=("n",) if summed else (),
+                     need_replication_factors=others)
+  return call
+
+
+def _call(part: str):
+  def impl(a, b, **params):
+    load()  # registers the handlers (cached); raises OneDNNUnavailable saying why not
+    if jax.device_count() == 1:
+      return _PARTS[part][0](a, b, **params)
+    return _partitioned(part, tuple(sorted(params.items())))(a, b)
+  return impl
+
+
 # Forward, input gradient and kernel gradient as primitives that transpose into each other
 # (conv_ops), so jvp, grad of grad and vmap of the ResNets run on oneDNN too.
-OPS = conv_ops.conv_ops("jaxmm_onednn_conv", _forward, _input_grad, _kernel_grad,
-                        platform="cpu")
+OPS = conv_ops.conv_ops("jaxmm_onednn_conv", *map(_call, _PARTS), platform="cpu")
+
+
+def _register_partitioning() -> bool:
+  """Whether jit lowers OPS with its devices known, as custom_partitioning needs (it checks the
+  jaxpr for primitives in JAX's registry of those; ours bind it only when lowered). An internal
+  registry: where it is missing, runs over several devices keep XLA's convolutions."""
+  try:
+    from jax._src import dispatch
+    dispatch.prim_requires_devices_during_lowering.update(OPS)
+  except (ImportError, AttributeError):
+    return False
+  return True
+
+
+PARTITIONABLE = _register_partitioning()
 
 
 def conv(x: jax.Array, kernel: jax.Array, stride: int,

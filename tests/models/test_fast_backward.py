@@ -30,7 +30,7 @@ def test_strided_conv_values_and_both_gradients_match_lax(kernel, stride, size, 
 
 
 def test_flax_conv_routes_strided_convs_through_the_custom_gradient(monkeypatch):
-  """Without oneDNN (off here; also on GPU, bfloat16, several devices)."""
+  """Without oneDNN (off here; also on GPU and in bfloat16)."""
   import flax.linen as nn
   from jaxmm.models import onednn_conv
   monkeypatch.setenv(onednn_conv.ENV, "0")

@@ -148,3 +148,47 @@ def test_conv_loads_the_library_itself(loaded):
           "[0, 1, 1, 0])")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert out.returncode == 0 and out.stdout.strip() == "18.0", out.stderr[-2000:]
+
+
+SEVERAL_DEVICES = r"""
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jaxmm.models import fast_backward, onednn_conv, resnet
+assert jax.device_count() == 2 and onednn_conv.describe() == "oneDNN convolutions (float32)"
+mesh = jax.make_mesh((2,), ("data",))
+model = resnet.ResNetTiny(num_classes=3)
+x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+variables = model.init(jax.random.key(0), x, train=False)
+x = jax.device_put(x, NamedSharding(mesh, P("data")))  # data parallel: images split
+params = jax.device_put(variables["params"], NamedSharding(mesh, P()))
+
+def loss(params, x):  # training mode: batch statistics over both devices' images
+  (logits, _), _ = model.apply({**variables, "params": params}, x, train=True,
+                               mutable=["batch_stats"])
+  return jnp.sum(jnp.tanh(logits) ** 2)
+
+def run():
+  step = jax.jit(jax.value_and_grad(loss))
+  return step(params, x), step.lower(params, x).compile().as_text()
+
+(ours, hlo) = run()
+assert hlo.count("jaxmm_onednn_conv_bwd_weights") >= 9, hlo.count("jaxmm_onednn_conv")
+fast_backward.ENABLED = False  # the same model on XLA's convolutions
+(ref, hlo) = run()
+assert "jaxmm_onednn" not in hlo
+for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+  np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+print("ok")
+"""
+
+
+def test_data_parallel_over_several_devices_matches_xla(loaded):
+  """Two CPU devices, images split between them: each device's oneDNN calls see its own
+  images, the kernel gradients are summed over both (custom_partitioning), and the loss and
+  gradients equal XLA's convolutions under the same sharding."""
+  import os
+  import subprocess
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  out = subprocess.run([sys.executable, "-c", SEVERAL_DEVICES], capture_output=True, text=True,
+                       timeout=300, env=env)
+  assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
