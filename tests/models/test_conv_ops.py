@@ -8,7 +8,7 @@ import pytest
 from jax import lax
 
 from jaxmm.models import fast_backward, onednn_conv, resnet
-from tests.models.test_onednn_conv import EXPECTED
+from tests.models.test_onednn_conv import require_onednn
 
 NHWC = fast_backward.NHWC
 PAD = ((1, 1), (1, 1))
@@ -17,12 +17,7 @@ PAD = ((1, 1), (1, 1))
 @pytest.fixture(scope="module", params=["onednn", "polyphase"])
 def backend(request):
   if request.param == "onednn":
-    try:
-      onednn_conv.load()
-    except onednn_conv.OneDNNUnavailable as e:
-      if EXPECTED:
-        raise
-      pytest.skip(f"oneDNN unavailable here: {e}")
+    require_onednn()
     return lambda x, w, s: onednn_conv.conv(x, w, s, PAD)
   return lambda x, w, s: fast_backward.strided_conv(x, w, s, PAD)
 

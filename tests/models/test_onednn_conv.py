@@ -16,14 +16,19 @@ NHWC = fast_backward.NHWC
 EXPECTED = sys.platform.startswith("linux") and platform.machine() == "x86_64"
 
 
-@pytest.fixture(scope="module")
-def loaded():
+def require_onednn():
+  """Loads the library; skips where it cannot be had (not where setup.py installs it)."""
   try:
     onednn_conv.load()
   except onednn_conv.OneDNNUnavailable as e:
     if EXPECTED:
       raise
     pytest.skip(f"oneDNN unavailable here: {e}")
+
+
+@pytest.fixture(scope="module")
+def loaded():
+  require_onednn()
 
 
 def lax_conv(stride, padding):
