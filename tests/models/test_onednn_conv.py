@@ -1,5 +1,7 @@
 """oneDNN convolutions (FFI custom calls) equal lax's values and gradients, under jit and vmap."""
+import os
 import platform
+import subprocess
 import sys
 
 import flax.linen as nn
@@ -147,7 +149,6 @@ def test_a_corrupt_cached_library_is_rebuilt(loaded, tmp_path):
 def test_conv_loads_the_library_itself(loaded):
   """A fresh process calling conv (no load() or usable() first) gets oneDNN, not XLA's
   'No FFI handler registered'."""
-  import subprocess
   code = ("import jax.numpy as jnp; from jaxmm.models import onednn_conv as o; "
           "print(o.conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1)), 1, ((1, 1), (1, 1)))"
           "[0, 1, 1, 0])")
@@ -191,8 +192,6 @@ def test_data_parallel_over_several_devices_matches_xla(loaded):
   """Two CPU devices, images split between them: each device's oneDNN calls see its own
   images, the kernel gradients are summed over both (custom_partitioning), and the loss and
   gradients equal XLA's convolutions under the same sharding."""
-  import os
-  import subprocess
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   out = subprocess.run([sys.executable, "-c", SEVERAL_DEVICES], capture_output=True, text=True,
                        timeout=300, env=env)
