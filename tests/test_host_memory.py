@@ -1,4 +1,5 @@
-"""keep_host_memory: once the heap has room for them, XLA's large temporary buffers fault nothing in."""
+"""keep_host_memory: once the heap has room for them, XLA's large temporary buffers fault
+nothing in."""
 import json
 import os
 import subprocess
@@ -30,11 +31,13 @@ print(json.dumps({"kept": kept, "faults": faults}))
 """
 
 
-def run(env_value):
+def run(env_value, script=SCRIPT):
+  """The JSON line `script` prints, run without MALLOC_* variables and with
+  JAXMM_KEEP_HOST_MEMORY=env_value (None: unset)."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
   if env_value is not None:
     env[host_memory.ENV] = env_value
-  out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                        timeout=300, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -77,8 +80,6 @@ print(json.dumps({"kept": kept, "first": first, "again": again}))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_memory_above_2_gib_is_kept_too():
-  out = subprocess.run([sys.executable, "-c", BIG_SCRIPT], capture_output=True, text=True,
-                       timeout=300, check=True)
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result = run(None, BIG_SCRIPT)
   assert result["kept"] and result["first"] > 100_000, result  # 2.25 GiB of 4 KiB pages
   assert result["again"] < 1_000, result
