@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxmm import host_memory, train_benchmark
 from jaxmm.data.atomic import write_text_atomic
-from jaxmm.models import fast_backward, onednn_conv
+from jaxmm.models import batch_norm, fast_backward, onednn_conv
 from jaxmm.models.resnet import ResNet18
 from jaxmm.saliency import cams, model_fns, smoothgrad
 from jaxmm.saliency.targets import target_scores
@@ -252,6 +252,10 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--fast_backward", action=argparse.BooleanOptionalAction, default=True,
                       help="jaxmm's ResNets take the custom strided-conv / max-pool gradients "
                       "of jaxmm.models.fast_backward (--no-fast_backward: XLA's own)")
+  parser.add_argument("--fast_batch_norm", action=argparse.BooleanOptionalAction, default=True,
+                      help="jaxmm's ResNets train their BatchNorms with "
+                      "jaxmm.models.batch_norm where it applies (--no-fast_batch_norm: flax's "
+                      "nn.BatchNorm)")
   parser.add_argument("--json", default="", help="also write the numbers to this file")
 
 
@@ -261,6 +265,7 @@ def main(argv=None) -> int:
   train_benchmark.setup_environment(args)
   args.kept_host_memory = host_memory.keep_host_memory()  # both sides share this process
   fast_backward.ENABLED = args.fast_backward
+  batch_norm.ENABLED = args.fast_batch_norm
   run, show = BENCHMARKS[args.which]
   result = run(args)
   show(result, args)

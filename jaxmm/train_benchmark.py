@@ -488,7 +488,7 @@ def machine_info(args) -> dict:
   """Platform, device kind, CPUs, versions and both sides' global settings."""
   import jax
   import torch
-  from jaxmm.models import fast_backward, onednn_conv
+  from jaxmm.models import batch_norm, fast_backward, onednn_conv
   device = jax.devices()[0]
   platform = device.platform
   dtype = args.dtype if args.dtype != "auto" else ("float32" if platform == "cpu"
@@ -499,6 +499,7 @@ def machine_info(args) -> dict:
           "cpu_model": cpu_model(), "dtype": dtype, "jax": jax.__version__,
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_device": torch_device,
           "fast_backward": fast_backward.ENABLED, "convolutions": onednn_conv.describe(),
+          "batch_norm": batch_norm.describe(),
           "kept_host_memory": bool(getattr(args, "kept_host_memory", False)),
           "torch_threads": torch.get_num_threads(),
           "torch_settings": configure_torch(torch_device, dtype)}
@@ -547,6 +548,7 @@ def jaxmm_settings(model: dict, machine: dict) -> str:
                  else "XLA's conv / max-pool gradients (--no-fast_backward)")
     if machine["fast_backward"]:
       parts.append(machine["convolutions"])
+    parts.append(machine["batch_norm"])
   if machine["platform"] == "cpu":
     parts.append(f"XLA_FLAGS={machine['xla_flags']!r}")
   return ", ".join(parts)

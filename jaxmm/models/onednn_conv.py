@@ -39,10 +39,17 @@ import numpy as np
 
 from jaxmm.models import conv_ops
 
-SOURCE = Path(__file__).with_name("onednn_conv.cc")
+# The library's sources: the convolutions, and the reductions of batch_norm.py (no oneDNN in
+# them, but built, cached and loaded with the convolutions).
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("onednn_conv.cc", "batch_norm.cc"))
 TARGETS = {"jaxmm_onednn_conv_fwd": "JaxmmConvFwd",
            "jaxmm_onednn_conv_bwd_data": "JaxmmConvBwdData",
-           "jaxmm_onednn_conv_bwd_weights": "JaxmmConvBwdWeights"}
+           "jaxmm_onednn_conv_bwd_weights": "JaxmmConvBwdWeights",
+           "jaxmm_bn_moments": "JaxmmBnMoments",
+           "jaxmm_bn_grad_sums": "JaxmmBnGradSums"}
+# batch_norm.cc recomputes a ReLU's mask, x a + b > 0, rounded as XLA does (-ffp-contract=off);
+# loops marked `omp simd` are vectorised (-fopenmp-simd, also without -fopenmp).
+FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-ffp-contract=off", "-fopenmp-simd")
 ENV = "JAXMM_ONEDNN"  # auto (default) | 0 / off | 1 / on
 
 _state: dict = {}  # "error": why the library is unavailable; "loaded": True once registered
@@ -82,16 +89,17 @@ def cache_dir() -> Path:
 
 
 def build(root: Path | None = None, out_dir: Path | None = None) -> Path:
-  """Compiles onednn_conv.cc into a shared library (once: the file name hashes the source, the
-  jax version, the oneDNN prefix and its version header) and returns its path. Concurrent
-  builders each write a temporary file and rename it into place."""
+  """Compiles SOURCES into a shared library (once: the file name hashes the sources, the
+  flags, the jax version, the oneDNN prefix and its version header) and returns its path.
+  Concurrent builders each write a temporary file and rename it into place."""
   root = root or onednn_root()
   out_dir = Path(out_dir or cache_dir())
   compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
   if not compiler:
     raise OneDNNUnavailable("no C++ compiler (g++ / c++ / $CXX) to build the oneDNN library")
   version = root / "include/oneapi/dnnl/dnnl_version.h"
-  digest = hashlib.sha256(SOURCE.read_bytes() + jax.__version__.encode() + str(root).encode()
+  digest = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES) + " ".join(FLAGS).encode()
+                          + jax.__version__.encode() + str(root).encode()
                           + (version.read_bytes() if version.is_file() else b"")).hexdigest()
   target = out_dir / f"jaxmm_onednn_{digest[:16]}.so"
   if target.is_file():
@@ -103,14 +111,15 @@ def build(root: Path | None = None, out_dir: Path | None = None) -> Path:
   # (clang lacking libomp) builds the same library with one-thread copies.
   try:
     for openmp in (["-fopenmp"], []):
-      command = [compiler, "-O2", *openmp, "-std=c++17", "-shared", "-fPIC", "-w",
-                 f"-I{jax.ffi.include_dir()}", f"-I{root / 'include'}", str(SOURCE),
+      command = [compiler, *FLAGS, *openmp, f"-I{jax.ffi.include_dir()}",
+                 f"-I{root / 'include'}", *map(str, SOURCES),
                  f"-L{root / 'lib'}", "-ldnnl", f"-Wl,-rpath,{root / 'lib'}", "-o", tmp]
       done = subprocess.run(command, capture_output=True, text=True, timeout=600)
       if done.returncode == 0:
         os.replace(tmp, target)
         return target
-    raise OneDNNUnavailable(f"building {SOURCE.name} failed ({' '.join(command)}):\n"
+    names = ", ".join(s.name for s in SOURCES)
+    raise OneDNNUnavailable(f"building {names} failed ({' '.join(command)}):\n"
                             f"{done.stderr[:3000]}")  # the first errors say most
   finally:
     if os.path.exists(tmp):
@@ -194,6 +203,13 @@ def describe() -> str:
 def usable(x: jax.Array, kernel: jax.Array) -> bool:
   """Whether conv(x, kernel, ...) should run on oneDNN: float32 on CPU devices."""
   return (x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and _excluded() is None
+          and available())
+
+
+def kernels_usable(x: jax.Array) -> bool:
+  """Whether x may take the library's other kernels (batch_norm.cc): float32 on the one CPU
+  device of this process (they are not partitioned over several)."""
+  return (x.dtype == jnp.float32 and jax.device_count() == 1 and _excluded() is None
           and available())
 
 

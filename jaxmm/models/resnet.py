@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmm.models import batch_norm as fast_batch_norm
 from jaxmm.models import fast_backward
 
 ModuleDef = Any
@@ -30,12 +31,20 @@ def validate_image(x: jax.Array, in_channels: int | None, owner: str) -> None:
                      f"{in_channels}], got shape {tuple(x.shape)}")
 
 
-def batch_norm(*, train: bool, dtype: Any, name: str, zero_scale: bool = False) -> nn.BatchNorm:
-  """BatchNorm as torchvision's (momentum 0.1 there = 0.9 here, eps 1e-5); batch statistics
-  when training, running averages otherwise. zero_scale starts the scale at 0."""
-  return nn.BatchNorm(
-      use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-      scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones, name=name)
+def batch_norm(x: jax.Array, *, train: bool, dtype: Any, name: str, zero_scale: bool = False,
+               relu: bool = False) -> jax.Array:
+  """BatchNorm as torchvision's (momentum 0.1 there = 0.9 here, eps 1e-5), then a ReLU when
+  relu, applied to x by a submodule `name` of the calling compact scope: batch statistics when
+  training, running averages otherwise. zero_scale starts the scale at 0. Training in float32
+  on one CPU device takes jaxmm's fewer-pass BatchNorm (batch_norm.TrainBatchNorm, the same
+  variables), anything else flax's nn.BatchNorm."""
+  scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
+  if train and dtype in (None, jnp.float32) and fast_batch_norm.usable(x):
+    return fast_batch_norm.TrainBatchNorm(momentum=0.9, epsilon=1e-5, relu=relu,
+                                          scale_init=scale_init, name=name)(x)
+  y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                   scale_init=scale_init, name=name)(x)
+  return nn.relu(y) if relu else y
 
 
 def conv(features: int, kernel: int, strides: int, dtype: Any, name: str) -> nn.Conv:
@@ -58,7 +67,7 @@ class Downsample(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = conv(self.features, 1, self.strides, self.dtype, name="0")(x)
-    return batch_norm(train=train, dtype=self.dtype, name="1")(x)
+    return batch_norm(x, train=train, dtype=self.dtype, name="1")
 
 
 def shortcut(x: jax.Array, features: int, strides: int, dtype: Any, train: bool) -> jax.Array:
@@ -80,9 +89,9 @@ class BasicBlock(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     norm = partial(batch_norm, train=train, dtype=self.dtype)
     y = conv(self.filters, 3, self.strides, self.dtype, name="conv1")(x)
-    y = nn.relu(norm(name="bn1")(y))
+    y = norm(y, name="bn1", relu=True)
     y = conv(self.filters, 3, 1, self.dtype, name="conv2")(y)
-    y = norm(name="bn2", zero_scale=self.zero_init_last_bn)(y)
+    y = norm(y, name="bn2", zero_scale=self.zero_init_last_bn)
     return nn.relu(y + shortcut(x, self.filters, self.strides, self.dtype, train))
 
 
@@ -102,11 +111,11 @@ class Bottleneck(nn.Module):
     norm = partial(batch_norm, train=train, dtype=self.dtype)
     out_features = self.filters * self.expansion
     y = conv(self.filters, 1, 1, self.dtype, name="conv1")(x)
-    y = nn.relu(norm(name="bn1")(y))
+    y = norm(y, name="bn1", relu=True)
     y = conv(self.filters, 3, self.strides, self.dtype, name="conv2")(y)
-    y = nn.relu(norm(name="bn2")(y))
+    y = norm(y, name="bn2", relu=True)
     y = conv(out_features, 1, 1, self.dtype, name="conv3")(y)
-    y = norm(name="bn3", zero_scale=self.zero_init_last_bn)(y)
+    y = norm(y, name="bn3", zero_scale=self.zero_init_last_bn)
     return nn.relu(y + shortcut(x, out_features, self.strides, self.dtype, train))
 
 
@@ -154,7 +163,7 @@ class ResNet(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     validate_image(x, self.in_channels, type(self).__name__)
     x = conv(self.width, 7, 2, self.dtype, name="conv1")(x)
-    x = nn.relu(batch_norm(train=train, dtype=self.dtype, name="bn1")(x))
+    x = batch_norm(x, train=train, dtype=self.dtype, name="bn1", relu=True)
     x = fast_backward.max_pool(x, 3, 2, (1, 1))
     out = {}
     x = out["stem"] = self.perturb("stem", x)
