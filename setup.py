@@ -45,7 +45,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["jaxmm", "jaxmm.*"]),
-    package_data={"jaxmm.models": ["onednn_conv.cc", "batch_norm.cc"]},
+    package_data={"jaxmm.models": ["onednn_conv.cc", "batch_norm.cc", "max_pool.cc"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
 )

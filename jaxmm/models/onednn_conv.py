@@ -39,14 +39,17 @@ import numpy as np
 
 from jaxmm.models import conv_ops
 
-# The library's sources: the convolutions, and the reductions of batch_norm.py (no oneDNN in
-# them, but built, cached and loaded with the convolutions).
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("onednn_conv.cc", "batch_norm.cc"))
+# The library's sources: the convolutions, and the reductions of batch_norm.py and the max pool
+# of fast_backward.py (no oneDNN in them, but built, cached and loaded with the convolutions).
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("onednn_conv.cc", "batch_norm.cc", "max_pool.cc"))
 TARGETS = {"jaxmm_onednn_conv_fwd": "JaxmmConvFwd",
            "jaxmm_onednn_conv_bwd_data": "JaxmmConvBwdData",
            "jaxmm_onednn_conv_bwd_weights": "JaxmmConvBwdWeights",
            "jaxmm_bn_moments": "JaxmmBnMoments",
-           "jaxmm_bn_grad_sums": "JaxmmBnGradSums"}
+           "jaxmm_bn_grad_sums": "JaxmmBnGradSums",
+           "jaxmm_max_pool": "JaxmmMaxPool",
+           "jaxmm_max_pool_scatter": "JaxmmMaxPoolScatter"}
 # batch_norm.cc recomputes a ReLU's mask, x a + b > 0, rounded as XLA does (-ffp-contract=off);
 # loops marked `omp simd` are vectorised (-fopenmp-simd, also without -fopenmp).
 FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-ffp-contract=off", "-fopenmp-simd")
@@ -207,8 +210,8 @@ def usable(x: jax.Array, kernel: jax.Array) -> bool:
 
 
 def kernels_usable(x: jax.Array) -> bool:
-  """Whether x may take the library's other kernels (batch_norm.cc): float32 on the one CPU
-  device of this process (they are not partitioned over several)."""
+  """Whether x may take the library's other kernels (batch_norm.cc, max_pool.cc): float32 on
+  the one CPU device of this process (they are not partitioned over several)."""
   return (x.dtype == jnp.float32 and jax.device_count() == 1 and _excluded() is None
           and available())
 

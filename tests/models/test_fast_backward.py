@@ -84,3 +84,26 @@ def test_disabled_runs_the_plain_lax_ops(monkeypatch):
   monkeypatch.setattr(fast_backward, "ENABLED", False)
   jaxpr = str(jax.make_jaxpr(jax.grad(loss))(x))
   assert "jaxmm_" not in jaxpr and "conv_general_dilated" in jaxpr, jaxpr
+
+
+@pytest.mark.parametrize("window,stride,padding", [(3, 2, (1, 1)), (2, 2, (0, 0)),
+                                                   (3, 1, (1, 1)), (3, 2, (0, 1))])
+def test_max_pool_kernels_equal_the_xla_version(window, stride, padding):
+  """max_pool.cc (pool and scatter) against the XLA implementations, exactly: ties (values
+  rounded to halves), a window of -inf values at the padding, NaN in windows and channels."""
+  from tests.models.test_onednn_conv import require_onednn
+  require_onednn()
+  rng = np.random.default_rng(window + stride)
+  x = jnp.round(jnp.asarray(rng.normal(size=(2, 9, 7, 20)), jnp.float32) * 2) / 2
+  x = (x.at[0, :3, :3, :].set(-jnp.inf).at[1, 2:5, 2:5, 1].set(-jnp.inf)
+       .at[1, :, :, 2].set(jnp.nan).at[1, 0, 0, 3].set(jnp.nan))
+  kw = dict(window=window, stride=stride, padding=padding)
+  y = fast_backward._pool_max(x, **kw)
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  pool = jax.jit(lambda x: fast_backward._pool(x, **kw))
+  scatter = jax.jit(lambda g, x: fast_backward._scatter(g, x, **kw))
+  assert "jaxmm_max_pool" in pool.lower(x).as_text()
+  assert "jaxmm_max_pool_scatter" in scatter.lower(g, x).as_text()
+  np.testing.assert_array_equal(pool(x), y)
+  np.testing.assert_allclose(scatter(g, x), fast_backward._scatter_to_first_max(g, x, **kw),
+                             rtol=1e-6, atol=1e-6)
