@@ -12,6 +12,7 @@
 // -fopenmp-simd, so the loops marked `omp simd` are vectorised.
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,10 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+
+namespace jaxmm {
+std::mutex& CallLock();  // onednn_conv.cc: the library's calls run one at a time
+}  // namespace jaxmm
 
 namespace {
 
@@ -134,6 +139,7 @@ ffi::Error MomentsImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> out)
   if (!RowsColumns(x.dimensions(), m, c) || out->element_count() != 2 * c)
     return Invalid("moments: x must be [..., C] and the result [2, C]");
   if (m == 0) return Invalid("moments of an empty batch");
+  std::lock_guard<std::mutex> call_lock(jaxmm::CallLock());
   std::vector<double> s1, s2;
   ColumnSums(MomentRows, nullptr, x.typed_data(), nullptr, nullptr, m, c, s1, s2);
   const float* k = x.typed_data();
@@ -156,6 +162,7 @@ ffi::Error GradSumsImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
       b.element_count() != c || out->element_count() != 2 * c)
     return Invalid("gradient sums: g and x must be [..., C], mean, inv, a and b [C], the "
                    "result [2, C]");
+  std::lock_guard<std::mutex> call_lock(jaxmm::CallLock());
   std::vector<double> s1, s2;
   ColumnSums(relu ? GradReluRows : GradRows, g.typed_data(), x.typed_data(), a.typed_data(),
              b.typed_data(), m, c, s1, s2);

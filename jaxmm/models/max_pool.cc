@@ -12,6 +12,7 @@
 // Rows (pool) or images (scatter) are split across the OpenMP threads; the loops over channels
 // are vectorised (-fopenmp-simd).
 #include <cstdint>
+#include <mutex>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -20,6 +21,10 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+
+namespace jaxmm {
+std::mutex& CallLock();  // onednn_conv.cc: the library's calls run one at a time
+}  // namespace jaxmm
 
 namespace {
 
@@ -130,6 +135,7 @@ ffi::Error PoolImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, int6
   if (auto err = MakeWindow(x.dimensions(), y->dimensions(), window, stride, pad_lo, pad_hi, s);
       err.failure())
     return err;
+  std::lock_guard<std::mutex> call_lock(jaxmm::CallLock());
   const float* in = x.typed_data();
   float* out = y->typed_data();
   const int64_t rows = s.n * s.oh;
@@ -151,6 +157,7 @@ ffi::Error ScatterImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
       err.failure())
     return err;
   if (dx->element_count() != x.element_count()) return Invalid("dx must have x's shape");
+  std::lock_guard<std::mutex> call_lock(jaxmm::CallLock());
   const float* gd = g.typed_data();
   const float* xd = x.typed_data();
   float* out = dx->typed_data();
