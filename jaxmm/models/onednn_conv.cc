@@ -4,7 +4,8 @@
 //   jaxmm_onednn_conv_fwd          y  = conv(x, w)           (x, w)   -> y
 //   jaxmm_onednn_conv_bwd_data     dx = d conv / d x . g     (g, w)   -> dx
 //   jaxmm_onednn_conv_bwd_weights  dw = d conv / d w . g     (x, g)   -> dw
-// Attributes: stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right (int64).
+// Attributes: stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, exclusive (int64;
+// 1: the call holds jaxmm::CallLock).
 // Activations stay in the caller's NHWC buffers; kernels are reordered to (from) the layout the
 // chosen oneDNN implementation wants on every call, as PyTorch does for channels_last training
 // (the forward kernels by a plain copy of runs of O, CopyToBlocked, the others by oneDNN).
@@ -29,10 +30,12 @@ using dnnl::memory;
 using tag = dnnl::memory::format_tag;
 
 namespace jaxmm {
-// Held by every custom call of the library (these convolutions, batch_norm.cc, max_pool.cc)
-// while it runs: XLA starts independent custom calls at once, and two of them each spreading
-// over all cores on their own OpenMP threads slowed each other down (a ResNet-18 training step,
-// batch 16, 2-core Xeon: 0.65 -> 0.61 s with the calls one at a time).
+// Held by the library's custom calls while they run (batch_norm.cc, max_pool.cc, and these
+// convolutions when their attribute `exclusive` is 1): XLA starts independent custom calls at
+// once, and on one device two of them, each spreading over all cores on its own OpenMP
+// threads, slowed each other down (ResNet-18 training step, batch 16, 2-core Xeon: 0.65 ->
+// 0.61 s one at a time). Over several devices in one process, the devices' convolutions
+// overlapped run faster (22.3 images/s against 19.5 one at a time): there `exclusive` is 0.
 std::mutex& CallLock() {
   static std::mutex mu;
   return mu;
@@ -230,10 +233,11 @@ ffi::Error Fail(const std::exception& e) {
 
 ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
-                       int64_t pb, int64_t pl, int64_t pr) {
+                       int64_t pb, int64_t pl, int64_t pr, int64_t exclusive) {
   if (auto err = Check(x.dimensions(), w.dimensions(), y->dimensions()); err.failure())
     return err;
-  std::lock_guard<std::mutex> call_lock(jaxmm::CallLock());
+  std::unique_lock<std::mutex> call_lock(jaxmm::CallLock(), std::defer_lock);
+  if (exclusive) call_lock.lock();
   try {
     const Key k = MakeKey(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl,
                           pr);
@@ -252,10 +256,11 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 
 ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
                            ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t pt,
-                           int64_t pb, int64_t pl, int64_t pr) {
+                           int64_t pb, int64_t pl, int64_t pr, int64_t exclusive) {
   if (auto err = Check(dx->dimensions(), w.dimensions(), g.dimensions()); err.failure())
     return err;
-  std::lock_guard<std::mutex> call_lock(jaxmm::CallLock());
+  std::unique_lock<std::mutex> call_lock(jaxmm::CallLock(), std::defer_lock);
+  if (exclusive) call_lock.lock();
   try {
     const Key k = MakeKey(dx->dimensions(), w.dimensions(), g.dimensions(), sh, sw, pt, pb, pl,
                           pr);
@@ -275,10 +280,12 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
 
 ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
                               ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw,
-                              int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+                              int64_t pt, int64_t pb, int64_t pl, int64_t pr,
+                              int64_t exclusive) {
   if (auto err = Check(x.dimensions(), dw->dimensions(), g.dimensions()); err.failure())
     return err;
-  std::lock_guard<std::mutex> call_lock(jaxmm::CallLock());
+  std::unique_lock<std::mutex> call_lock(jaxmm::CallLock(), std::defer_lock);
+  if (exclusive) call_lock.lock();
   try {
     const Key k = MakeKey(x.dimensions(), dw->dimensions(), g.dimensions(), sh, sw, pt, pb, pl,
                           pr);
@@ -304,7 +311,8 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
 
 #define JAXMM_CONV_ATTRS                                                              \
   .Attr<int64_t>("stride_h").Attr<int64_t>("stride_w").Attr<int64_t>("pad_top")       \
-      .Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_left").Attr<int64_t>("pad_right")
+      .Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_left").Attr<int64_t>("pad_right") \
+      .Attr<int64_t>("exclusive")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxmmConvFwd, ConvFwdImpl,
                               ffi::Ffi::Bind()

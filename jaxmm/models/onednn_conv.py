@@ -218,11 +218,13 @@ def kernels_usable(x: jax.Array) -> bool:
 
 # ---------------------------------------------------------------- the custom calls
 
-def _attrs(stride: int, padding: Sequence[tuple[int, int]]) -> dict:
+def _attrs(stride: int, padding: Sequence[tuple[int, int]], exclusive: bool) -> dict:
+  """The custom calls' attributes. exclusive: the call runs alone among the library's calls
+  (one device: faster); False over several devices, whose calls overlapped run faster."""
   (top, bottom), (left, right) = padding
   return {k: np.int64(v) for k, v in dict(stride_h=stride, stride_w=stride, pad_top=top,
-                                          pad_bottom=bottom, pad_left=left,
-                                          pad_right=right).items()}
+                                          pad_bottom=bottom, pad_left=left, pad_right=right,
+                                          exclusive=exclusive).items()}
 
 
 def output_shape(x_shape, kernel_shape, stride: int, padding) -> tuple[int, int, int, int]:
@@ -232,22 +234,23 @@ def output_shape(x_shape, kernel_shape, stride: int, padding) -> tuple[int, int,
   return (n, (h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1, out)
 
 
-def _local_forward(x, kernel, *, stride, padding):
+def _local_forward(x, kernel, *, stride, padding, exclusive=True):
   shape = output_shape(x.shape, kernel.shape, stride, padding)
   return jax.ffi.ffi_call("jaxmm_onednn_conv_fwd", jax.ShapeDtypeStruct(shape, x.dtype))(
-      x, kernel, **_attrs(stride, padding))
+      x, kernel, **_attrs(stride, padding, exclusive))
 
 
-def _local_input_grad(g, kernel, *, stride, padding, input_hw):
+def _local_input_grad(g, kernel, *, stride, padding, input_hw, exclusive=True):
   shape = (g.shape[0], *input_hw, kernel.shape[2])
   return jax.ffi.ffi_call("jaxmm_onednn_conv_bwd_data", jax.ShapeDtypeStruct(shape, g.dtype))(
-      g, kernel, **_attrs(stride, padding))
+      g, kernel, **_attrs(stride, padding, exclusive))
 
 
-def _local_kernel_grad(x, g, *, stride, padding, kernel_hw):
+def _local_kernel_grad(x, g, *, stride, padding, kernel_hw, exclusive=True):
   shape = (*kernel_hw, x.shape[-1], g.shape[-1])
   return jax.ffi.ffi_call("jaxmm_onednn_conv_bwd_weights",
-                          jax.ShapeDtypeStruct(shape, x.dtype))(x, g, **_attrs(stride, padding))
+                          jax.ShapeDtypeStruct(shape, x.dtype))(
+                              x, g, **_attrs(stride, padding, exclusive))
 
 
 # Over several devices (data parallel: the images sharded, the kernel replicated) each call runs
@@ -266,7 +269,7 @@ def _partitioned(part: str, params: tuple):
   from jax.experimental.custom_partitioning import custom_partitioning
   from jax.sharding import NamedSharding, PartitionSpec
   local, rule, summed = _PARTS[part]
-  local = functools.partial(local, **dict(params))
+  local = functools.partial(local, exclusive=False, **dict(params))
 
   @custom_partitioning
   def call(a, b):
