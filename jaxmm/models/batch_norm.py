@@ -65,13 +65,6 @@ def _rows_axes(x):
 
 # ---------------------------------------------------------------- reference implementations
 
-def _moments_reference(x):
-  """[2, C]: the mean and biased variance of x [..., C] over all but its channels axis."""
-  mean = jnp.mean(x, _rows_axes(x))
-  return jnp.stack([mean, jnp.maximum(jnp.mean(jnp.square(x), _rows_axes(x))
-                                      - jnp.square(mean), 0.0)])
-
-
 def _broadcast_reference(w1, w2, x, mean, inv, a, b, *, relu):
   """w1 + x_hat w2 ([C] vectors over x's rows), x_hat = (x - mean) inv, zero where the ReLU
   of x a + b is (relu=True). Linear in (w1, w2)."""
