@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import Primitive
-from jax.interpreters import ad, batching, mlir
+from jax.interpreters import ad, batching
 
-from jaxmm.models import onednn_conv
+from jaxmm.models import conv_ops, onednn_conv
 
 
 # Whether the ResNets train their BatchNorms with `TrainBatchNorm` where `usable` (read when a
@@ -99,18 +99,9 @@ def _sums(g, x, mean, inv, a, b, *, relu):
 
 
 def _primitive(name: str, impl: Callable, reference: Callable) -> Primitive:
-  """A primitive computed by `impl`, lowered on any platform; its jvp and vmap rules apply
-  jax.jvp and jax.vmap to `reference` (the same function in jnp)."""
-  p = Primitive(name)
-  p.def_impl(impl)
-
-  @p.def_abstract_eval
-  def _(*avals, **params):
-    out = jax.eval_shape(functools.partial(reference, **params),
-                         *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals))
-    return jax.core.ShapedArray(out.shape, out.dtype)
-
-  mlir.register_lowering(p, mlir.lower_fun(impl, multiple_results=False))
+  """A primitive computed by `impl` (conv_ops.primitive, lowered on any platform); its jvp and
+  vmap rules apply jax.jvp and jax.vmap to `reference` (the same function in jnp)."""
+  p = conv_ops.primitive(name, impl, None)
 
   def jvp(primals, tangents, **params):
     tangents = tuple(ad.instantiate_zeros(t) for t in tangents)

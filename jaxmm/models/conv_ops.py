@@ -59,7 +59,7 @@ class PoolOps(NamedTuple):
   scatter: Primitive  # (g [N,Oh,Ow,C], x; ...) -> [N,H,W,C]: the transpose of gather
 
 
-def _primitive(name: str, impl: Callable, platform: str | None) -> Primitive:
+def primitive(name: str, impl: Callable, platform: str | None) -> Primitive:
   """A primitive computed by `impl(*operands, **params)` (JAX code, traced when lowered)."""
   p = Primitive(name)
   p.def_impl(impl)
@@ -115,9 +115,9 @@ def conv_ops(name: str, forward: Callable, input_grad: Callable, kernel_grad: Ca
   implementations forward(x, kernel, *, stride, padding), input_grad(g, kernel, *, stride,
   padding, input_hw) and kernel_grad(x, g, *, stride, padding, kernel_hw); `platform`
   restricts where they lower (None: everywhere)."""
-  ops = ConvOps(_primitive(f"{name}_forward", forward, platform),
-                _primitive(f"{name}_input_grad", input_grad, platform),
-                _primitive(f"{name}_kernel_grad", kernel_grad, platform))
+  ops = ConvOps(primitive(f"{name}_forward", forward, platform),
+                primitive(f"{name}_input_grad", input_grad, platform),
+                primitive(f"{name}_kernel_grad", kernel_grad, platform))
 
   def conv(x, kernel, stride, padding):
     return ops.forward.bind(x, kernel, stride=stride, padding=padding)
@@ -155,9 +155,9 @@ def max_pool_ops(name: str, pool: Callable, gather: Callable, scatter: Callable)
   """The max-pool primitives from pool(x, *, window, stride, padding), gather(t, x, ...) and
   scatter(g, x, ...) (the last two linear in their first operand; the choice of maximum is
   locally constant in x, so x carries no derivative)."""
-  ops = PoolOps(_primitive(f"{name}_pool", pool, None),
-                _primitive(f"{name}_gather", gather, None),
-                _primitive(f"{name}_scatter", scatter, None))
+  ops = PoolOps(primitive(f"{name}_pool", pool, None),
+                primitive(f"{name}_gather", gather, None),
+                primitive(f"{name}_scatter", scatter, None))
 
   ad.defjvp(ops.pool, lambda t, x, **params: ops.gather.bind(t, x, **params))
   for linear, transpose in ((ops.gather, ops.scatter), (ops.scatter, ops.gather)):

@@ -35,36 +35,48 @@ struct Window {
 // max(acc, v), NaN if either is (as XLA's max).
 inline float NanMax(float acc, float v) { return (v > acc || v != v) ? v : acc; }
 
+// Calls visit(position, offset) for the positions of window (p, q) inside the image, in window
+// order: position a * size + b, offset (i * W + k) * C of its row of channels in the image.
+template <typename Visit>
+inline __attribute__((always_inline)) void ForEachInWindow(const Window& s, int64_t p,
+                                                           int64_t q, Visit&& visit) {
+  for (int64_t a = 0; a < s.size; ++a) {
+    const int64_t i = p * s.stride + a - s.pad;
+    if (i < 0 || i >= s.h) continue;
+    for (int64_t b = 0; b < s.size; ++b) {
+      const int64_t k = q * s.stride + b - s.pad;
+      if (k < 0 || k >= s.w) continue;
+      visit(static_cast<int32_t>(a * s.size + b), (i * s.w + k) * s.c);
+    }
+  }
+}
+
+constexpr float kLowest = -std::numeric_limits<float>::infinity();
+
 // y[p, q, :] of one image for output row p: the max over the window's positions in range.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void PoolRow(
     const Window& s, const float* __restrict x, float* __restrict y, int64_t p) {
   const int64_t c = s.c;
   for (int64_t q = 0; q < s.ow; ++q) {
     float* __restrict out = y + (p * s.ow + q) * c;
-    for (int64_t j = 0; j < c; ++j) out[j] = -std::numeric_limits<float>::infinity();
-    for (int64_t a = 0; a < s.size; ++a) {
-      const int64_t i = p * s.stride + a - s.pad;
-      if (i < 0 || i >= s.h) continue;
-      for (int64_t b = 0; b < s.size; ++b) {
-        const int64_t k = q * s.stride + b - s.pad;
-        if (k < 0 || k >= s.w) continue;
-        const float* __restrict in = x + (i * s.w + k) * c;
+    for (int64_t j = 0; j < c; ++j) out[j] = kLowest;
+    ForEachInWindow(s, p, q, [&](int32_t, int64_t offset) __attribute__((always_inline)) {
+      const float* __restrict in = x + offset;
 #pragma omp simd
-        for (int64_t j = 0; j < c; ++j) out[j] = NanMax(out[j], in[j]);
-      }
-    }
+      for (int64_t j = 0; j < c; ++j) out[j] = NanMax(out[j], in[j]);
+    });
   }
 }
 
 // dx of one image (zeroed here): each window's g at its first maximum. Per window, one pass
-// finds the first maximum's position per channel (arg), a second adds g there.
+// finds the first maximum's position per channel (arg), a second adds g there; positions in
+// padding are never above the others and take no gradient.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void ScatterImage(
     const Window& s, const float* __restrict g, const float* __restrict x,
     float* __restrict dx, float* __restrict y, float* __restrict best,
     int32_t* __restrict arg) {
   const int64_t c = s.c;
   const int32_t last = static_cast<int32_t>(s.size * s.size - 1);
-  constexpr float kLowest = -std::numeric_limits<float>::infinity();
   std::memset(dx, 0, sizeof(float) * s.h * s.w * c);
   for (int64_t p = 0; p < s.oh; ++p) {
     for (int64_t q = 0; q < s.ow; ++q) {
@@ -74,39 +86,27 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void ScatterImage(
         y[j] = best[j] = kLowest;
         arg[j] = -1;
       }
-      for (int64_t a = 0; a < s.size; ++a) {
-        const int64_t i = p * s.stride + a - s.pad;
-        if (i < 0 || i >= s.h) continue;
-        for (int64_t b = 0; b < s.size; ++b) {
-          const int64_t k = q * s.stride + b - s.pad;
-          if (k < 0 || k >= s.w) continue;
-          const float* __restrict in = x + (i * s.w + k) * c;
-          const int32_t position = static_cast<int32_t>(a * s.size + b);
+      ForEachInWindow(s, p, q, [&](int32_t position, int64_t offset)
+                                   __attribute__((always_inline)) {
+        const float* __restrict in = x + offset;
 #pragma omp simd
-          for (int64_t j = 0; j < c; ++j) {
-            y[j] = NanMax(y[j], in[j]);
-            const bool above = in[j] > best[j];  // strictly: the first maximum stays
-            best[j] = above ? in[j] : best[j];
-            arg[j] = above ? position : arg[j];
-          }
+        for (int64_t j = 0; j < c; ++j) {
+          y[j] = NanMax(y[j], in[j]);
+          const bool above = in[j] > best[j];  // strictly: the first maximum stays
+          best[j] = above ? in[j] : best[j];
+          arg[j] = above ? position : arg[j];
         }
-      }
+      });
       // No value above -inf: every position (padding too) equals the max, the first is it.
       // A NaN max equals no position: the last one.
 #pragma omp simd
       for (int64_t j = 0; j < c; ++j) arg[j] = y[j] != y[j] ? last : (arg[j] < 0 ? 0 : arg[j]);
-      for (int64_t a = 0; a < s.size; ++a) {
-        const int64_t i = p * s.stride + a - s.pad;
-        if (i < 0 || i >= s.h) continue;  // padding: the gradient is dropped
-        for (int64_t b = 0; b < s.size; ++b) {
-          const int64_t k = q * s.stride + b - s.pad;
-          if (k < 0 || k >= s.w) continue;
-          const int32_t position = static_cast<int32_t>(a * s.size + b);
-          float* __restrict d = dx + (i * s.w + k) * c;
+      ForEachInWindow(s, p, q, [&](int32_t position, int64_t offset)
+                                   __attribute__((always_inline)) {
+        float* __restrict d = dx + offset;
 #pragma omp simd
-          for (int64_t j = 0; j < c; ++j) d[j] += arg[j] == position ? gq[j] : 0.0f;
-        }
-      }
+        for (int64_t j = 0; j < c; ++j) d[j] += arg[j] == position ? gq[j] : 0.0f;
+      });
     }
   }
 }
