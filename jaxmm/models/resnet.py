@@ -39,7 +39,8 @@ def batch_norm(x: jax.Array, *, train: bool, dtype: Any, name: str, zero_scale: 
   on one CPU device takes jaxmm's fewer-pass BatchNorm (batch_norm.TrainBatchNorm, the same
   variables), anything else flax's nn.BatchNorm."""
   scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
-  if train and dtype in (None, jnp.float32) and fast_batch_norm.usable(x):
+  float32 = dtype is None or jnp.dtype(dtype) == jnp.float32
+  if train and float32 and fast_batch_norm.usable(x):
     return fast_batch_norm.TrainBatchNorm(momentum=0.9, epsilon=1e-5, relu=relu,
                                           scale_init=scale_init, name=name)(x)
   y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 
 from jaxmm.data.atomic import write_text_atomic
-from jaxmm.models import onednn_conv
+from jaxmm.models import batch_norm, onednn_conv
 
 KEY_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
                 "grain", "transformers", "scikit-learn", "scipy", "numpy", "ml-collections",
@@ -76,8 +76,8 @@ def package_versions(names=KEY_PACKAGES) -> dict:
 
 
 def env_info(seed: int) -> dict:
-  """Versions, devices, seed and which convolutions ran: what a reader needs to reproduce the
-  run."""
+  """Versions, devices, seed and which convolutions and BatchNorm ran: what a reader needs to
+  reproduce the run."""
   return {
       "python": sys.version,
       "platform": platform.platform(),
@@ -89,6 +89,7 @@ def env_info(seed: int) -> dict:
       "seed": int(seed),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "convolutions": onednn_conv.describe(),  # oneDNN or XLA's, and why
+      "batch_norm": batch_norm.describe(),  # which BatchNorm float32 ResNets train with
   }
 
 

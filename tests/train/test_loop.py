@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxmm.data import pipeline
-from jaxmm.models import onednn_conv
+from jaxmm.models import batch_norm, onednn_conv
 from jaxmm.train import checkpointing, loop
 
 
@@ -61,6 +61,7 @@ def test_training_lowers_the_loss(smoke_config, tmp_path):
   env = json.loads((tmp_path / "env_info.json").read_text())
   assert env["seed"] == config.seed
   assert env["convolutions"] == onednn_conv.describe()
+  assert env["batch_norm"] == batch_norm.describe()
   assert set(results) >= {"validation", "test", "best_step"}
   assert 0.0 <= results["test"]["macro_f1"] <= 1.0
   # --mode=eval on the workdir reproduces the best checkpoint's test metrics exactly.
