@@ -74,10 +74,16 @@ inline __attribute__((always_inline)) void SumRows(
   }
 }
 
-// One clone per instruction set, picked when the library loads (memory-bound loops: wider
-// vectors mostly save instructions).
+// One clone of the marked loops per instruction set, picked when the library loads (where the
+// compiler can: GCC, or clang 14 and later, on x86-64).
+#if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 6)
+#define JAXMM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define JAXMM_CLONES
+#endif
+
 #define JAXMM_SUM_ROWS(name, squares, relu)                                                 \
-  __attribute__((target_clones("avx512f", "avx2", "default"))) void name(                   \
+  JAXMM_CLONES void name(                                                                   \
       const float* g, const float* x, const float* a, const float* b, int64_t begin,        \
       int64_t end, int64_t c, double* s1, double* s2, float* f1, float* f2) {               \
     SumRows<squares, relu>(g, x, a, b, begin, end, c, s1, s2, f1, f2);                       \

@@ -26,6 +26,14 @@ namespace jaxmm {
 std::mutex& CallLock();  // onednn_conv.cc: the library's calls run one at a time
 }  // namespace jaxmm
 
+// One clone of the marked loops per instruction set, picked when the library loads (where the
+// compiler can: GCC, or clang 14 and later, on x86-64).
+#if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 6)
+#define JAXMM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define JAXMM_CLONES
+#endif
+
 namespace {
 
 struct Window {
@@ -54,7 +62,7 @@ inline __attribute__((always_inline)) void ForEachInWindow(const Window& s, int6
 constexpr float kLowest = -std::numeric_limits<float>::infinity();
 
 // y[p, q, :] of one image for output row p: the max over the window's positions in range.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void PoolRow(
+JAXMM_CLONES void PoolRow(
     const Window& s, const float* __restrict x, float* __restrict y, int64_t p) {
   const int64_t c = s.c;
   for (int64_t q = 0; q < s.ow; ++q) {
@@ -71,7 +79,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void PoolRow(
 // dx of one image (zeroed here): each window's g at its first maximum. Per window, one pass
 // finds the first maximum's position per channel (arg), a second adds g there; positions in
 // padding are never above the others and take no gradient.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void ScatterImage(
+JAXMM_CLONES void ScatterImage(
     const Window& s, const float* __restrict g, const float* __restrict x,
     float* __restrict dx, float* __restrict y, float* __restrict best,
     int32_t* __restrict arg) {
