@@ -33,16 +33,17 @@ namespace {
 constexpr int64_t kBlock = 64;              // rows summed in float before the double sums
 constexpr int64_t kParallel = int64_t{1} << 16;  // fewer elements than this: one thread
 
-// Adds the column sums over rows [begin, end) into s1 and s2 (C columns each):
-//   moments (kSquares): of d = x - k and of d^2, k a row of x (the shift keeps a mean far from
-//     zero from cancelling the variance out of sums of squares);
-//   gradient sums: of g' and of g' x.
+// Adds the column sums over rows [begin, end) into s1 and s2 (C columns each), with d = x - k,
+// k the first row of x (the shift keeps a mean far from zero from cancelling the variance out
+// of the sums):
+//   moments (kSquares): of d and of d^2;
+//   gradient sums: of g' and of g' d.
 template <bool kSquares, bool kRelu>
 inline __attribute__((always_inline)) void SumRows(
     const float* __restrict g, const float* __restrict x, const float* __restrict a,
     const float* __restrict b, int64_t begin, int64_t end, int64_t c, double* __restrict s1,
     double* __restrict s2, float* __restrict f1, float* __restrict f2) {
-  const float* __restrict k = x;  // moments: the shift, x's first row
+  const float* __restrict k = x;  // the shift: x's first row
   for (int64_t r0 = begin; r0 < end; r0 += kBlock) {
     const int64_t r1 = std::min(end, r0 + kBlock);
     std::fill(f1, f1 + c, 0.0f);
@@ -62,7 +63,7 @@ inline __attribute__((always_inline)) void SumRows(
         for (int64_t j = 0; j < c; ++j) {
           const float gj = (!kRelu || xr[j] * a[j] + b[j] > 0.0f) ? gr[j] : 0.0f;
           f1[j] += gj;
-          f2[j] += gj * xr[j];
+          f2[j] += gj * (xr[j] - k[j]);
         }
       }
     }
@@ -172,12 +173,14 @@ ffi::Error GradSumsImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
   std::vector<double> s1, s2;
   ColumnSums(relu ? GradReluRows : GradRows, g.typed_data(), x.typed_data(), a.typed_data(),
              b.typed_data(), m, c, s1, s2);
+  const float* k = x.typed_data();
   const float* mu = mean.typed_data();
   const float* iv = inv.typed_data();
   float* o = out->typed_data();
-  for (int64_t j = 0; j < c; ++j) {  // sum g' (x - mean) inv = inv (sum g' x - mean sum g')
+  for (int64_t j = 0; j < c; ++j) {  // sum g' (x - mean) = sum g' (x - k) - (mean - k) sum g'
     o[j] = static_cast<float>(s1[j]);
-    o[c + j] = static_cast<float>(iv[j] * (s2[j] - static_cast<double>(mu[j]) * s1[j]));
+    const double shift = static_cast<double>(mu[j]) - k[j];
+    o[c + j] = static_cast<float>(iv[j] * (s2[j] - shift * s1[j]));
   }
   return ffi::Error::Success();
 }
