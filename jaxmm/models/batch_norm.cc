@@ -6,8 +6,9 @@
 //   jaxmm_bn_grad_sums  (g, x, mean, inv, a, b)   -> [2, C]: sum g', sum g' (x - mean) inv
 // where g' = g, or with the attribute relu = 1, g' = g where x a + b > 0 and 0 elsewhere (the
 // ReLU after the normalisation y = x a + b, its mask recomputed from x rather than stored).
-// Each reads the activations once, rows split across the OpenMP threads; sums run in float
-// over blocks of kBlock rows, then go into double sums. The library is built with
+// Each reads the activations once, rows split across the OpenMP threads; sums of x - k (k the
+// first row of x) run in float over blocks of kBlock rows, then go into double sums. Both hold
+// jaxmm::CallLock while they run. The library is built with
 // -ffp-contract=off, so x a + b rounds as XLA's fusion that applies the ReLU rounds it, and
 // -fopenmp-simd, so the loops marked `omp simd` are vectorised.
 #include <algorithm>

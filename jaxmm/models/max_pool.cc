@@ -10,11 +10,11 @@
 // of a window of -inf values: its gradient is dropped), and a window holding NaN has the
 // maximum NaN and no position equal to it: its gradient goes to its last position.
 // Rows (pool) or images (scatter) are split across the OpenMP threads; the loops over channels
-// are vectorised (-fopenmp-simd).
+// are vectorised (-fopenmp-simd). Both hold jaxmm::CallLock while they run.
 #include <cstdint>
-#include <mutex>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <vector>
 
