@@ -52,10 +52,8 @@ def describe() -> str:
   """Which BatchNorm jaxmm's ResNets train float32 models with on this process's devices."""
   if not ENABLED:
     return "flax BatchNorm (--no-fast_batch_norm)"
-  if jax.device_count() != 1:
-    return "flax BatchNorm (several devices)"
-  if (reason := onednn_conv._excluded()) or not onednn_conv.available():
-    return f"flax BatchNorm ({reason or 'jaxmm library unavailable'})"
+  if reason := onednn_conv.kernels_excluded():
+    return f"flax BatchNorm ({reason})"
   return "jaxmm BatchNorm (C++ reductions)"
 
 

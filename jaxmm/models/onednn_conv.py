@@ -209,11 +209,19 @@ def usable(x: jax.Array, kernel: jax.Array) -> bool:
           and available())
 
 
+def kernels_excluded() -> str | None:
+  """Why this process keeps XLA's ops instead of the library's other kernels (batch_norm.cc,
+  max_pool.cc: not partitioned, so one CPU device only), or None."""
+  if jax.device_count() != 1:
+    return "several devices"
+  if reason := _excluded():
+    return reason
+  return None if available() else "jaxmm library unavailable"
+
+
 def kernels_usable(x: jax.Array) -> bool:
-  """Whether x may take the library's other kernels (batch_norm.cc, max_pool.cc): float32 on
-  the one CPU device of this process (they are not partitioned over several)."""
-  return (x.dtype == jnp.float32 and jax.device_count() == 1 and _excluded() is None
-          and available())
+  """Whether x may take the library's other kernels: float32, and `kernels_excluded` None."""
+  return x.dtype == jnp.float32 and kernels_excluded() is None
 
 
 # ---------------------------------------------------------------- the custom calls
