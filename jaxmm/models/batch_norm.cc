@@ -8,7 +8,7 @@
 // ReLU after the normalisation y = x a + b, its mask recomputed from x rather than stored).
 // Each reads the activations once, rows split across the OpenMP threads; sums of x - k (k the
 // first row of x) run in float over blocks of kBlock rows, then go into double sums. Both hold
-// jaxmm::CallLock while they run. The library is built with
+// their jaxmm::CallTurn (the library's lock) while they run. The library is built with
 // -ffp-contract=off, so x a + b rounds as XLA's fusion that applies the ReLU rounds it, and
 // -fopenmp-simd, so the loops marked `omp simd` are vectorised.
 #include <algorithm>
@@ -26,7 +26,8 @@
 namespace ffi = xla::ffi;
 
 namespace jaxmm {
-std::mutex& CallLock();  // onednn_conv.cc: the library's calls run one at a time
+// onednn_conv.cc: the library's calls run one at a time.
+std::unique_lock<std::mutex> CallTurn(bool exclusive);
 }  // namespace jaxmm
 
 namespace {
@@ -147,7 +148,7 @@ ffi::Error MomentsImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> out)
   if (!RowsColumns(x.dimensions(), m, c) || out->element_count() != 2 * c)
     return Invalid("moments: x must be [..., C] and the result [2, C]");
   if (m == 0) return Invalid("moments of an empty batch");
-  std::lock_guard<std::mutex> call_lock(jaxmm::CallLock());
+  const auto turn = jaxmm::CallTurn(true);
   std::vector<double> s1, s2;
   ColumnSums(MomentRows, nullptr, x.typed_data(), nullptr, nullptr, m, c, s1, s2);
   const float* k = x.typed_data();
@@ -170,7 +171,7 @@ ffi::Error GradSumsImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
       b.element_count() != c || out->element_count() != 2 * c)
     return Invalid("gradient sums: g and x must be [..., C], mean, inv, a and b [C], the "
                    "result [2, C]");
-  std::lock_guard<std::mutex> call_lock(jaxmm::CallLock());
+  const auto turn = jaxmm::CallTurn(true);
   std::vector<double> s1, s2;
   ColumnSums(relu ? GradReluRows : GradRows, g.typed_data(), x.typed_data(), a.typed_data(),
              b.typed_data(), m, c, s1, s2);

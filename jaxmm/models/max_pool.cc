@@ -10,7 +10,8 @@
 // of a window of -inf values: its gradient is dropped), and a window holding NaN has the
 // maximum NaN and no position equal to it: its gradient goes to its last position.
 // Rows (pool) or images (scatter) are split across the OpenMP threads; the loops over channels
-// are vectorised (-fopenmp-simd). Both hold jaxmm::CallLock while they run.
+// are vectorised (-fopenmp-simd). Both hold their jaxmm::CallTurn (the
+// library's lock) while they run.
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -23,7 +24,8 @@
 namespace ffi = xla::ffi;
 
 namespace jaxmm {
-std::mutex& CallLock();  // onednn_conv.cc: the library's calls run one at a time
+// onednn_conv.cc: the library's calls run one at a time.
+std::unique_lock<std::mutex> CallTurn(bool exclusive);
 }  // namespace jaxmm
 
 // One clone of the marked loops per instruction set, picked when the library loads (where the
@@ -143,7 +145,7 @@ ffi::Error PoolImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, int6
   if (auto err = MakeWindow(x.dimensions(), y->dimensions(), window, stride, pad_lo, pad_hi, s);
       err.failure())
     return err;
-  std::lock_guard<std::mutex> call_lock(jaxmm::CallLock());
+  const auto turn = jaxmm::CallTurn(true);
   const float* in = x.typed_data();
   float* out = y->typed_data();
   const int64_t rows = s.n * s.oh;
@@ -165,7 +167,7 @@ ffi::Error ScatterImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
       err.failure())
     return err;
   if (dx->element_count() != x.element_count()) return Invalid("dx must have x's shape");
-  std::lock_guard<std::mutex> call_lock(jaxmm::CallLock());
+  const auto turn = jaxmm::CallTurn(true);
   const float* gd = g.typed_data();
   const float* xd = x.typed_data();
   float* out = dx->typed_data();

@@ -5,12 +5,12 @@
 //   jaxmm_onednn_conv_bwd_data     dx = d conv / d x . g     (g, w)   -> dx
 //   jaxmm_onednn_conv_bwd_weights  dw = d conv / d w . g     (x, g)   -> dw
 // Attributes: stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, exclusive (int64;
-// 1: the call holds jaxmm::CallLock).
+// 1: the call runs alone, jaxmm::CallTurn).
 // Activations stay in the caller's NHWC buffers; kernels are reordered to (from) the layout the
 // chosen oneDNN implementation wants on every call, as PyTorch does for channels_last training
 // (the forward kernels by a plain copy of runs of O, CopyToBlocked, the others by oneDNN).
 // Primitives are built once per shape and kept; each call brings its own scratchpad; calls
-// from several XLA threads run one at a time (jaxmm::CallLock).
+// from several XLA threads run one at a time (jaxmm::CallTurn).
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -30,15 +30,17 @@ using dnnl::memory;
 using tag = dnnl::memory::format_tag;
 
 namespace jaxmm {
-// Held by the library's custom calls while they run (batch_norm.cc, max_pool.cc, and these
-// convolutions when their attribute `exclusive` is 1): XLA starts independent custom calls at
+// A custom call's turn: the library's one lock, held (exclusive) or not, for as long as the
+// call keeps what this returns. batch_norm.cc and max_pool.cc always take it, these
+// convolutions when their attribute `exclusive` is 1. XLA starts independent custom calls at
 // once, and on one device two of them, each spreading over all cores on its own OpenMP
 // threads, slowed each other down (ResNet-18 training step, batch 16, 2-core Xeon: 0.65 ->
 // 0.61 s one at a time). Over several devices in one process, the devices' convolutions
 // overlapped run faster (22.3 images/s against 19.5 one at a time): there `exclusive` is 0.
-std::mutex& CallLock() {
+std::unique_lock<std::mutex> CallTurn(bool exclusive) {
   static std::mutex mu;
-  return mu;
+  return exclusive ? std::unique_lock<std::mutex>(mu)
+                   : std::unique_lock<std::mutex>(mu, std::defer_lock);
 }
 }  // namespace jaxmm
 
@@ -236,8 +238,7 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        int64_t pb, int64_t pl, int64_t pr, int64_t exclusive) {
   if (auto err = Check(x.dimensions(), w.dimensions(), y->dimensions()); err.failure())
     return err;
-  std::unique_lock<std::mutex> call_lock(jaxmm::CallLock(), std::defer_lock);
-  if (exclusive) call_lock.lock();
+  const auto turn = jaxmm::CallTurn(exclusive);
   try {
     const Key k = MakeKey(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl,
                           pr);
@@ -259,8 +260,7 @@ ffi::Error ConvBwdDataImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
                            int64_t pb, int64_t pl, int64_t pr, int64_t exclusive) {
   if (auto err = Check(dx->dimensions(), w.dimensions(), g.dimensions()); err.failure())
     return err;
-  std::unique_lock<std::mutex> call_lock(jaxmm::CallLock(), std::defer_lock);
-  if (exclusive) call_lock.lock();
+  const auto turn = jaxmm::CallTurn(exclusive);
   try {
     const Key k = MakeKey(dx->dimensions(), w.dimensions(), g.dimensions(), sh, sw, pt, pb, pl,
                           pr);
@@ -284,8 +284,7 @@ ffi::Error ConvBwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
                               int64_t exclusive) {
   if (auto err = Check(x.dimensions(), dw->dimensions(), g.dimensions()); err.failure())
     return err;
-  std::unique_lock<std::mutex> call_lock(jaxmm::CallLock(), std::defer_lock);
-  if (exclusive) call_lock.lock();
+  const auto turn = jaxmm::CallTurn(exclusive);
   try {
     const Key k = MakeKey(x.dimensions(), dw->dimensions(), g.dimensions(), sh, sw, pt, pb, pl,
                           pr);
