@@ -35,6 +35,33 @@ def model_inputs(batch: dict) -> dict:
                                                   "text_type_ids", "meta")}
 
 
+def update_if_finite(finite: jax.Array, state: TrainState, grads: Any, new_batch_stats: Any,
+                     tx: optax.GradientTransformation, *,
+                     in_cond: bool | None = None) -> tuple[Any, Any, Any]:
+  """(params, batch_stats, opt_state) after the optimizer update when `finite`, else the
+  state's own.
+
+  `in_cond` (default: on CPU) runs the update inside a `lax.cond`. Selecting per leaf between the updated and the
+  old values (`jnp.where`) makes XLA's copy insertion copy every optimizer-state buffer first,
+  because the update writes the state in place (donated) while another fusion still reads
+  the old values: an SGD-momentum update of ResNet-18's 11.7M parameters took 35 ms that way
+  against 8.5 ms in a cond, AdamW on BERT-base's 110M 460 against 138 ms (2-core Xeon). On
+  GPU a conditional reads its predicate back to the host every step, so there the update is
+  selected per leaf as before (not measured on a GPU).
+  """
+  old = (state.params, state.batch_stats, state.opt_state)
+
+  def update():
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), new_batch_stats, new_opt_state
+
+  if in_cond is None:
+    in_cond = jax.default_backend() == "cpu"
+  if in_cond:
+    return jax.lax.cond(finite, update, lambda: old)
+  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), update(), old)
+
+
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
                loss_fn: Callable) -> tuple[TrainState, dict]:
   """One optimisation step on a (sharded) global batch.
@@ -57,13 +84,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
   (loss, new_batch_stats), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(state.params)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_state = state.replace(step=state.step + 1,
-                            params=keep(new_params, state.params),
-                            batch_stats=keep(new_batch_stats, state.batch_stats),
-                            opt_state=keep(new_opt_state, state.opt_state))
+  params, batch_stats, opt_state = update_if_finite(finite, state, grads, new_batch_stats, tx)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
   return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
 
