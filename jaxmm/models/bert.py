@@ -1,11 +1,11 @@
 """BERT text encoder whose parameter tree mirrors Hugging Face `BertModel`.
 
 transformers 5 has no Flax models, so jaxmm carries its own: token + position + segment
-embeddings, LayerNorm (eps 1e-12), dropout, post-LN transformer layers with exact (erf) GELU,
-and the tanh pooler on [CLS]. Module names follow the PyTorch module names, so
-`encoder.layer.0.attention.self.query.weight` is `encoder/layer/0/attention/self/query/kernel`
-(transposed) and a checkpoint converts by walking names
-(`jaxmm.third_party.bert_hf.params_from_hf_state_dict`).
+embeddings, LayerNorm (eps 1e-12), dropout (`jaxmm.models.dropout`), post-LN transformer
+layers with exact (erf) GELU, and the tanh pooler on [CLS]. Module names follow the PyTorch
+module names, so `encoder.layer.0.attention.self.query.weight` is
+`encoder/layer/0/attention/self/query/kernel` (transposed) and a checkpoint converts by
+walking names (`jaxmm.third_party.bert_hf.params_from_hf_state_dict`).
 """
 import functools
 from typing import Any
@@ -13,6 +13,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxmm.models import dropout as dropout_lib
 
 # Google's BERT miniatures (tiny .. medium) and the two original sizes; intermediate = 4 x hidden.
 BERT_SIZES = {
@@ -89,7 +91,7 @@ class BertEmbeddings(nn.Module):
          + embed(self.max_len, name="position_embeddings").leading(ids.shape[1])[None]
          + embed(self.type_vocab_size, name="token_type_embeddings")(type_ids))
     x = layer_norm(self.dtype)(x)
-    return nn.Dropout(self.dropout, deterministic=not train)(x)
+    return dropout_lib.Dropout(self.dropout, deterministic=not train)(x)
 
 
 class BertSelfAttention(nn.Module):
@@ -105,11 +107,11 @@ class BertSelfAttention(nn.Module):
     heads_shape = (n, length, self.num_heads, hidden // self.num_heads)
     q, k, v = (dense(hidden, self.dtype, name)(x).reshape(heads_shape)
                for name in ("query", "key", "value"))
-    use_dropout = train and self.dropout > 0
-    context = nn.dot_product_attention(
-        q, k, v, mask=mask, broadcast_dropout=False, dropout_rate=self.dropout,
-        dropout_rng=self.make_rng("dropout") if use_dropout else None,
-        deterministic=not use_dropout, dtype=self.dtype, force_fp32_for_softmax=True)
+    # nn.dot_product_attention with jaxmm's dropout on the attention probabilities.
+    weights = nn.dot_product_attention_weights(q, k, mask=mask, dtype=self.dtype,
+                                               force_fp32_for_softmax=True)
+    weights = dropout_lib.Dropout(self.dropout, deterministic=not train)(weights)
+    context = jnp.einsum("...hqk,...khd->...qhd", weights, v)
     return context.reshape(n, length, hidden)
 
 
@@ -124,7 +126,7 @@ class BertResidualOutput(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, residual: jax.Array, *, train: bool) -> jax.Array:
     x = dense(residual.shape[-1], self.dtype, "dense")(x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = dropout_lib.Dropout(self.dropout, deterministic=not train)(x)
     return layer_norm(self.dtype)(x + residual)
 
 
