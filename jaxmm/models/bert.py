@@ -8,6 +8,7 @@ module names, so `encoder.layer.0.attention.self.query.weight` is
 walking names (`jaxmm.third_party.bert_hf.params_from_hf_state_dict`).
 """
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -143,6 +144,15 @@ class BertAttention(nn.Module):
     return BertResidualOutput(self.dropout, self.dtype, name="output")(context, x, train=train)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU as HF's BERT writes it, x * (1 + erf(x / sqrt 2)) / 2. jax.nn.gelu's exact
+  form goes through erfc(-x / sqrt 2), which XLA evaluates with an exponential: on CPU
+  the erf form's forward is about twice as fast (1024 x 3072: 0.8 vs 1.8 ms); the two agree
+  to 1e-6 absolute (the erfc form is more precise only for x far below zero, where both
+  are within 1e-7 of 0)."""
+  return x * 0.5 * (1.0 + jax.lax.erf(x * (1 / math.sqrt(2.0))))
+
+
 class BertIntermediate(nn.Module):
   """dense -> exact GELU. [N, L, H] -> [N, L, intermediate_size]."""
   intermediate_size: int
@@ -150,7 +160,7 @@ class BertIntermediate(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.gelu(dense(self.intermediate_size, self.dtype, "dense")(x), approximate=False)
+    return gelu(dense(self.intermediate_size, self.dtype, "dense")(x))
 
 
 class BertLayer(nn.Module):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from jaxmm.models.bert import ONE_HOT_MAX_ROWS, Bert, Embedding
+from jaxmm.models.bert import ONE_HOT_MAX_ROWS, Bert, Embedding, gelu
 from jaxmm.third_party.bert_hf import params_from_hf_state_dict
 
 KEY = jax.random.key(0, impl="rbg")
@@ -157,3 +157,11 @@ def test_bfloat16_embedding_gradients_scatter_only_into_float32():
               for line in hlo.splitlines() if " scatter(" in line]
   vocab, hidden = TINY["vocab_size"], TINY["hidden_size"]
   assert scatters == [f"f32[{vocab},{hidden}]{{1,0}}"], scatters
+
+
+def test_gelu_is_jax_exact_gelu():
+  x = jnp.linspace(-12.0, 12.0, 4001)
+  np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
+  grad = jax.vmap(jax.grad(gelu))(x)
+  np.testing.assert_allclose(grad, jax.vmap(jax.grad(
+      lambda v: jax.nn.gelu(v, approximate=False)))(x), atol=2e-6)
