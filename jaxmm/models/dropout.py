@@ -7,8 +7,8 @@ gradients). Here:
 
 - each 32-bit word of `jax.random.bits` gives two 16-bit uniforms, so half the threefry work;
   an element is kept when its draw is below `round(keep * 2**16)`, so the keep probability
-  is that over 2**16 (0.9 -> 0.899994), and kept values are scaled by its inverse, which keeps
-  the expectation of every output equal to its input exactly;
+  is that over 2**16 (0.9 -> 0.899994), and kept values are scaled by its inverse, so every
+  output's expectation is its input (up to the scale's rounding in x's dtype);
 - the boolean mask passes an `optimization_barrier`, so it is drawn once and the backward
   reads it (1 byte per element) instead of drawing it again.
 
