@@ -20,7 +20,7 @@ def test_keep_rate_and_expectation(rate):
   assert abs(kept.mean() - p) < 6 * np.sqrt(p * (1 - p) / n)
   np.testing.assert_allclose(np.asarray(y)[kept], 1 / p, rtol=1e-6)
   assert abs(float(y.mean()) - 1.0) < 6 * np.sqrt((1 - p) / p / n)
-  # Rows and columns are not correlated by the two-draws-per-word layout.
+  # Every row, column and channel keeps at that rate (the two halves of a row's words alike).
   for axis in (0, 1, 2):
     means = kept.mean(axis=tuple(a for a in range(3) if a != axis))
     spread = 6 * np.sqrt(p * (1 - p) / (n / kept.shape[axis]))
