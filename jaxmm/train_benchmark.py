@@ -489,6 +489,7 @@ def machine_info(args) -> dict:
   import jax
   import torch
   from jaxmm.models import batch_norm, fast_backward, onednn_conv
+  from jaxmm.train import steps
   device = jax.devices()[0]
   platform = device.platform
   dtype = args.dtype if args.dtype != "auto" else ("float32" if platform == "cpu"
@@ -500,6 +501,7 @@ def machine_info(args) -> dict:
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_device": torch_device,
           "fast_backward": fast_backward.ENABLED, "convolutions": onednn_conv.describe(),
           "batch_norm": batch_norm.describe(),
+          "update_guard": steps.describe_update_guard(),
           "kept_host_memory": bool(getattr(args, "kept_host_memory", False)),
           "torch_threads": torch.get_num_threads(),
           "torch_settings": configure_torch(torch_device, dtype)}
@@ -542,7 +544,7 @@ def torch_settings(model: dict, machine: dict) -> str:
 def jaxmm_settings(model: dict, machine: dict) -> str:
   parts = ["build_model + train_step, jit with donated state",
            f"data parallel over {machine['device_count']} {machine['platform']} device(s)",
-           f"compute {model['dtype']}"]
+           f"compute {model['dtype']}", machine["update_guard"]]
   if model["unit"] == "images":
     parts.append("fast_backward gradients" if machine["fast_backward"]
                  else "XLA's conv / max-pool gradients (--no-fast_backward)")

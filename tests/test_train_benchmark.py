@@ -50,7 +50,8 @@ def test_train_benchmark_tiny_models_train_and_report(tmp_path, capsys, jax_env)
   _, state, train_fn = tb.jaxmm_setup(spec, batch, "float32")
   assert result["models"][0]["flops_per_step"] == tb.traced_flops(train_fn, state, batch) > 0
   for text in ("jaxmm", "torch", "images/s", "sequences/s", "eager used", "channels_last",
-               "fused SGD", "fused AdamW", f"{result['machine']['torch_threads']} threads"):
+               "fused SGD", "fused AdamW", f"{result['machine']['torch_threads']} threads",
+               "optimizer update in a cond on the finite flag"):
     assert text in printed
 
 

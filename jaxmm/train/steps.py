@@ -35,6 +35,18 @@ def model_inputs(batch: dict) -> dict:
                                                   "text_type_ids", "meta")}
 
 
+def update_in_cond() -> bool:
+  """Whether update_if_finite runs the update in a cond by default: on CPU (see there)."""
+  return jax.default_backend() == "cpu"
+
+
+def describe_update_guard() -> str:
+  """How train_step keeps the state after a non-finite step, for run records and benchmarks
+  (the two ways round differently)."""
+  return ("optimizer update in a cond on the finite flag" if update_in_cond()
+          else "optimizer update selected per leaf on the finite flag")
+
+
 def update_if_finite(finite: jax.Array, state: TrainState, grads: Any, new_batch_stats: Any,
                      tx: optax.GradientTransformation, *,
                      in_cond: bool | None = None) -> tuple[Any, Any, Any]:
@@ -56,7 +68,7 @@ def update_if_finite(finite: jax.Array, state: TrainState, grads: Any, new_batch
     return optax.apply_updates(state.params, updates), new_batch_stats, new_opt_state
 
   if in_cond is None:
-    in_cond = jax.default_backend() == "cpu"
+    in_cond = update_in_cond()
   if in_cond:
     return jax.lax.cond(finite, update, lambda: old)
   return jax.tree.map(lambda n, o: jnp.where(finite, n, o), update(), old)

@@ -12,6 +12,7 @@ import jax
 
 from jaxmm.data.atomic import write_text_atomic
 from jaxmm.models import batch_norm, onednn_conv
+from jaxmm.train import steps
 
 KEY_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
                 "grain", "transformers", "scikit-learn", "scipy", "numpy", "ml-collections",
@@ -76,8 +77,8 @@ def package_versions(names=KEY_PACKAGES) -> dict:
 
 
 def env_info(seed: int) -> dict:
-  """Versions, devices, seed and which convolutions and BatchNorm ran: what a reader needs to
-  reproduce the run."""
+  """Versions, devices, seed and which convolutions, BatchNorm and non-finite guard ran: what
+  a reader needs to reproduce the run."""
   return {
       "python": sys.version,
       "platform": platform.platform(),
@@ -90,6 +91,7 @@ def env_info(seed: int) -> dict:
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "convolutions": onednn_conv.describe(),  # oneDNN or XLA's, and why
       "batch_norm": batch_norm.describe(),  # which BatchNorm float32 ResNets train with
+      "update_guard": steps.describe_update_guard(),  # cond or per-leaf select
   }
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from jaxmm.data import pipeline
 from jaxmm.models import batch_norm, onednn_conv
-from jaxmm.train import checkpointing, loop
+from jaxmm.train import checkpointing, loop, steps
 
 
 def params_of(workdir, config, which="latest"):
@@ -62,6 +62,7 @@ def test_training_lowers_the_loss(smoke_config, tmp_path):
   assert env["seed"] == config.seed
   assert env["convolutions"] == onednn_conv.describe()
   assert env["batch_norm"] == batch_norm.describe()
+  assert env["update_guard"] == steps.describe_update_guard()
   assert set(results) >= {"validation", "test", "best_step"}
   assert 0.0 <= results["test"]["macro_f1"] <= 1.0
   # --mode=eval on the workdir reproduces the best checkpoint's test metrics exactly.
