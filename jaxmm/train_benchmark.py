@@ -488,8 +488,8 @@ def machine_info(args) -> dict:
   """Platform, device kind, CPUs, versions and both sides' global settings."""
   import jax
   import torch
-  from jaxmm.models import batch_norm, fast_backward, onednn_conv
-  from jaxmm.train import steps
+  from jaxmm.models import fast_backward
+  from jaxmm.train import writer
   device = jax.devices()[0]
   platform = device.platform
   dtype = args.dtype if args.dtype != "auto" else ("float32" if platform == "cpu"
@@ -499,9 +499,7 @@ def machine_info(args) -> dict:
           "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
           "cpu_model": cpu_model(), "dtype": dtype, "jax": jax.__version__,
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_device": torch_device,
-          "fast_backward": fast_backward.ENABLED, "convolutions": onednn_conv.describe(),
-          "batch_norm": batch_norm.describe(),
-          "update_guard": steps.describe_update_guard(),
+          "fast_backward": fast_backward.ENABLED, **writer.step_choices(),
           "kept_host_memory": bool(getattr(args, "kept_host_memory", False)),
           "torch_threads": torch.get_num_threads(),
           "torch_settings": configure_torch(torch_device, dtype)}

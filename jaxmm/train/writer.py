@@ -89,10 +89,16 @@ def env_info(seed: int) -> dict:
       "process_count": jax.process_count(),
       "seed": int(seed),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "convolutions": onednn_conv.describe(),  # oneDNN or XLA's, and why
-      "batch_norm": batch_norm.describe(),  # which BatchNorm float32 ResNets train with
-      "update_guard": steps.describe_update_guard(),  # cond or per-leaf select
+      **step_choices(),
   }
+
+
+def step_choices() -> dict:
+  """Which convolutions, BatchNorm and non-finite guard a training step in this process takes
+  (each choice rounds differently): for run records and the train benchmark."""
+  return {"convolutions": onednn_conv.describe(),  # oneDNN or XLA's, and why
+          "batch_norm": batch_norm.describe(),  # which BatchNorm float32 ResNets train with
+          "update_guard": steps.describe_update_guard()}  # cond or per-leaf select
 
 
 def requirements_lock() -> str:
