@@ -9,6 +9,11 @@ naming the bad checkpoint and the one it falls back to, moves the bad one aside 
 `checkpoints/corrupt/` (never deleting anything) and restores the newest readable one. A
 checkpoint whose shapes do not match the model built from the config is not damage: it raises
 `CheckpointMismatch` naming the first mismatching parameter.
+
+When a damaged checkpoint fails to restore, Python may also print "Exception ignored ...
+RuntimeError: Event loop is closed" to stderr: orbax (0.12) closes its asyncio loop on the
+first failed read while tensorstore still completes the others, whose callbacks then find the
+loop closed. It is noise from that teardown; the warning or error above it is the diagnosis.
 """
 import os
 import time
