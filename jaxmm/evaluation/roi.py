@@ -3,8 +3,7 @@
 Every function takes maps float [N, H, W] and masks bool / uint8 [N, H, W] (non-zero = inside
 the ROI) and returns one value per image, [N]. Maps come already normalised by the caller
 (signed maps in [-1, 1], CAMs in [0, 1]; see `jaxmm.saliency.normalize`): thresholds apply to
-the map as given, and a pixel is "salient at t" iff map >= t. Maps should be finite (for Dice
-a NaN value is simply never salient).
+the map as given, and a pixel is "salient at t" iff map >= t.
 
   dice_curve / best_threshold_dice   thresholded Dice on a 0.01 grid, best per image
                                      (Sec. 3.5 of 004_0180605a8214b9d6.txt)
@@ -16,7 +15,9 @@ a NaN value is simply never salient).
   roi_metrics                        all of the above over a dataset, in bounded-memory batches
 
 An empty mask gives NaN for every metric (there is nothing to agree with); so does a full mask
-for the rank metrics (Spearman, ROC-AUC), whose second class is then empty.
+for the rank metrics (Spearman, ROC-AUC), whose second class is then empty, and so does a map
+with a NaN or infinite value (a failed attribution: its ranks, maximum and mass are undefined,
+and a score for it would be counted as a real one).
 """
 import functools
 
@@ -44,6 +45,11 @@ def _nan_where(invalid: jax.Array, values: jax.Array) -> jax.Array:
   return jnp.where(invalid, jnp.nan, values)
 
 
+def _nonfinite(x: jax.Array) -> jax.Array:
+  """Rows of flat maps [N, P] holding a NaN or an infinity, bool [N]."""
+  return ~jnp.isfinite(x).all(1)
+
+
 def _threshold_counts(maps: jax.Array, masks: jax.Array,
                       thresholds: jax.Array) -> tuple[jax.Array, jax.Array]:
   """|S(t)| and TP(t) = |S(t) & ROI| for every threshold, int32 [N, T] each.
@@ -55,7 +61,7 @@ def _threshold_counts(maps: jax.Array, masks: jax.Array,
   x, roi = _flat(maps, masks)
   n, num_t = x.shape[0], thresholds.shape[0]
   bins = jnp.searchsorted(thresholds, x, side="right")
-  bins = jnp.where(jnp.isnan(x), 0, bins)  # searchsorted sorts NaN last; NaN >= t is False
+  bins = jnp.where(jnp.isnan(x), 0, bins)  # in range (searchsorted puts NaN last); masked later
   segment = (jnp.arange(n)[:, None] * (num_t + 1) + bins).ravel()
 
   def histogram(weights):
@@ -69,14 +75,15 @@ def _threshold_counts(maps: jax.Array, masks: jax.Array,
 def dice_curve(maps: jax.Array, masks: jax.Array, thresholds=THRESHOLDS) -> jax.Array:
   """Dice(t) = 2 TP(t) / (|S(t)| + |ROI|) with S(t) = {map >= t}, float32 [N, T].
 
-  `thresholds` [T] must be sorted ascending. An empty ROI gives NaN at every t; otherwise the
-  denominator is at least 1 and an empty S(t) gives 0.
+  `thresholds` [T] must be sorted ascending. An empty ROI or a non-finite map gives NaN at
+  every t; otherwise the denominator is at least 1 and an empty S(t) gives 0.
   """
   thresholds = jnp.asarray(thresholds, jnp.float32)
   salient, tp = _threshold_counts(maps, masks, thresholds)
-  roi_size = (jnp.asarray(masks) != 0).reshape(maps.shape[0], -1).sum(1, keepdims=True)
+  x, roi = _flat(maps, masks)
+  roi_size = roi.sum(1, keepdims=True)
   dice = (2 * tp).astype(jnp.float32) / (salient + roi_size).astype(jnp.float32)
-  return _nan_where(roi_size == 0, dice)
+  return _nan_where((roi_size == 0) | _nonfinite(x)[:, None], dice)
 
 
 def best_threshold_dice(maps: jax.Array, masks: jax.Array,
@@ -84,7 +91,7 @@ def best_threshold_dice(maps: jax.Array, masks: jax.Array,
   """The best Dice over the threshold grid and the threshold achieving it, [N] each.
 
   Sec. 3.5 of 004_...txt picks, per image, the multiple of 0.01 in [0, 1] maximising Dice.
-  Ties go to the smallest such threshold. An empty ROI gives NaN for both.
+  Ties go to the smallest such threshold. An empty ROI or a non-finite map gives NaN for both.
   """
   thresholds = jnp.asarray(thresholds, jnp.float32)
   curve = dice_curve(maps, masks, thresholds)
@@ -133,10 +140,12 @@ def spearman_with_mask(maps: jax.Array, masks: jax.Array) -> jax.Array:
   """Spearman's rho between each map and its binary mask, [N] (Sec. 3.5 of 004_...txt).
 
   The Pearson correlation of the average ranks of the map's pixels and of the mask's, as
-  scipy.stats.spearmanr. NaN when the mask is empty or full or the map is constant.
+  scipy.stats.spearmanr. NaN when the mask is empty or full or the map is constant or not
+  finite.
   """
   x, roi = _flat(maps, masks)
-  return _rank_correlation(average_ranks(x), binary_average_ranks(roi))
+  return _nan_where(_nonfinite(x),
+                    _rank_correlation(average_ranks(x), binary_average_ranks(roi)))
 
 
 def roc_auc_with_mask(maps: jax.Array, masks: jax.Array) -> jax.Array:
@@ -144,12 +153,12 @@ def roc_auc_with_mask(maps: jax.Array, masks: jax.Array) -> jax.Array:
 
   Mann-Whitney: (sum of the ROI pixels' average ranks - n1 (n1 + 1) / 2) / (n1 n0), as
   sklearn.metrics.roc_auc_score(mask.ravel(), map.ravel()); ties count one half. NaN when the
-  mask is empty or full.
+  mask is empty or full or the map is not finite.
   """
   x, roi = _flat(maps, masks)
   n1 = roi.sum(1).astype(jnp.float32)
   n0 = x.shape[1] - n1
-  invalid = (n1 == 0) | (n0 == 0)
+  invalid = (n1 == 0) | (n0 == 0) | _nonfinite(x)
   # The same sum as the formula, spread over the ROI pixels so each term is O(1) in float32.
   terms = (average_ranks(x) - (n1[:, None] + 1) / 2) / jnp.where(invalid, 1.0, n0)[:, None]
   return _nan_where(invalid, jnp.where(roi, terms, 0.0).sum(1) / jnp.where(invalid, 1.0, n1))
@@ -167,12 +176,12 @@ def dilate(masks: jax.Array, tolerance: int) -> jax.Array:
 def pointing_game(maps: jax.Array, masks: jax.Array, tolerance: int = 0) -> jax.Array:
   """1.0 if the map's maximum lies in the mask dilated by `tolerance` pixels, else 0.0, [N].
 
-  The maximum is the first one in row-major order. An empty mask gives NaN.
+  The maximum is the first one in row-major order. An empty mask or a non-finite map gives NaN.
   """
   x, roi = _flat(maps, masks)
   near_roi = dilate(masks, tolerance).reshape(x.shape[0], -1)
   hit = jnp.take_along_axis(near_roi, jnp.argmax(x, axis=1)[:, None], axis=1)[:, 0]
-  return _nan_where(~roi.any(1), hit.astype(jnp.float32))
+  return _nan_where(~roi.any(1) | _nonfinite(x), hit.astype(jnp.float32))
 
 
 def mass_fraction(maps: jax.Array, region: jax.Array) -> jax.Array:
@@ -180,12 +189,12 @@ def mass_fraction(maps: jax.Array, region: jax.Array) -> jax.Array:
 
   With region = the ROI it is the relevance mass accuracy of Arras et al. 2022; with a
   confounder mask (ruler, ink, hair) it is the share of the evidence spent on the confounder.
-  NaN when the map has no positive value or the region is empty.
+  NaN when the map has no positive value or is not finite, or the region is empty.
   """
   x, inside = _flat(maps, region)
   positive = jnp.maximum(x, 0.0)
   total = positive.sum(1)
-  invalid = (total == 0) | ~inside.any(1)
+  invalid = (total == 0) | ~inside.any(1) | _nonfinite(x)
   mass_inside = jnp.where(inside, positive, 0.0).sum(1)
   return _nan_where(invalid, mass_inside / jnp.where(invalid, 1.0, total))
 
@@ -200,14 +209,14 @@ def relevance_rank(maps: jax.Array, masks: jax.Array) -> jax.Array:
 
   With K = |ROI|, the fraction of the K highest-valued pixels that lie in the ROI. Ties are
   broken by a stable descending sort: of equal values, the lower flat index ranks first.
-  NaN for an empty mask.
+  NaN for an empty mask or a non-finite map.
   """
   x, roi = _flat(maps, masks)
   k = roi.sum(1)
   order = jnp.argsort(x, axis=1, descending=True, stable=True)
   in_top_k = jnp.arange(x.shape[1])[None, :] < k[:, None]
   hits = (jnp.take_along_axis(roi, order, axis=1) & in_top_k).sum(1)
-  return _nan_where(k == 0, hits / jnp.maximum(k, 1))
+  return _nan_where((k == 0) | _nonfinite(x), hits / jnp.maximum(k, 1))
 
 
 @functools.partial(jax.jit, static_argnames="tolerance")

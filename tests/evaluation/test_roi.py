@@ -5,7 +5,7 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from jaxmm.evaluation import roi
+from jaxmm.evaluation import agreement, roi, stats
 
 T = roi.THRESHOLDS
 
@@ -71,12 +71,12 @@ def test_best_dice_at_an_intermediate_threshold_in_closed_form():
 def test_dice_curve_equals_a_brute_force_loop_over_thresholds():
   rng = np.random.default_rng(0)
   maps = rng.uniform(-0.2, 1.1, (4, 16, 16)).astype(np.float32)
-  # Values exactly on thresholds (0.07 as float32), on both sides of them, -0.0 and NaN.
+  # Values exactly on thresholds (0.07 as float32), on both sides of them, and -0.0.
   on_grid = T[rng.integers(0, T.size, (4, 16, 16))]
   nudged = np.nextafter(on_grid, np.float32(rng.choice([-1, 1]) * 2))
   pick = rng.integers(0, 3, maps.shape)
   maps = np.where(pick == 0, on_grid, np.where(pick == 1, nudged, maps)).astype(np.float32)
-  maps[0, 0, :3] = [np.float32(0.07), -0.0, np.nan]
+  maps[0, 0, :2] = [np.float32(0.07), -0.0]
   masks = rng.uniform(size=maps.shape) < 0.3
   np.testing.assert_array_equal(roi.dice_curve(maps, masks), brute_force_dice_curve(maps, masks))
 
@@ -163,3 +163,35 @@ def test_roi_metrics_batches_agree_with_one_batch_and_an_empty_mask_gives_nan():
   for name in roi.METRICS:
     assert np.isnan(whole[name][4]) and not np.isnan(whole[name][:4]).any(), name
   assert np.isnan(roi.dice_curve(maps[4:], masks[4:])).all()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_map_with_a_non_finite_value_gets_nan_for_every_metric(bad):
+  # One bad pixel (a failed attribution) must not score: scipy's spearmanr gives NaN and
+  # sklearn's roc_auc_score refuses such input; a number would be averaged in as a real one.
+  rng = np.random.default_rng(3)
+  maps = rng.uniform(0, 1, (3, 12, 12)).astype(np.float32)
+  masks = rng.uniform(size=maps.shape) < 0.3
+  maps[1, 5, 7] = bad
+  whole = roi.roi_metrics(maps, masks)
+  clean = roi.roi_metrics(maps[[0, 2]], masks[[0, 2]])
+  for name in roi.METRICS:
+    assert np.isnan(whole[name][1]), name
+    np.testing.assert_array_equal(whole[name][[0, 2]], clean[name], err_msg=name)
+  assert np.isnan(roi.dice_curve(maps[1:2], masks[1:2])).all()
+  assert np.isnan(roi.mass_fraction(maps[1:2], masks[1:2])).all()
+
+
+def test_agreement_warns_naming_the_examples_whose_maps_are_not_finite():
+  rng = np.random.default_rng(4)
+  maps = rng.uniform(0, 1, (4, 8, 8)).astype(np.float32)
+  masks = rng.uniform(size=maps.shape) < 0.3
+  maps[2, 0, 0] = np.nan
+  data = {"gradcam.normalized": maps, "roi_mask": masks, "targets": np.zeros(4, np.int32),
+          "label": np.zeros(4, np.int32), "logits": np.zeros((4, 2), np.float32),
+          "index": np.arange(4), "id": np.array(["a", "b", "c", "d"])}
+  with pytest.warns(RuntimeWarning, match=r"1 of 4 normalized gradcam maps .* \(examples c\)"):
+    table = agreement.per_image_table(data, "gradcam", ["x", "y"])
+  assert np.isnan(table["dice"][2]) and not np.isnan(table["dice"][[0, 1, 3]]).any()
+  row = stats.summarise(table, "dice")[0]
+  assert row["n"] == 3
