@@ -139,10 +139,23 @@ def masked_input_probabilities(f, x, raws, targets, baseline):
   return jax.lax.map(one, raws)
 
 
+def area_weights(source: int, target: int) -> np.ndarray:
+  """[target, source]: the share of each of `source` unit pixels in each of `target` equal
+  cells spanning the same length (row i covers [i s / t, (i + 1) s / t)); rows sum to 1."""
+  width = source / target
+  lo = np.arange(target)[:, None] * width
+  pixel = np.arange(source)[None, :]
+  overlap = np.clip(np.minimum(lo + width, pixel + 1) - np.maximum(lo, pixel), 0, None)
+  return (overlap / width).astype(np.float32)
+
+
 def pooled_mask(mask: jax.Array, size: tuple) -> jax.Array:
-  """A pixel mask [N, H, W] averaged down to the layer's grid [N, h, w] (area fractions)."""
-  return jax.image.resize(mask.astype(jnp.float32), (mask.shape[0],) + tuple(size), "linear",
-                          antialias=True)
+  """A pixel mask [N, H, W] averaged down to the layer's grid [N, h, w]: each cell holds the
+  fraction of its area inside the mask (exact box averaging; an interpolating resize would
+  spill a cell's mask into its neighbours)."""
+  rows, cols = (area_weights(n, m) for n, m in zip(mask.shape[1:3], size))
+  return jnp.einsum("yH,nHW,xW->nyx", rows, mask.astype(jnp.float32), cols,
+                    precision=jax.lax.Precision.HIGHEST)
 
 
 def evaluation_step(apply_builder: ApplyBuilder, layer: str, method: str, baseline,

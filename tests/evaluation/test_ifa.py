@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxmm.evaluation import ifa
+from jaxmm.evaluation import ifa, ifa_dataset
 from jaxmm.saliency import model_fns
 
 S, CIN, F, K = 4, 2, 4, 3
@@ -216,3 +216,24 @@ def test_importance_distance():
   assert shifted["relative_l2"] > 0
   np.testing.assert_allclose(shifted["max_abs_centered"][:2], 0.0, atol=1e-12)
   assert np.isnan(shifted["max_abs_centered"][2])
+
+
+@pytest.mark.parametrize("size,grid", [(224, 7), (64, 5), (10, 4)])
+def test_pooled_mask_is_the_area_fraction_of_each_cell(size, grid):
+  # Reference: each pixel split into grid x grid sub-pixels, so the cells are whole blocks
+  # of size x size sub-pixels whose mean is the exact area fraction.
+  rng = np.random.default_rng(size)
+  mask = rng.uniform(size=(2, size, size)) < 0.2
+  mask[0, :size // grid, :size // grid] = True
+  fine = mask.repeat(grid, 1).repeat(grid, 2)
+  want = fine.reshape(2, grid, size, grid, size).mean((2, 4))
+  got = np.asarray(ifa_dataset.pooled_mask(jnp.asarray(mask), (grid, grid)))
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_pooled_mask_keeps_a_cell_sized_region_in_its_cell():
+  mask = np.zeros((1, 224, 224), bool)
+  mask[0, 96:128, 96:128] = True
+  want = np.zeros((1, 7, 7))
+  want[0, 3, 3] = 1
+  np.testing.assert_array_equal(ifa_dataset.pooled_mask(jnp.asarray(mask), (7, 7)), want)
