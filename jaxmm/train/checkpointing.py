@@ -81,8 +81,12 @@ class Checkpointer:
                               record=ocp.args.JsonSave(record))
     self.latest.save(step, args=args, force=True)
     if best:
-      self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   record=ocp.args.JsonSave(record)), force=True)
+      self.save_best(step, state, record)
+
+  def save_best(self, step: int, state: Any, record: dict) -> None:
+    """Saves `state` and `record` as the best checkpoint (replacing the previous best)."""
+    self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 record=ocp.args.JsonSave(record)), force=True)
 
   def restore(self, abstract_state: Any, *, which: str = "latest",
               step: Optional[int] = None) -> Optional[tuple[Any, dict]]:

@@ -7,6 +7,7 @@ data position = step, early-stopping state) and ends as an uninterrupted run wou
 import dataclasses
 import functools
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -66,10 +67,20 @@ def steps_from(config, steps_per_epoch: int, name: str, default: int = 0) -> int
   return default if epochs is None else int(round(float(epochs) * steps_per_epoch))
 
 
+CLASS_WEIGHTS = (None, "balanced")
+
+
 def make_loss(config, info, train_columns) -> Any:
   """The task's loss; `balanced` class weights come from `train_columns()`' labels."""
   class_weights = None
-  if not info.multilabel and config.train.get("class_weights") == "balanced":
+  choice = config.train.get("class_weights")
+  if choice not in CLASS_WEIGHTS:
+    raise ValueError(f"config.train.class_weights={choice!r}; valid values: {list(CLASS_WEIGHTS)}"
+                     f" (None: unweighted; 'balanced': inverse class frequency of the train split)")
+  if choice == "balanced" and info.multilabel:
+    raise ValueError("config.train.class_weights='balanced' is for single-label tasks; "
+                     f"{config.data.name} is multilabel (set it to None)")
+  if choice == "balanced":
     labels = train_columns()
     class_weights = losses.balanced_class_weights(
         labels[config.data.label_key].astype(np.int64), info.num_classes)
@@ -170,7 +181,20 @@ def restore_or_init(run: Run) -> tuple[TrainState, dict]:
     return state, {"best_value": None, "best_step": None, "bad_evals": 0, "stopped": False}
   state, record = restored
   run.writer.truncate_after(int(state.step))
+  repair_best(run, state, record)
   return state, record
+
+
+def repair_best(run: Run, state: TrainState, record: dict) -> None:
+  """Re-saves the best checkpoint when a run was killed between saving an improved step as the
+  latest checkpoint and as the best one: the record restored with that step names it best_step,
+  and the restored state is that best state."""
+  best_step = record.get("best_step")
+  if best_step is None or run.checkpointer.latest_step("best") == best_step:
+    return
+  if best_step == int(state.step):
+    run.checkpointer.save_best(best_step, state, record)
+    run.checkpointer.wait()
 
 
 def predict(run: Run, state: TrainState, split: str, extra_fields: tuple = ()) -> dict:
@@ -338,20 +362,36 @@ def train_loop(run: Run, state: TrainState, record: dict) -> tuple[TrainState, d
 
 
 def final_evaluation(run: Run, state: TrainState, record: dict) -> dict:
-  """Evaluates the best checkpoint (or the final state) on validation and test."""
-  restored = run.checkpointer.restore(checkpointing.abstract_like(state), which="best")
+  """Evaluates the best checkpoint (or, with none, the final state) on validation and test.
+
+  results.json's `evaluated_step` is the step of the state evaluated. A best checkpoint that is
+  not the record's best step (set aside as unreadable, or deleted) is not evaluated under the
+  best step's name: the run warns and evaluates the final state.
+  """
+  best_step = record.get("best_step")
+  restored = None
+  if best_step is not None and run.checkpointer.latest_step("best") == best_step:
+    restored = run.checkpointer.restore(checkpointing.abstract_like(state), which="best")
+  elif best_step is not None:
+    warnings.warn(f"{run.workdir}: the best checkpoint (step {best_step}) is missing from "
+                  f"checkpoints/best (which holds step {run.checkpointer.latest_step('best')});"
+                  f" evaluating the final state (step {int(state.step)}) instead",
+                  RuntimeWarning, stacklevel=2)
   best_state = restored[0] if restored is not None else state
-  results = {"best_step": record.get("best_step"), "final_step": int(state.step),
+  results = {"best_step": best_step, "final_step": int(state.step),
+             "evaluated_step": int(best_state.step),
              "early_stopped": bool(record.get("stopped")),
              "task": pipeline.to_jsonable(run.info)}
   for split in run.config.train.get("final_eval_splits", ("validation", "test")):
     results[split] = evaluate_split(run, best_state, split)
-    run.writer.write(int(state.step), f"final_{split}", metrics_lib.headline(results[split]))
+    run.writer.write(int(state.step), f"{writer.FINAL_PREFIX}{split}",
+                     metrics_lib.headline(results[split]))
   if jax.process_index() == 0:
     write_text_atomic(os.path.join(run.workdir, "results.json"),
                                writer.dumps(results))
+    which = ("best" if restored is not None else "final") + f" step {results['evaluated_step']}"
     for split in run.config.train.get("final_eval_splits", ("validation", "test")):
-      print_headline(f"{run.workdir} best step {results['best_step']}, {split}", results[split])
+      print_headline(f"{run.workdir} {which}, {split}", results[split])
   return results
 
 

@@ -36,6 +36,9 @@ def dumps(record: dict) -> str:
   return json.dumps(_jsonable(record), sort_keys=True)
 
 
+FINAL_PREFIX = "final_"  # kinds of the records of the evaluation after training
+
+
 class MetricsWriter:
   """Appends one JSON object per line to `metrics.jsonl` (each line flushed as written)."""
 
@@ -58,11 +61,13 @@ class MetricsWriter:
       return [json.loads(line) for line in f if line.strip()]
 
   def truncate_after(self, step: int) -> None:
-    """Drops records past `step` (written after the checkpoint a resumed run restarts from),
-    so a resumed run's metrics.jsonl matches an uninterrupted one."""
+    """Drops records past `step` (written after the checkpoint a resumed run restarts from)
+    and the final evaluation's (`final_*`, which the resumed run writes again), so a resumed
+    run's metrics.jsonl matches an uninterrupted one."""
     if not self.enabled or not os.path.exists(self.path):
       return
-    kept = [r for r in self.read() if r["step"] <= step]
+    kept = [r for r in self.read()
+            if r["step"] <= step and not str(r.get("kind", "")).startswith(FINAL_PREFIX)]
     write_text_atomic(self.path, "".join(dumps(r) + "\n" for r in kept))
 
 

@@ -3,8 +3,11 @@ naming the step (resume after a real SIGKILL: test_preemption.py)."""
 import contextlib
 import functools
 import json
+import shutil
+import types
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -163,3 +166,67 @@ def test_a_bad_input_batch_stops_naming_the_step_and_examples(smoke_config, tmp_
     loop.train_and_evaluate(config, workdir)
   assert set(e.value.ids) == {f"image_id {i}" for i in bad_ids}
   assert int(params_of(workdir, config).step) == 2
+
+
+class Killed(BaseException):
+  """Stands for SIGKILL at one point of a save (BaseException: nothing in the loop catches it)."""
+
+
+def test_a_kill_between_the_latest_and_best_saves_ends_like_an_uninterrupted_run(
+    smoke_config, tmp_path, monkeypatch):
+  # Only the first evaluation (step 2) improves; the run dies after saving step 2 as latest
+  # and before saving it as best. The resumed run must re-save the best from the restored
+  # state, evaluate step 2, and log the final records once, as the uninterrupted run does.
+  config = smoke_config("synthetic_derm", "model=concat")
+  config.train.num_steps = 4
+  config.train.eval_every_steps = 2
+  config.train.checkpoint_every_steps = 4
+  config.train.async_checkpoints = False
+  config.train.early_stopping.min_delta = 10.0
+  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+  expected = loop.train_and_evaluate(config, straight)
+  assert expected["best_step"] == expected["evaluated_step"] == 2
+
+  def dies_before_best(self, step, state, record, *, best=False):
+    self.latest.save(step, args=checkpointing.ocp.args.Composite(
+        state=checkpointing.ocp.args.StandardSave(state),
+        record=checkpointing.ocp.args.JsonSave(record)), force=True)
+    self.latest.wait_until_finished()
+    if best:
+      raise Killed(step)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpointing.Checkpointer, "save", dies_before_best)
+    with pytest.raises(Killed):
+      loop.train_and_evaluate(config, killed)
+  results = loop.train_and_evaluate(config, killed)
+  assert (results["best_step"], results["evaluated_step"]) == (2, 2)
+  assert results["test"] == expected["test"]
+
+  # Running a finished run again evaluates again without logging the final records twice.
+  again = loop.train_and_evaluate(config, straight)
+  assert again["test"] == expected["test"]
+  kinds = [(r["kind"], r["step"]) for r in read_jsonl(f"{straight}/metrics.jsonl")]
+  assert kinds.count(("final_test", 4)) == kinds.count(("final_validation", 4)) == 1
+  without_time = lambda path: [{k: v for k, v in r.items() if k != "time"}
+                               for r in read_jsonl(path)]
+  assert without_time(f"{killed}/metrics.jsonl") == without_time(f"{straight}/metrics.jsonl")
+
+  # A best checkpoint gone for good is not replaced by another state under its name.
+  shutil.rmtree(f"{straight}/checkpoints/best")
+  with pytest.warns(RuntimeWarning, match=r"best checkpoint \(step 2\) is missing .* final "
+                                          r"state \(step 4\)"):
+    gone = loop.train_and_evaluate(config, straight)
+  assert (gone["best_step"], gone["evaluated_step"]) == (2, 4)
+
+
+def test_class_weights_other_than_none_or_balanced_are_refused():
+  def config(choice):
+    return ml_collections.ConfigDict({"train": {"class_weights": choice},
+                                      "data": {"name": "synthetic_cxr", "label_key": "label"}})
+  single, multi = (types.SimpleNamespace(multilabel=m, num_classes=3) for m in (False, True))
+  for bad in ("Balanced", "inverse", (1.0, 5.0, 5.0)):
+    with pytest.raises(ValueError, match=r"class_weights=.*valid values: \[None, 'balanced'\]"):
+      loop.make_loss(config(bad), single, lambda: None)
+  with pytest.raises(ValueError, match="synthetic_cxr is multilabel"):
+    loop.make_loss(config("balanced"), multi, lambda: None)
