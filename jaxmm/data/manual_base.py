@@ -14,6 +14,7 @@ and line, a `skip_bad_rows=True` build leaves the row out and counts it.
 Subclasses define `LAYOUT`, `CSV_FILE`, `MANUAL_DOWNLOAD_INSTRUCTIONS`, `_info`,
 `read_entries` and `make_example`, and may override `assign_splits`.
 """
+import collections
 import dataclasses
 import os
 from typing import ClassVar
@@ -143,31 +144,54 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
     if empty:
       raise ValueError(f"{self.name}: split(s) {empty} would be empty (sizes "
                        f"{ {k: len(v) for k, v in parts.items()} } from {len(entries)} usable "
-                       f"rows of {os.path.join(root, self.CSV_FILE)})")
+                       f"rows of {os.path.join(root, self.CSV_FILE)}"
+                       f"{'; ' + skipped_note(log.rows) if log.rows else ''})")
     self.info.metadata["build"] = {"csv_file": self.CSV_FILE, "filtered": {}, **build,
                                    "skipped": log.summary()}
-    return {name: self._generate_examples(root, part, log) for name, part in parts.items()}
+    return {name: self._generate_examples(root, name, part, log) for name, part in parts.items()}
 
-  def _generate_examples(self, root: str, entries: list[Entry], log: bad_rows.BadRowLog):
+  def _generate_examples(self, root: str, split: str, entries: list[Entry],
+                         log: bad_rows.BadRowLog):
+    """(key, example) of each entry of `split`, a bad file logged (and skipped, or an error).
+
+    A split whose every file is bad is an error raised here, before tfds finalises the split
+    (which would fail with a bare AssertionError) and while the build is still in tfds'
+    temporary folder, so no half-written dataset counts as prepared.
+    """
+    yielded, skipped = 0, []
     for entry in entries:
       try:
         example = self.make_example(root, entry)
       except bad_rows.BadInput as problem:
         log.add(self.CSV_FILE, entry.line, entry.key, problem)
         log.check()
+        skipped.append(log.rows[-1])
         self.info.metadata["build"] = {**self.info.metadata["build"], "skipped": log.summary()}
         continue
+      yielded += 1
       yield entry.key, example
+    if not yielded:
+      raise ValueError(f"{self.name}: split(s) ['{split}'] would be empty: all its "
+                       f"{len(entries)} rows of {os.path.join(root, self.CSV_FILE)} were "
+                       f"skipped as bad: {skipped_note(skipped)}; fix those files")
 
   def _post_download_and_prepare_hook(self) -> None:
     print(build_summary(self.name, self.builder_config.name, self.info), flush=True)
 
 
+def skipped_note(rows: list[bad_rows.BadRow]) -> str:
+  """"N bad row(s) skipped {kind: count}, e.g. <the first>": why a split of a skip_bad_rows
+  build can be empty."""
+  kinds = dict(sorted(collections.Counter(r.kind for r in rows).items()))
+  return f"{len(rows)} bad row(s) skipped {kinds}, e.g. {rows[0].describe()}"
+
+
 def log_table_problem(log: bad_rows.BadRowLog, file: str, row, key: str = "") -> bool:
-  """Records a malformed CSV row (wrong field count); True if it was bad."""
+  """Records a malformed CSV row (wrong field count, or lost to a stray quote: `row.kind`);
+  True if it was bad."""
   if row.problem is None:
     return False
-  log.add(file, row.line, key, bad_rows.BadInput("malformed_row", row.problem))
+  log.add(file, row.line, key, bad_rows.BadInput(row.kind, row.problem))
   return True
 
 

@@ -195,6 +195,68 @@ def test_corrupt_image_stops_a_strict_build_with_its_line(tmp_path):
     build(str(tmp_path), release)
 
 
+def stray_quote_tree(root: str) -> list[dict]:
+  """40 rows; a typo'd quote before the localization of line 5 runs to the same typo on line
+  12, so lines 5-12 (rows 3-10) read as one CSV record."""
+  rows = fixture_trees.make_ham10000(root, n=40)
+  path = os.path.join(root, "HAM10000_metadata.csv")
+  with open(path, newline="") as f:
+    lines = f.read().splitlines(keepends=True)
+  for line in (5, 12):
+    lines[line - 1] = ',"'.join(lines[line - 1].rsplit(",", 1))
+  with open(path, "w", newline="") as f:
+    f.write("".join(lines))
+  return rows
+
+
+def test_a_stray_quote_stops_a_strict_build_at_the_line_it_starts(tmp_path):
+  release = str(tmp_path / "release")
+  rows = stray_quote_tree(release)
+  with pytest.raises(bad_rows.BadRowsError,
+                     match=rf"8 bad row\(s\).*\n  HAM10000_metadata.csv line 5 "
+                           rf"\({rows[3]['image_id']}\): a quote on line 5 opens a field that "
+                           rf"runs to line 12, so lines 5-12 \(8 rows\) read as one record"):
+    build(str(tmp_path), release)
+
+
+def test_skipping_a_stray_quote_counts_every_row_it_swallowed(tmp_path, read_records):
+  release = str(tmp_path / "release")
+  rows = stray_quote_tree(release)
+  builder = build(str(tmp_path), release, skip_bad_rows=True)
+  info = builder.info.metadata["build"]
+  skipped = info["skipped"]
+  assert skipped["by_kind"] == {"stray_quote": 8}
+  assert [(r["line"], r["key"]) for r in skipped["rows"]] == [
+      (i + 2, rows[i]["image_id"]) for i in range(3, 11)]
+  records = read_records(builder, "image_id")
+  assert info["csv_rows"] == 40 == len(records) + skipped["count"]
+  assert set(records) == {r["image_id"] for i, r in enumerate(rows) if not 3 <= i <= 10}
+
+
+def test_a_split_emptied_by_bad_images_is_a_clear_error(tmp_path):
+  release = str(tmp_path / "release")
+  rows = fixture_trees.make_ham10000(release, n=30)
+  builder = builders.get_builder("ham10000", data_dir=str(tmp_path / "data"),
+                                 manual_dir=release, image_size=SIZE, skip_bad_rows=True)
+  entries, _ = builder.read_entries(release, bad_rows.BadRowLog("ham10000", strict=False))
+  validation = {e.key for e in builder.assign_splits(entries)["validation"]}
+  corrupt = [i for i, row in enumerate(rows) if row["image_id"] in validation]
+  fixture_trees.make_ham10000(release, n=30, corrupt_images=corrupt)  # found in pass 2 only
+  with pytest.raises(ValueError, match=rf"ham10000: split\(s\) \['validation'\] would be empty: "
+                                       rf"all its {len(corrupt)} rows of .*HAM10000_metadata.csv "
+                                       rf"were skipped as bad: {len(corrupt)} bad row\(s\) "
+                                       rf"skipped {{'corrupt_image': {len(corrupt)}}}, e.g. "
+                                       rf"HAM10000_metadata.csv line \d+ \(ISIC_\d+\): cannot "
+                                       rf"decode image file"):
+    build(str(tmp_path), release, skip_bad_rows=True)
+  # Nothing half-written counts as prepared: the fixed release builds in the same data_dir.
+  assert not os.path.exists(os.path.join(str(tmp_path), "data", "ham10000", "px16_seed0_skip",
+                                         "1.0.0"))
+  fixture_trees.make_ham10000(release, n=30)
+  rebuilt = build(str(tmp_path), release, skip_bad_rows=True)
+  assert sum(s.num_examples for s in rebuilt.info.splits.values()) == 30
+
+
 def test_missing_column_is_an_error_naming_file_and_column(tmp_path):
   release = str(tmp_path / "release")
   fixture_trees.make_ham10000(release, n=12, drop_columns=("dx_type",))

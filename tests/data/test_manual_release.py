@@ -1,8 +1,11 @@
 """What the real-dataset builders share: manual_dir resolution, config overrides, CSV reading,
 image decoding, reuse without the release, the config.data plumbing, no TensorFlow."""
+import gzip
 import os
+import re
 import subprocess
 import sys
+import zlib
 
 import ml_collections
 import numpy as np
@@ -60,13 +63,71 @@ def test_csv_rows_carry_line_numbers_and_malformed_rows_are_flagged(tmp_path):
   path = tmp_path / "t.csv"
   path.write_text('\ufeffa,b,c\n1,2,3\n\n4,"two\nlines",6\n7,8\n9,10,11,12\n', encoding="utf-8")
   rows = list(release_csv.read_rows(str(path), ("a", "c")))
-  assert [(r.line, r.fields["a"], r.problem) for r in rows] == [
-      (2, "1", None), (5, "4", None), (6, "7", "has 2 fields, the header has 3"),
-      (7, "9", "has 4 fields, the header has 3")]
-  assert rows[1].fields["b"] == "two\nlines" and rows[2].fields["c"] == ""
+  assert [(r.line, r.fields["a"], r.kind if r.problem else None) for r in rows] == [
+      (2, "1", None), (4, "4", "stray_quote"), (5, 'lines"', "stray_quote"),
+      (6, "7", "malformed_row"), (7, "9", "malformed_row")]
+  assert rows[3].problem == "has 2 fields, the header has 3" and rows[3].fields["c"] == ""
+  assert rows[4].problem == "has 4 fields, the header has 3"
   with pytest.raises(ValueError, match=r"t.csv: missing column\(s\) \['d'\]; its header is "
                                        r"\['a', 'b', 'c'\]"):
     list(release_csv.read_rows(str(path), ("a", "d")))
+
+
+def test_a_stray_quote_makes_every_row_it_swallowed_a_bad_row(tmp_path):
+  # Line 3 opens a quote that line 7 closes (a blank line 5 in between is not a row): lines
+  # 3-7 read as one record, so each of its 4 rows is bad, named with its own line and id.
+  path = tmp_path / "t.csv"
+  path.write_text('id,x\nk1,a\nk2,"b\nk3,c\n\nk4,d\nk5,"e\nk6,f\n', encoding="utf-8")
+  rows = list(release_csv.read_rows(str(path), ("id", "x")))
+  assert [(r.line, r.fields["id"], r.kind if r.problem else None) for r in rows] == [
+      (2, "k1", None), (3, "k2", "stray_quote"), (4, "k3", "stray_quote"),
+      (6, "k4", "stray_quote"), (7, "k5", "stray_quote"), (8, "k6", None)]
+  assert rows[1].problem.startswith("a quote on line 3 opens a field that runs to line 7, so "
+                                    "lines 3-7 (4 rows) read as one record and are all lost")
+  assert rows[2].problem == ("swallowed by the stray quote on line 3 (lines 3-7 read as one "
+                             "record)")
+  # A quote never closed swallows the rest of the file; in the header it is an error.
+  path.write_text('id,x\nk1,a\nk2,"b\nk3,c\n', encoding="utf-8")
+  assert [(r.line, r.kind) for r in release_csv.read_rows(str(path), ("id",))][1:] == [
+      (3, "stray_quote"), (4, "stray_quote")]
+  path.write_text('id,"x\nk1,a\nk2,b\n', encoding="utf-8")
+  with pytest.raises(ValueError, match=r"t.csv: its header runs over lines 1-3: a quote in it "
+                                       r"is stray"):
+    list(release_csv.read_rows(str(path), ("id",)))
+
+
+def test_a_repeated_column_is_an_error_naming_file_and_column(tmp_path):
+  path = tmp_path / "t.csv"
+  path.write_text("id,dx,age,dx,,\nk1,mel,40,nv,,\n", encoding="utf-8")
+  with pytest.raises(ValueError, match=r"t.csv: column\(s\) \['dx'\] repeat in its header "
+                                       r"\['id', 'dx', 'age', 'dx', '', ''\]"):
+    list(release_csv.read_rows(str(path), ("id", "dx")))
+  path.write_text("id,dx,age,,\nk1,mel,40,,\n", encoding="utf-8")  # blank names may repeat
+  assert [r.fields["dx"] for r in release_csv.read_rows(str(path), ("id", "dx"))] == ["mel"]
+
+
+def test_a_broken_gzip_table_is_an_error_naming_file_and_line(tmp_path):
+  text = "a,b\n" + "".join(f"{i},{i}\n" for i in range(30000))
+  data = gzip.compress(text.encode())
+  (tmp_path / "ok.csv.gz").write_bytes(data)
+  assert len(list(release_csv.read_rows(str(tmp_path / "ok.csv"), ("a",)))) == 30000
+  broken = {"truncated": data[:len(data) // 2], "not_gzip": b"a,b\n1,2\n",
+            "flipped": data[:200] + bytes([data[200] ^ 0xFF]) + data[201:]}
+  for name, blob in broken.items():
+    path = tmp_path / f"{name}.csv.gz"
+    path.write_bytes(blob)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + r" line \d+: not readable as "
+                                         r"gzip \(truncated or corrupt download"):
+      list(release_csv.read_rows(str(tmp_path / f"{name}.csv"), ("a",)))
+    with pytest.raises(ValueError, match=re.escape(str(path)) + r" line \d+: not readable as "
+                                         r"gzip"):
+      release_csv.undecodable_line(str(path))
+  # The line named is the first one not read: at most one past the complete lines left.
+  with pytest.raises(ValueError, match=r"truncated.csv.gz line") as error:
+    list(release_csv.read_rows(str(tmp_path / "truncated.csv"), ("a",)))
+  line = int(re.search(r"truncated.csv.gz line (\d+)", str(error.value)).group(1))
+  left = zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(broken["truncated"])
+  assert 2 < line <= left.count(b"\n") + 1
 
 
 def test_images_resized_and_bad_files_named(tmp_path):

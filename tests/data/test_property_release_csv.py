@@ -27,9 +27,10 @@ from jaxmm.data.cxr_reports import CHEXPERT_LABELS
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-ROW_KINDS = {"malformed_row", "missing_id", "unknown_category", "non_numeric_age",
-             "age_out_of_range", "missing_image", "missing_mask", "duplicate_id",
-             "label_mismatch", "no_labels", "no_split", "missing_report"}
+ROW_KINDS = {"malformed_row", "stray_quote", "missing_id", "unknown_category",
+             "non_numeric_age", "age_out_of_range", "missing_image", "missing_mask",
+             "duplicate_id", "label_mismatch", "no_labels", "no_split", "missing_report",
+             "id_mismatch"}
 ODD = st.one_of(
     st.text(max_size=10),
     st.sampled_from(["", " ", "nan", "NaN", "None", "null", "-1", "1e400", "-inf", "200", "45x",
@@ -41,19 +42,26 @@ def with_odd(valid: st.SearchStrategy) -> st.SearchStrategy:
   return st.one_of(valid, valid, ODD)
 
 
-def write_table(path: str, header: list, rows: list, bom: bool = False) -> list:
-  """Writes a CSV (Excel's \\r\\n line ends) and returns the line each row ends on, as
-  read_rows reports it (header = line 1; a quoted line break inside a field adds a line)."""
-  text, ends, line = "\ufeff" if bom else "", [], 0
+def write_table(path: str, header: list, rows: list, bom: bool = False) -> list[list]:
+  """Writes a CSV (Excel's \\r\\n line ends) and returns, per row, the lines of the file it
+  takes that are rows of the file (not blank), as read_rows reports them (header = line 1).
+  A quoted line break inside a field spreads a row over several lines: read_rows gives each
+  of them as a bad row (no field of a release table spans lines: a stray quote)."""
+  text, spans, line = "\ufeff" if bom else "", [], 1
   for record in [header] + rows:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\r\n").writerow(record)
     text += buffer.getvalue()
-    line += len(re.findall(r"\r\n|\r|\n", buffer.getvalue()))
-    ends.append(line)
+    physical = re.findall(r"([^\r\n]*)(?:\r\n|\r|\n)", buffer.getvalue())
+    spans.append([line + i for i, content in enumerate(physical) if content])
+    line += len(physical)
   with open(path, "w", newline="", encoding="utf-8") as f:
     f.write(text)
-  return ends[1:]
+  return spans[1:]
+
+
+def flat(spans: list[list]) -> list:
+  return [line for span in spans for line in span]
 
 
 @st.composite
@@ -80,12 +88,15 @@ def table_rows(draw, columns: tuple, values: dict, max_rows: int = 8):
   return header, written, named, clean
 
 
-def check_bad_rows(log: bad_rows.BadRowLog, file: str, lines: list) -> None:
-  """Every bad row names `file`, one of the table's lines and a documented kind; a strict
-  build's error lists the first of them by file and line."""
+def check_bad_rows(log: bad_rows.BadRowLog, file: str, spans: list[list]) -> None:
+  """Every bad row names `file`, one of the table's lines and a documented kind, and every
+  line of a row spread over several lines is a "stray_quote" bad row; a strict build's error
+  lists the first of them by file and line."""
   for row in log.rows:
-    assert row.file == file and row.line in lines and row.kind in ROW_KINDS, row
+    assert row.file == file and row.line in flat(spans) and row.kind in ROW_KINDS, row
     assert row.message and f"{file} line {row.line}" in row.describe()
+  stray = {row.line for row in log.rows if row.kind == "stray_quote"}
+  assert stray == set(flat(span for span in spans if len(span) > 1)), (stray, spans)
   log.strict = True
   if log.rows:
     with pytest.raises(bad_rows.BadRowsError) as error:
@@ -107,10 +118,17 @@ def test_read_rows_returns_every_row_with_its_line_and_problem(tmp_path_factory,
   path = str(tmp_path_factory.mktemp("csv") / "t.csv")
   columns = ("a", "b", "c")
   header, written, _, _ = data.draw(table_rows(columns, {c: ODD for c in columns}))
-  ends = write_table(path, header, written, bom=data.draw(st.booleans()))
+  spans = write_table(path, header, written, bom=data.draw(st.booleans()))
   rows = list(release_csv.read_rows(path, ("c", "a")))
-  assert [r.line for r in rows] == ends
-  for row, fields in zip(rows, written):
+  assert [r.line for r in rows] == flat(spans)
+  by_line = {r.line: r for r in rows}
+  for span, fields in zip(spans, written):
+    if len(span) > 1:  # a line break in a field: every line of the row is a bad row
+      assert all(by_line[line].kind == "stray_quote" for line in span)
+      assert by_line[span[0]].problem.startswith(
+          f"a quote on line {span[0]} opens a field that runs to line {span[-1]}")
+      continue
+    row = by_line[span[0]]
     expected = {h: (fields[i].strip() if i < len(fields) else "") for i, h in enumerate(header)}
     assert row.fields == expected
     assert (row.problem is None) == (len(fields) == len(header))
@@ -130,7 +148,8 @@ def test_read_rows_of_any_bytes_give_rows_or_an_error_naming_file_and_line(tmp_p
     rows = list(release_csv.read_rows(path, ("a",)))
   except ValueError as error:
     message = str(error)
-    assert message.startswith(f"{path}: missing column") or re.match(
+    assert re.match(re.escape(path) + r": (missing column|column\(s\) .* repeat in its "
+                    r"header|its header runs over lines)", message) or re.match(
         re.escape(path) + r" line \d+: not (readable as CSV|UTF-8 text)", message), message
     return
   lines = [r.line for r in rows]
@@ -178,11 +197,11 @@ def ham_root(tmp_path_factory):
 def test_ham10000_rows_are_valid_records_or_named_bad_rows(ham_root, data):
   root, builder = ham_root
   header, written, named, clean = data.draw(table_rows(ham10000.COLUMNS, HAM_VALUES))
-  ends = write_table(os.path.join(root, ham10000.METADATA_CSV), header, written)
+  spans = write_table(os.path.join(root, ham10000.METADATA_CSV), header, written)
   log = bad_rows.BadRowLog("ham10000", strict=False)
   entries, build = builder.read_entries(root, log)
-  assert build["csv_rows"] == len(written) == len(entries) + len(log.rows)
-  check_bad_rows(log, ham10000.METADATA_CSV, ends)
+  assert build["csv_rows"] == len(flat(spans)) == len(entries) + len(log.rows)
+  check_bad_rows(log, ham10000.METADATA_CSV, spans)
   by_line = {e.line: e for e in entries}
   assert len({e.key for e in entries}) == len(entries)
   for entry in entries:
@@ -193,11 +212,12 @@ def test_ham10000_rows_are_valid_records_or_named_bad_rows(ham_root, data):
     assert v["dx_type"] in ham10000.DX_TYPES
     assert_age(v["age"])
   accepted = set()
-  for line, row, is_clean in zip(ends, named, clean):
-    if line in by_line:
-      accepted.add(by_line[line].key)
-    elif is_clean and row["image_id"] in HAM_IDS[:5] and row["image_id"] not in accepted:
-      raise AssertionError(f"clean row {row} on line {line} was refused: {log.rows}")
+  for span, row, is_clean in zip(spans, named, clean):
+    if span[0] in by_line:
+      accepted.add(by_line[span[0]].key)
+    elif (is_clean and len(span) == 1 and row["image_id"] in HAM_IDS[:5]
+          and row["image_id"] not in accepted):
+      raise AssertionError(f"clean row {row} on line {span[0]} was refused: {log.rows}")
 
 
 # --------------------------------------------------------------------------- ISIC 2020
@@ -230,11 +250,11 @@ def test_isic2020_rows_are_valid_records_or_named_bad_rows(isic_root, data, labe
   root, builder = isic_root
   values = dict(ISIC_VALUES, benign_malignant=st.just(label[0]), target=st.just(label[1]))
   header, written, named, clean = data.draw(table_rows(isic2020.COLUMNS, values))
-  ends = write_table(os.path.join(root, isic2020.TRAIN_CSV), header, written)
+  spans = write_table(os.path.join(root, isic2020.TRAIN_CSV), header, written)
   log = bad_rows.BadRowLog("isic2020", strict=False)
   entries, build = builder.read_entries(root, log)
-  assert build["csv_rows"] == len(written) == len(entries) + len(log.rows)
-  check_bad_rows(log, isic2020.TRAIN_CSV, ends)
+  assert build["csv_rows"] == len(flat(spans)) == len(entries) + len(log.rows)
+  check_bad_rows(log, isic2020.TRAIN_CSV, spans)
   assert len({e.key for e in entries}) == len(entries)
   for entry in entries:
     v = entry.fields
@@ -243,12 +263,13 @@ def test_isic2020_rows_are_valid_records_or_named_bad_rows(isic_root, data, labe
     assert v["sex"] in metadata.SEXES and v["localization"] in isic2020.SITES
     assert_age(v["age"])
   by_line, accepted = {e.line: e for e in entries}, set()
-  for line, row, is_clean in zip(ends, named, clean):
-    if line in by_line:
-      accepted.add(by_line[line].key)
-      assert by_line[line].fields["label"] == int(row["target"])
-    elif is_clean and row["image_name"] in ISIC_IDS[:5] and row["image_name"] not in accepted:
-      raise AssertionError(f"clean row {row} on line {line} was refused: {log.rows}")
+  for span, row, is_clean in zip(spans, named, clean):
+    if span[0] in by_line:
+      accepted.add(by_line[span[0]].key)
+      assert by_line[span[0]].fields["label"] == int(row["target"])
+    elif (is_clean and len(span) == 1 and row["image_name"] in ISIC_IDS[:5]
+          and row["image_name"] not in accepted):
+      raise AssertionError(f"clean row {row} on line {span[0]} was refused: {log.rows}")
 
 
 # --------------------------------------------------------------------------- MIMIC-CXR
@@ -298,24 +319,24 @@ def mimic_tables(draw):
 @given(mimic_tables(), st.sampled_from(["official", "grouped"]))
 def test_mimic_cxr_rows_are_valid_records_or_named_bad_rows(mimic_root, tables, split):
   (root, builders), (chexpert, split_rows, metadata_rows) = mimic_root, tables
-  chexpert_ends = write_table(os.path.join(root, mimic_cxr.CHEXPERT_CSV),
-                              list(mimic_cxr.CHEXPERT_COLUMNS), chexpert)
-  split_ends = write_table(os.path.join(root, mimic_cxr.SPLIT_CSV),
-                           list(mimic_cxr.SPLIT_COLUMNS), split_rows)
-  ends = write_table(os.path.join(root, mimic_cxr.METADATA_CSV),
-                     list(mimic_cxr.METADATA_COLUMNS), metadata_rows)
+  chexpert_spans = write_table(os.path.join(root, mimic_cxr.CHEXPERT_CSV),
+                               list(mimic_cxr.CHEXPERT_COLUMNS), chexpert)
+  split_spans = write_table(os.path.join(root, mimic_cxr.SPLIT_CSV),
+                            list(mimic_cxr.SPLIT_COLUMNS), split_rows)
+  spans = write_table(os.path.join(root, mimic_cxr.METADATA_CSV),
+                      list(mimic_cxr.METADATA_COLUMNS), metadata_rows)
   log = bad_rows.BadRowLog("mimic_cxr", strict=False)
   entries, build = builders[split].read_entries(root, log)
   filtered = sum(build["filtered"].values())
-  assert build["csv_rows"] == len(metadata_rows) == len(entries) + len(log.rows) + filtered
+  assert build["csv_rows"] == len(flat(spans)) == len(entries) + len(log.rows) + filtered
   # A problem of the label or split table is reported on the metadata row, naming that
   # table's own line.
   for row in log.rows:
     other = re.match(r"(mimic-cxr-2\.0\.0-\w+\.csv) line (\d+): ", row.message)
     if other:
-      table_ends = {mimic_cxr.CHEXPERT_CSV: chexpert_ends, mimic_cxr.SPLIT_CSV: split_ends}
-      assert int(other.group(2)) in table_ends[other.group(1)], row
-  check_bad_rows(log, mimic_cxr.METADATA_CSV, ends)
+      table_spans = {mimic_cxr.CHEXPERT_CSV: chexpert_spans, mimic_cxr.SPLIT_CSV: split_spans}
+      assert int(other.group(2)) in flat(table_spans[other.group(1)]), row
+  check_bad_rows(log, mimic_cxr.METADATA_CSV, spans)
   assert len({e.key for e in entries}) == len(entries)
   known = {dicom: (subject, study) for subject, study, dicom in STUDIES[:3]}
   for entry in entries:
