@@ -21,11 +21,16 @@ punctuation removed; a report with neither section is cleaned whole), and the id
 These mirror synthetic_cxr's features, so its model configs run unchanged. MIMIC-CXR-JPG has no
 sex or age (they are in MIMIC-IV), so there are none here.
 
+The tables are joined on study_id (chexpert) and dicom_id (split); a joined row whose
+subject_id / study_id differ from the metadata row's is a bad row (`id_mismatch`), since the
+labels or split would belong to another patient or study.
+
 Splits: `split="official"` (default) uses mimic-cxr-2.0.0-split.csv (train / validate ->
-validation / test); `split="grouped"` makes a 64/16/20 split grouped by subject_id and
-stratified by a label summary (`stratum`). When prepared, the WordPiece vocabulary of the
-training reports is written next to the records (builders.SIDE_FILE_WRITERS), as for
-synthetic_cxr; pretrained text encoders bring their own tokenizer instead.
+validation / test), which must keep each subject in one split (the official table does; one
+that does not is an error: patient leakage); `split="grouped"` makes a 64/16/20 split grouped
+by subject_id and stratified by a label summary (`stratum`). When prepared, the WordPiece
+vocabulary of the training reports is written next to the records (builders.SIDE_FILE_WRITERS),
+as for synthetic_cxr; pretrained text encoders bring their own tokenizer instead.
 """
 import dataclasses
 import os
@@ -49,6 +54,8 @@ FILES_DIR = "files"
 METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition")
 CHEXPERT_COLUMNS = ("subject_id", "study_id") + CHEXPERT_LABELS
 SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
+ID_COLUMNS = ("subject_id", "study_id")  # kept from the chexpert and split rows to check joins
+MAX_LEAKS_NAMED = 5  # subjects (and split.csv lines per split) named in a leakage error
 OFFICIAL_SPLITS = {"train": "train", "validate": "validation", "test": "test"}
 SPLIT_CHOICES = ("official", "grouped")
 LABEL_VALUES = {1.0: 1, 0.0: 0, -1.0: -1}
@@ -104,20 +111,22 @@ def parse_labels(fields: dict) -> np.ndarray:
 
 
 def read_keyed_table(path: str, columns: tuple, key: str, parse) -> dict:
-  """{row[key]: (line, parse(fields) or the BadInput it raised)}; a repeated key is bad."""
+  """{row[key]: (line, {id column: text}, parse(fields) or the BadInput it raised)}; a repeated
+  key is bad. The ids (subject_id, study_id) are kept so the join can check them (joined)."""
   table = {}
   for row in release_csv.read_rows(path, columns):
     value = row.fields[key]
     try:
       if row.problem:
-        raise bad_rows.BadInput("malformed_row", row.problem)
+        raise bad_rows.BadInput(row.kind, row.problem)
       parsed = parse(row.fields)
     except bad_rows.BadInput as problem:
       parsed = problem
     if value in table:
       parsed = bad_rows.BadInput("duplicate_id", f"{key} {value} is on lines "
                                                  f"{table[value][0]} and {row.line}")
-    table[value] = (row.line, parsed)
+    ids = {c: row.fields.get(c, "") for c in ID_COLUMNS}
+    table[value] = (row.line, ids, parsed)
   return table
 
 
@@ -129,14 +138,21 @@ def parse_split(fields: dict) -> str:
   return OFFICIAL_SPLITS[fields["split"]]
 
 
-def lookup(table: dict, key: str, file: str, kind: str, what: str):
-  """The parsed value of `key` in a keyed table; BadInput naming `file` and its line."""
+def joined(table: dict, key: str, file: str, kind: str, what: str, ids: dict):
+  """(line, parsed value) of `key` in a keyed table whose row must carry the metadata row's
+  `ids` ({id column: text}); BadInput naming `file` and its line otherwise (`kind` when the key
+  has no row, "id_mismatch" when the ids disagree: the tables would be joined wrongly)."""
   if key not in table:
     raise bad_rows.BadInput(kind, f"{what} has no row in {file}")
-  line, value = table[key]
+  line, row_ids, value = table[key]
   if isinstance(value, bad_rows.BadInput):
     raise bad_rows.BadInput(value.kind, f"{file} line {line}: {value}")
-  return value
+  wrong = [f"{column} {row_ids[column]!r}" for column in ids if row_ids[column] != ids[column]]
+  if wrong:
+    expected = ", ".join(f"{column} {ids[column]!r}" for column in ids)
+    raise bad_rows.BadInput("id_mismatch", f"{file} line {line} ({what}) has {', '.join(wrong)}"
+                                           f" but {METADATA_CSV} has {expected}")
+  return line, value
 
 
 def digits(field: str, text: str) -> str:
@@ -156,12 +172,16 @@ def parse_row(root: str, fields: dict, labels: dict, split_table: dict | None) -
   out = {
       "dicom_id": dicom, "subject_id": subject, "study_id": study,
       "view_position": fields["ViewPosition"].upper(),
-      "label": lookup(labels, study, CHEXPERT_CSV, "no_labels", f"study_id {study}"),
-      "split": None if split_table is None else lookup(split_table, dicom, SPLIT_CSV,
-                                                       "no_split", f"dicom_id {dicom}"),
+      "label": joined(labels, study, CHEXPERT_CSV, "no_labels", f"study_id {study}",
+                      {"subject_id": subject})[1],
+      "split": None, "split_line": None,
       "image_path": os.path.join(folder, f"{dicom}.jpg"),
       "report_path": folder + ".txt",
   }
+  if split_table is not None:
+    out["split_line"], out["split"] = joined(split_table, dicom, SPLIT_CSV, "no_split",
+                                             f"dicom_id {dicom}",
+                                             {"subject_id": subject, "study_id": study})
   for what in ("image", "report"):
     if not os.path.exists(out[f"{what}_path"]):
       raise bad_rows.BadInput(f"missing_{what}", f"{what} file {out[f'{what}_path']} not found")
@@ -194,6 +214,34 @@ def read_report(path: str) -> str:
   if not cleaned:
     raise bad_rows.BadInput("empty_report", f"report file {path} has no text")
   return cleaned
+
+
+def listed(items: list, sep: str = ", ") -> str:
+  """'a, b, c' of the first MAX_LEAKS_NAMED items, then ' and N more'."""
+  more = len(items) - MAX_LEAKS_NAMED
+  return sep.join(map(str, items[:MAX_LEAKS_NAMED])) + (f" and {more} more" if more > 0 else "")
+
+
+def check_patient_disjoint(entries: list) -> None:
+  """ValueError when the official split puts one subject's images in more than one split:
+  that is patient leakage (a model tested on a patient it was trained on), and the official
+  MIMIC-CXR-JPG split is patient-disjoint, so such a split table is not the official one."""
+  lines = {}  # subject_id -> split -> split.csv lines of its kept images
+  for entry in entries:
+    by_split = lines.setdefault(entry.fields["subject_id"], {})
+    by_split.setdefault(entry.fields["split"], []).append(entry.fields["split_line"])
+  leaks = [(subject, by_split) for subject, by_split in lines.items() if len(by_split) > 1]
+  if not leaks:
+    return
+  named = [f"subject_id {subject} in " + " and ".join(
+      f"{split} ({'line' if len(at) == 1 else 'lines'} {listed(sorted(at))})"
+      for split, at in sorted(by_split.items())) for subject, by_split in leaks]
+  raise ValueError(
+      f"mimic_cxr: {SPLIT_CSV} puts the images of {len(leaks)} subject(s) in more than one "
+      f"split, which leaks patients between splits (the official MIMIC-CXR-JPG split is "
+      f"patient-disjoint): {listed(named, '; ')}. Use the official {SPLIT_CSV}, or build with "
+      f"split='grouped' (--config.data.builder_overrides.split=grouped), which keeps each "
+      f"subject in one split.")
 
 
 class MimicCxr(manual_base.ManualBuilder):
@@ -247,6 +295,7 @@ class MimicCxr(manual_base.ManualBuilder):
   def assign_splits(self, entries):
     if self.builder_config.split == "grouped":
       return super().assign_splits(entries)
+    check_patient_disjoint(entries)
     parts = {name: [] for name in splits.SPLIT_NAMES}
     for entry in entries:
       parts[entry.fields["split"]].append(entry)

@@ -81,9 +81,10 @@ def stack_examples(examples: list) -> dict:
 
 
 def read_fields(source, fields: tuple) -> dict:
-  """Reads named fields of every record of a data source (for fitting statistics)."""
-  rows = [source[i] for i in range(len(source))]
-  return {f: np.array([_decode(r[f]) for r in rows], dtype=object) for f in fields}
+  """{field: object array} of every record of a data source (for fitting statistics), read a
+  chunk of records at a time so the decoded split never sits in memory
+  (saved_statistics.read_columns)."""
+  return saved_statistics.read_columns(source, fields)
 
 
 # The field that names one example, first found: derm / ISIC images, MIMIC-CXR images, ISIC

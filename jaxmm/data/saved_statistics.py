@@ -23,11 +23,41 @@ def encoder_path(data_dir: str) -> str:
   return os.path.join(os.fspath(data_dir), ENCODER_FILE)
 
 
-def read_columns(source, fields: Sequence[str]) -> dict:
-  """{field: object array of every record's value} of a random-access source."""
-  decode = lambda v: v.decode("utf-8") if isinstance(v, bytes) else v
-  rows = [source[i] for i in range(len(source))]
-  return {f: np.array([decode(r[f]) for r in rows], dtype=object) for f in fields}
+READ_CHUNK = 16  # records decoded at once by read_columns: bounds its memory, keeps reads batched
+
+
+def _decode(value):
+  return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _own(value):
+  """`value`, an array copied: a decoded field may be a view into its record's buffer (image
+  included), which a kept view would hold in memory."""
+  return value.copy() if isinstance(value, np.ndarray) else value
+
+
+def iter_records(source, chunk: int = READ_CHUNK):
+  """Every record of a random-access source, in order, decoded `chunk` at a time (one batched
+  read per chunk); a chunk is released before the next is decoded."""
+  for start in range(0, len(source), chunk):
+    positions = list(range(start, min(start + chunk, len(source))))
+    yield from (source.__getitems__(positions) if hasattr(source, "__getitems__")
+                else [source[i] for i in positions])
+
+
+def read_columns(source, fields: Sequence[str], chunk: int = READ_CHUNK) -> dict:
+  """{field: object array of every record's value (bytes decoded to str)} of a random-access
+  source, in source order: np.array(values, dtype=object), so a fixed-shape array field is
+  [N, ...].
+
+  Only `fields` are kept from each record, so peak memory is the values plus one chunk of
+  decoded records, not the decoded split (images and masks included).
+  """
+  values = {f: [] for f in fields}
+  for record in iter_records(source, chunk):
+    for f, column in values.items():
+      column.append(_own(_decode(record[f])))
+  return {f: np.array(column, dtype=object) for f, column in values.items()}
 
 
 def fit_train_encoder(builder, vocabularies: Mapping[str, Sequence[str]]):

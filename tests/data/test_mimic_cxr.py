@@ -190,3 +190,82 @@ def test_gzipped_tables_as_physionet_ships_them(tmp_path, read_records):
     path.unlink()
   records = read_records(build(str(tmp_path), str(release)), "dicom_id")
   assert len(records) == sum(r["ViewPosition"] != "LATERAL" for r in tables["metadata"])
+
+
+def frontal_rows_by_subject(tables: dict) -> dict:
+  """subject_id -> metadata row indices of its frontal (PA / AP) images, in CSV order."""
+  out = {}
+  for i, row in enumerate(tables["metadata"]):
+    if row["ViewPosition"] in ("PA", "AP"):
+      out.setdefault(row["subject_id"], []).append(i)
+  return out
+
+
+def test_ids_that_disagree_between_tables_are_bad_rows(tmp_path):
+  release = str(tmp_path / "release")
+  tables = fixture_trees.mimic_tables(16)
+  meta = tables["metadata"]
+  subjects = frontal_rows_by_subject(tables)
+  first, second = (rows[0] for rows in list(subjects.values())[:2])
+  study = meta[first]["study_id"]
+  chexpert_row = [r["study_id"] for r in tables["chexpert"]].index(study)
+  split_row = [r["dicom_id"] for r in tables["split"]].index(meta[second]["dicom_id"])
+  fixture_trees.make_mimic_cxr(
+      release, n_subjects=16, chexpert_overrides={chexpert_row: {"subject_id": "19999999"}},
+      split_overrides={split_row: {"subject_id": "18888888", "study_id": "58888888"}})
+  with pytest.raises(bad_rows.BadRowsError) as error:
+    build(str(tmp_path), release)
+  text = str(error.value)
+  assert (f"mimic-cxr-2.0.0-metadata.csv line {first + 2} ({meta[first]['dicom_id']}): "
+          f"mimic-cxr-2.0.0-chexpert.csv line {chexpert_row + 2} (study_id {study}) has "
+          f"subject_id '19999999' but mimic-cxr-2.0.0-metadata.csv has subject_id "
+          f"'{meta[first]['subject_id']}'") in text
+  assert (f"mimic-cxr-2.0.0-metadata.csv line {second + 2} ({meta[second]['dicom_id']}): "
+          f"mimic-cxr-2.0.0-split.csv line {split_row + 2} (dicom_id "
+          f"{meta[second]['dicom_id']}) has subject_id '18888888', study_id '58888888' but "
+          f"mimic-cxr-2.0.0-metadata.csv has subject_id '{meta[second]['subject_id']}', "
+          f"study_id '{meta[second]['study_id']}'") in text
+  builder = build(str(tmp_path), release, skip_bad_rows=True)
+  info = builder.info.metadata["build"]
+  # Every frontal image of the study takes the chexpert row's mismatch.
+  study_rows = sum(1 for rows in subjects.values() for i in rows if meta[i]["study_id"] == study)
+  assert info["skipped"]["by_kind"] == {"id_mismatch": study_rows + 1}
+  examples = sum(s.num_examples for s in builder.info.splits.values())
+  assert info["csv_rows"] == len(meta) == examples + info["skipped"]["count"] + sum(
+      info["filtered"].values())
+
+
+def test_official_split_that_leaks_a_subject_is_an_error(tmp_path, read_records):
+  release = str(tmp_path / "release")
+  tables = fixture_trees.mimic_tables(16)
+  subject, rows = next((s, rows) for s, rows in frontal_rows_by_subject(tables).items()
+                       if len(rows) >= 3 and tables["split"][rows[0]]["split"] == "train")
+  fixture_trees.make_mimic_cxr(release, n_subjects=16, split_overrides={rows[0]: {"split": "test"}})
+  for skip in (False, True):  # not a bad row: no row is wrong on its own
+    with pytest.raises(ValueError) as error:
+      build(str(tmp_path), release, skip_bad_rows=skip)
+    text = str(error.value)
+    assert "mimic-cxr-2.0.0-split.csv puts the images of 1 subject(s) in more than one split" \
+           in text and "patient" in text
+    assert (f"subject_id {subject} in test (line {rows[0] + 2}) and train (lines "
+            f"{', '.join(str(i + 2) for i in rows[1:])})") in text
+  # The grouped split ignores split.csv and keeps each subject in one split.
+  records = read_records(build(str(tmp_path), release, split="grouped"), "dicom_id")
+  splits_of = {r["split"] for r in records.values() if r["patient_id"] == f"p{subject}".encode()}
+  assert len(splits_of) == 1
+
+
+def test_many_leaking_subjects_are_counted(tmp_path):
+  release = str(tmp_path / "release")
+  tables = fixture_trees.mimic_tables(16)
+  leaking = {s: rows for s, rows in frontal_rows_by_subject(tables).items() if len(rows) >= 2}
+  assert len(leaking) > mimic_cxr.MAX_LEAKS_NAMED
+  moved = {rows[0]: {"split": "validate" if tables["split"][rows[0]]["split"] == "train"
+                     else "train"} for rows in leaking.values()}
+  fixture_trees.make_mimic_cxr(release, n_subjects=16, split_overrides=moved)
+  with pytest.raises(ValueError) as error:
+    build(str(tmp_path), release)
+  text = str(error.value)
+  assert f"images of {len(leaking)} subject(s) in more than one split" in text
+  assert text.count("subject_id ") == mimic_cxr.MAX_LEAKS_NAMED
+  assert f"and {len(leaking) - mimic_cxr.MAX_LEAKS_NAMED} more." in text
