@@ -32,7 +32,7 @@ from jaxmm.train import config_lib, distributed, loop
 ANALYSIS_FIELDS = ("lesion_id", "patient_id", "study_id", "sex", "age", "localization",
                    "has_roi_mask", "confounder", "confounder_mask")
 MANIFEST_KEYS = ("split", "methods", "options", "target", "top_k", "layer", "shard_size",
-                 "num_examples", "checkpoint_step", "seed")
+                 "num_examples", "checkpoint_step", "seed", "save_images")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -212,15 +212,17 @@ def manifest_for(scfg, methods: tuple, n: int, step: int) -> dict:
   return {"split": scfg.split, "methods": list(methods), "options": {
       m: dict(scfg.options.get(m, {})) for m in methods}, "target": scfg.target,
       "top_k": scfg.top_k, "layer": scfg.layer, "shard_size": scfg.shard_size,
-      "num_examples": n, "checkpoint_step": step, "seed": scfg.seed}
+      "num_examples": n, "checkpoint_step": step, "seed": scfg.seed,
+      "save_images": bool(scfg.save_images)}
 
 
 def check_manifest(path: str, manifest: dict) -> None:
-  """A rerun must use the settings the existing shards were made with."""
+  """A rerun must use the settings the existing shards were made with (a setting that an older
+  manifest does not record is not compared)."""
   with open(path) as f:
     existing = json.load(f)
-  changed = [k for k in MANIFEST_KEYS if json.loads(json.dumps(existing.get(k))) !=
-             json.loads(json.dumps(manifest.get(k)))]
+  changed = [k for k in MANIFEST_KEYS if k in existing and json.loads(json.dumps(existing[k]))
+             != json.loads(json.dumps(manifest.get(k)))]
   if changed:
     before = [existing.get(k) for k in changed]
     now = [manifest.get(k) for k in changed]
@@ -292,4 +294,9 @@ def load_saliency(directory: str) -> dict[str, np.ndarray]:
   for i in range(count):
     with np.load(shard_file(directory, i)) as data:
       parts.append({k: data[k] for k in data.files})
+    if set(parts[i]) != set(parts[0]):
+      raise ValueError(f"{shard_file(directory, i)} holds other arrays than "
+                       f"{shard_file(directory, 0)} (only in one of them: "
+                       f"{sorted(set(parts[i]) ^ set(parts[0]))}): the shards were made with "
+                       f"different settings; delete {directory} and rerun --mode=saliency")
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

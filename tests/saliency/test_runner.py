@@ -60,6 +60,25 @@ def test_changed_settings_on_existing_shards_are_refused(trained, computed):
   changed.saliency.options.ig_smoothgrad.num_samples = 3
   with pytest.raises(ValueError, match="different settings \\(options"):
     runner.run_saliency(changed, workdir)
+  changed = config.copy_and_resolve_references()
+  changed.saliency.save_images = False  # shards with and without images would not concatenate
+  with pytest.raises(ValueError, match="different settings \\(save_images: \\[True\\] now "
+                                       "\\[False\\]"):
+    runner.run_saliency(changed, workdir)
+
+
+def test_shards_with_different_arrays_name_the_odd_shard(computed, tmp_path):
+  summary, _ = computed
+  for path in glob.glob(os.path.join(summary["directory"], "*")):
+    os.link(path, tmp_path / os.path.basename(path))
+  odd = runner.shard_file(str(tmp_path), 1)
+  with np.load(odd) as data:
+    arrays = {k: data[k] for k in data.files if k != "image"}
+  os.remove(odd)
+  np.savez(odd, **arrays)
+  with pytest.raises(ValueError, match=r"shard_00001.npz holds other arrays than .*shard_00000"
+                                       r".npz \(only in one of them: \['image'\]\)"):
+    runner.load_saliency(str(tmp_path))
 
 
 def test_incomplete_directories_and_bad_config_keys_are_reported(trained, computed, tmp_path):
