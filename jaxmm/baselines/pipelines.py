@@ -13,7 +13,6 @@ import warnings
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
-from sklearn import metrics as skm
 from sklearn.decomposition import PCA
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -143,10 +142,11 @@ def class_probabilities(estimator, features: np.ndarray, num_classes: int) -> np
 
 
 def macro_f1(labels: np.ndarray, probs: np.ndarray) -> float:
-  """Macro-F1 of argmax(probs [N, K]) over all K classes (absent ones score 0), as
-  metrics.multiclass_metrics computes it."""
-  return float(skm.f1_score(labels, probs.argmax(1), labels=np.arange(probs.shape[1]),
-                            average="macro", zero_division=0))
+  """Macro-F1 of argmax(probs [N, K]) against labels [N]: metrics.macro_f1, the definition
+  multiclass_metrics and fairness use (over the classes labelled or predicted, as sklearn's
+  f1_score(average="macro")), so validation tuning and the tables agree."""
+  probs = np.asarray(probs)
+  return metrics_lib.macro_f1(labels, probs.argmax(1), probs.shape[1])
 
 
 def fit_classifier(name: str, params: Mapping[str, Any], features: np.ndarray,
@@ -237,13 +237,24 @@ def _delta(row: dict, other: Optional[dict], suffix: str) -> dict:
           f"delta_accuracy_vs_{suffix}": row["accuracy"] - other["accuracy"] if other else nan}
 
 
+def best_by_validation(rows: Sequence[dict]) -> Optional[dict]:
+  """The row with the highest validation macro-F1 ("val_macro_f1"; the first on ties, NaN
+  lowest), None for no rows. Models are chosen on validation, never on the test metrics that
+  the rows also hold: choosing by test would bias the comparison the test split reports."""
+  for row in rows:
+    if "val_macro_f1" not in row:
+      raise KeyError(f"row {row.get('model')!r} has no 'val_macro_f1' (the selection score); "
+                     f"keys: {sorted(row)}")
+  return max(rows, key=lambda r: np.nan_to_num(r["val_macro_f1"], nan=-np.inf), default=None)
+
+
 def deltas(rows: Sequence[dict]) -> list[dict]:
-  """Table 15 of paper 000: for each fusion (and late) row, macro-F1 and accuracy minus those
-  of the same classifier's image and meta rows (same PCA setting, else raw) and of the best
-  unimodal row (highest macro-F1). Rows need model, features, classifier, pca, macro_f1,
-  accuracy; a missing comparison gives NaN."""
-  unimodal = [r for r in rows if r["features"] in ("image", "meta")]
-  best = max(unimodal, key=lambda r: r["macro_f1"]) if unimodal else None
+  """Table 15 of paper 000: for each fusion (and late) row, test macro-F1 and accuracy minus
+  those of the same classifier's image and meta rows (same PCA setting, else raw) and of the
+  best unimodal row, chosen by validation macro-F1 (best_by_validation; vs_best_unimodal
+  names it). Rows need model, features, classifier, pca, macro_f1, accuracy (test) and
+  val_macro_f1; a missing comparison gives NaN."""
+  best = best_by_validation([r for r in rows if r["features"] in ("image", "meta")])
   out = []
   for row in rows:
     if row["features"] not in ("fusion", LATE):

@@ -10,10 +10,14 @@ Output under `<workdir>/baselines/`:
   <task>/table.csv        tables 4 and 5 of paper 000: model, features, classifier, pca,
                           pca_components, accuracy, macro precision / recall / F1, ROC-AUC,
                           PR-AUC (test), val_macro_f1 and the chosen params
-  <task>/deltas.csv       table 15: fusion minus image / metadata / best unimodal
-  <task>/predictions.npz  label, index, probs/<model> [N, K] on test, and the grouping fields
+  <task>/deltas.csv       table 15: fusion minus image / metadata / best unimodal (the
+                          unimodal model with the best validation macro-F1)
+  <task>/predictions.npz  label, index, probs/<model> [N, K] on test, the grouping fields,
+                          split ("test"), tuning_split and val_macro_f1/<model>
   baselines.json          all of the above, per-class reports, confusion matrices, PCA
-                          explained-variance ratios per PCA model and the class names
+                          explained-variance ratios per PCA model, the class names and the
+                          best (fusion) model by validation macro-F1
+Model selection (tuning, best model, best unimodal) never uses test metrics.
 from which jaxmm.report.baselines_figures draws `<workdir>/figures/baselines/` (comparison bars,
 the best model's confusion matrix, the best fusion model's ROC / PR curves, PCA explained
 variance, a t-SNE view of the test image embeddings).
@@ -257,24 +261,31 @@ def table_row(model: dict) -> dict:
 
 # ------------------------------------------------------------------ output
 
-def predictions_arrays(models: list[dict], test: dict, labels: np.ndarray) -> dict:
-  """predictions.npz: label, index, probs/<model> [N, K], and the grouping fields."""
-  out = {"label": labels, "index": np.asarray(test["index"])}
+def predictions_arrays(models: list[dict], test: dict, labels: np.ndarray,
+                       tuning_split: str) -> dict:
+  """predictions.npz: label, index, probs/<model> [N, K] and the grouping fields of the test
+  split; "split" (0-d str, "test": the split the rows are from, which fairness_runner checks
+  against config.fairness.split), "tuning_split" and val_macro_f1/<model> (0-d, the
+  validation score each model was selected by, which fairness uses to pick a headline model
+  without looking at test)."""
+  out = {"label": labels, "index": np.asarray(test["index"]),
+         "split": np.asarray("test"), "tuning_split": np.asarray(tuning_split)}
   out.update({f"probs/{m['model']}": m["test_probs"].astype(np.float32) for m in models})
+  out.update({f"val_macro_f1/{m['model']}": np.float64(m["val_macro_f1"]) for m in models})
   out.update({f: test[f] for f in pipeline_lib.GROUP_FIELDS if f in test})
   return out
 
 
 def task_summary(label_key: str, data: TaskData, models: list[dict], rows: list[dict],
                  curves: dict) -> dict:
-  best = max(models, key=lambda m: m["val_macro_f1"])
-  fusion = [m for m in models if m["features"] == "fusion"]
+  """baselines.json's entry of one task; best_model and best_fusion_model are chosen by
+  validation macro-F1 (pipelines.best_by_validation), as the deltas' best unimodal model is."""
+  fusion = pipelines.best_by_validation([m for m in models if m["features"] == "fusion"])
   return {
       "labels": label_key, "class_names": data.class_names, "rows": rows,
       "deltas": pipelines.deltas(rows),
-      "best_model": best["model"],
-      "best_fusion_model": max(fusion, key=lambda m: m["val_macro_f1"])["model"]
-      if fusion else None,
+      "best_model": pipelines.best_by_validation(models)["model"],
+      "best_fusion_model": fusion["model"] if fusion else None,
       "per_class": {m["model"]: m["metrics"]["per_class"] for m in models},
       "confusion_matrix": {m["model"]: m["metrics"]["confusion_matrix"] for m in models},
       "pca_explained_variance": {m["model"]: curves[m["features"]].tolist()
@@ -377,7 +388,8 @@ def run_task(task: str, splits: dict, labels: tuple, cfg, feature_sets: list[str
   if summary["deltas"]:
     stats.write_table_csv(os.path.join(task_dir, "deltas.csv"), summary["deltas"])
   write_npz_atomic(os.path.join(task_dir, "predictions.npz"),
-                   predictions_arrays(models, splits["test"], data.labels["test"]))
+                   predictions_arrays(models, splits["test"], data.labels["test"],
+                                      data.tuning_split))
   print_fn(f"Baselines, {task} task ({workdir}, test, {len(data.labels['test'])} examples):\n"
            f"{stats.format_table(rows, PRINTED_COLUMNS)}")
   summary["shap"] = explain_metadata_models(data, models, cfg, meta_names or [],

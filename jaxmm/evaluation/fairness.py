@@ -25,6 +25,7 @@ import numpy as np
 import scipy.stats
 
 from jaxmm.evaluation import stats
+from jaxmm.train import metrics as metrics_lib
 
 UNKNOWN = stats.UNKNOWN
 ATTRIBUTES = ("sex", "age_group", "localization", "site")
@@ -163,18 +164,17 @@ def weighted_accuracy(labels, probs, weights) -> np.ndarray:
     return np.where(total > 0, weights @ correct / total, np.nan)
 
 
-def weighted_macro_f1(labels, probs, weights, classes=None) -> np.ndarray:
-  """[R] macro-F1 of argmax(probs) over `classes` (default: the classes in `labels`), as
-  sklearn's f1_score(labels=classes, average="macro", zero_division=0) for each weight row."""
-  classes = np.unique(labels) if classes is None else np.asarray(classes)
+def weighted_macro_f1(labels, probs, weights) -> np.ndarray:
+  """[R] macro-F1 of argmax(probs) for each row of example weights [R, N]: the weighted
+  per-class counts through jaxmm.train.metrics.macro_scores, the one definition training and
+  the baselines use. So each row gives sklearn's f1_score(average="macro") of the examples it
+  weighs (the classes labelled or predicted among them; NaN for an all-zero row)."""
+  classes = np.arange(np.shape(probs)[1])
   preds = np.asarray(probs).argmax(1)
-  is_label = (labels[:, None] == classes).astype(np.float64)  # [N, C]
+  is_label = (labels[:, None] == classes).astype(np.float64)  # [N, K]
   is_pred = (preds[:, None] == classes).astype(np.float64)
-  true_pos = weights @ (is_label * is_pred)
-  denominator = weights @ is_label + weights @ is_pred  # 2 TP + FP + FN
-  with np.errstate(invalid="ignore", divide="ignore"):
-    f1 = np.where(denominator > 0, 2 * true_pos / denominator, 0.0)
-  return f1.mean(1) if classes.size else np.full(len(weights), np.nan)
+  return metrics_lib.macro_scores(weights @ (is_label * is_pred), weights @ is_label,
+                                  weights @ is_pred)["macro_f1"]
 
 
 def weighted_binary_auc(positive, scores, weights) -> np.ndarray:
@@ -263,21 +263,13 @@ def _safe_metric(metric_fn: Callable, labels, probs) -> float:
     return math.nan
 
 
-def _fixed_classes(name: str, labels: np.ndarray) -> Callable:
-  """The weighted metric `name`; macro-F1 keeps the full sample's classes in every resample."""
-  weighted = get_weighted_metric(name)
-  if name == "macro_f1":
-    classes = np.unique(labels)
-    return lambda y, p, w: weighted_macro_f1(y, p, w, classes)
-  return weighted
-
-
 def bootstrap_summary(labels, scores, metric_fn, num_resamples: int = 1000, seed: int = 0,
                       confidence: float = 0.95) -> dict:
   """Percentile bootstrap over examples of a metric of (labels [N], probs [N, K]).
 
   metric_fn: "accuracy", "macro_f1" or "roc_auc" (all resamples at once through the weighted
-  forms; macro-F1 over the classes of the full sample), or any function of (labels, probs)
+  forms; each resample's macro-F1 is that of metrics.macro_scores on the resample, over the
+  classes it labels or predicts), or any function of (labels, probs)
   (called per resample). Resamples where the metric is undefined (NaN, or a ValueError such as
   one class only) are skipped and counted. Returns estimate, ci_low, ci_high, num_resamples,
   num_skipped; the draws are those of stats.bootstrap_ci with the same seed.
@@ -285,7 +277,7 @@ def bootstrap_summary(labels, scores, metric_fn, num_resamples: int = 1000, seed
   labels, probs = check_predictions(labels, scores)
   n = labels.size
   if isinstance(metric_fn, str):
-    weighted = _fixed_classes(metric_fn, labels)
+    weighted = get_weighted_metric(metric_fn)
     estimate = float(weighted(labels, probs, np.ones((1, n)))[0]) if n else math.nan
     values_of = lambda idx: weighted_values(weighted, labels, probs, idx)
   else:
@@ -369,15 +361,16 @@ def _check_lengths(columns: dict, n: int, where: str) -> None:
       raise ValueError(f"{where}: group {name!r} has {len(column)} values for {n} examples")
 
 
-def slice_metrics(labels, probs, classes, num_resamples: int = 1000, seed: int = 0,
+def slice_metrics(labels, probs, num_resamples: int = 1000, seed: int = 0,
                   confidence: float = 0.95) -> dict:
-  """support, correct, accuracy (bootstrap CI), macro-F1 over `classes`, ROC-AUC of a slice."""
+  """support, correct, accuracy (bootstrap CI), macro-F1 (metrics.macro_scores of the slice),
+  ROC-AUC of a slice."""
   correct = (probs.argmax(1) == labels).astype(np.float64)
   accuracy, low, high = stats.bootstrap_ci(correct, np.mean, num_resamples, confidence, seed)
   ones = np.ones((1, labels.size))
   return {"support": int(labels.size), "correct": int(correct.sum()), "accuracy": accuracy,
           "accuracy_ci_low": low, "accuracy_ci_high": high,
-          "macro_f1": float(weighted_macro_f1(labels, probs, ones, classes)[0]),
+          "macro_f1": float(weighted_macro_f1(labels, probs, ones)[0]),
           "roc_auc": float(weighted_roc_auc(labels, probs, ones)[0])}
 
 
@@ -389,21 +382,21 @@ def subgroup_slices(labels, probs, groups: dict, model_name: str, class_names=No
   labels [N], probs [N, K]; groups: {field: [N]} (sex, age or age_group, localization,
   site, ...; `attributes` picks them, see attribute_columns). Each row: model, attribute,
   category, support, correct, accuracy with its bootstrap CI (accuracy_ci_low/high),
-  macro_f1 (over the classes present in the whole split, zero_division 0) and roc_auc (NaN
+  macro_f1 (metrics.macro_scores of the slice: sklearn's macro-F1 over the classes the slice
+  labels or predicts, so a slice reads as any other split would) and roc_auc (NaN
   when the slice has fewer than 2 classes). Categories with fewer than `min_support` examples
   are left out.
   """
   labels, probs = check_predictions(labels, probs, class_names)
   columns = attribute_columns(groups, attributes)
   _check_lengths(columns, labels.size, f"subgroup_slices of {model_name!r}")
-  classes = np.unique(labels)
   rows = []
   for attribute, column in columns.items():
     for category in category_order(column):
       mask = column == category
       if mask.sum() >= max(min_support, 1):
         rows.append({"model": model_name, "attribute": attribute, "category": category,
-                     **slice_metrics(labels[mask], probs[mask], classes, num_resamples, seed,
+                     **slice_metrics(labels[mask], probs[mask], num_resamples, seed,
                                      confidence)})
   return rows
 

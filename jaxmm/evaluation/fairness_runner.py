@@ -3,12 +3,18 @@
 Reads what training and the baselines wrote, never a checkpoint:
   <run>/predictions/<split>.npz            logits [N, K], label [N], index [N] and the group
                                            fields (sex, age, localization, site, ...)
-  <run>/baselines/<task>/predictions.npz   label, index, probs/<model> [N, K] and the group
-                                           fields (skipped quietly when absent)
+  <run>/baselines/<task>/predictions.npz   label, index, probs/<model> [N, K], the group
+                                           fields, split and val_macro_f1/<model> (skipped
+                                           quietly when absent; a file of another split than
+                                           config.fairness.split is left out, with one line
+                                           saying so; a file without split holds test rows)
   <run>/analysis/roi_agreement/<method>_per_image.csv   per-image explanation metrics
 For a run dir the run is the workdir itself; for a pipeline workdir (comparison.json and one
 run dir per variant) every variant, written at the pipeline level. Models scored on the same
 examples form a family: the jaxmm variants (joined on `index`), and the baselines of one task.
+The headline model of a baseline family (printed, and given accuracy-by-subgroup figures) is
+the one with the best validation macro-F1 the baselines recorded, never chosen on the
+evaluated split; every jaxmm variant is a headline model.
 
 Into <workdir>/analysis/fairness/ (paper 000, sections 8-9):
   slices.csv             per model, attribute and category: support, accuracy (bootstrap 95%
@@ -38,6 +44,11 @@ from jaxmm.train import config_lib
 
 JAXMM_FAMILY = "jaxmm"
 NON_GROUP_KEYS = ("logits", "label", "index")
+# Keys of baselines/<task>/predictions.npz (jaxmm.baselines.runner.predictions_arrays).
+BASELINE_PROBS = "probs/"
+BASELINE_SELECTION = "val_macro_f1/"  # 0-d validation macro-F1 of each model
+BASELINE_SPLIT = "split"  # 0-d str; absent from files written before it was recorded
+BASELINE_DEFAULT_SPLIT = "test"  # those files always held the test rows
 # Reference label fields a baseline task's labels may equal in the run's predictions.
 LABEL_FIELDS = ("label", "malignant", "label_multiclass")
 # Baseline model names start with their inputs: fusion_logreg, late_fusion_svm, image_knn, ...
@@ -76,7 +87,8 @@ def fairness_config(config) -> ml_collections.ConfigDict:
 class Family:
   """Models scored on the same examples, rows aligned: labels [N], index [N], groups
   {field: [N]}, probs {model: [N, K]}, kinds {model: "fusion" / its modality / ""} and
-  pair_keys {model: key} (McNemar pairs a fusion and a unimodal model with equal keys)."""
+  pair_keys {model: key} (McNemar pairs a fusion and a unimodal model with equal keys);
+  selection {model: validation macro-F1} for a baseline family (None for the jaxmm one)."""
   name: str
   labels: np.ndarray
   index: np.ndarray
@@ -85,6 +97,7 @@ class Family:
   kinds: dict
   pair_keys: dict
   class_names: list | None = None
+  selection: dict | None = None
 
 
 def read_npz(path: str) -> dict:
@@ -200,11 +213,17 @@ def baseline_kind(name: str) -> tuple[str, str]:
   return "", name
 
 
+def is_group_field(key: str, value) -> bool:
+  """Whether a baselines predictions.npz entry is a per-example group field [N] (not label,
+  index, probabilities, the 0-d split or the validation scores)."""
+  return (key not in NON_GROUP_KEYS and np.ndim(value) >= 1
+          and not key.startswith((BASELINE_PROBS, BASELINE_SELECTION)))
+
+
 def checked_groups(baseline: dict, predictions: dict | None, path: str, pred_path: str) -> dict:
   """The baseline file's group fields, completed from the run's predictions (joined on
   index) when it lacks some; ValueError when its labels match no label field there."""
-  groups = {k: v for k, v in baseline.items()
-            if not k.startswith("probs/") and k not in NON_GROUP_KEYS}
+  groups = {k: v for k, v in baseline.items() if is_group_field(k, v)}
   if predictions is None:
     return groups
   shared = np.intersect1d(baseline["index"], predictions["index"])
@@ -225,28 +244,52 @@ def checked_groups(baseline: dict, predictions: dict | None, path: str, pred_pat
   return groups
 
 
-def baseline_families(run_dir: str, run_name: str | None, split: str) -> list:
-  """One family per `<run_dir>/baselines/<task>/predictions.npz` (none when absent)."""
+def baseline_split(data: dict) -> str:
+  """The split whose rows a baselines predictions.npz holds ("test" for files written before
+  the split was recorded: the baselines have always been scored on test only)."""
+  return str(data[BASELINE_SPLIT]) if BASELINE_SPLIT in data else BASELINE_DEFAULT_SPLIT
+
+
+def selection_scores(data: dict, run_dir: str, task: str, models) -> dict | None:
+  """{model: validation macro-F1} of a baselines predictions file: its val_macro_f1/<model>
+  entries, else (older files) the val_macro_f1 of the task's rows in baselines.json; None
+  when some model has none."""
+  scores = {k[len(BASELINE_SELECTION):]: float(v) for k, v in data.items()
+            if k.startswith(BASELINE_SELECTION)}
+  if not scores:
+    summary = read_json(os.path.join(run_dir, "baselines", "baselines.json"), {})
+    rows = summary.get("tasks", {}).get(task, {}).get("rows", [])
+    scores = {r["model"]: float(r["val_macro_f1"]) for r in rows if "val_macro_f1" in r}
+  return scores if all(m in scores for m in models) else None
+
+
+def baseline_families(run_dir: str, run_name: str | None, split: str) -> tuple[list, list]:
+  """(families, left out): one family per `<run_dir>/baselines/<task>/predictions.npz` of
+  `split` (none when absent), and "<name> (<its split>)" of each file of another split."""
   pred_path = predictions_path(run_dir, split)
   predictions = read_npz(pred_path) if os.path.exists(pred_path) else None
-  families = []
+  families, left_out = [], []
   for path in sorted(glob.glob(os.path.join(run_dir, "baselines", "*", "predictions.npz"))):
     task = os.path.basename(os.path.dirname(path))
+    name = "/".join(filter(None, (run_name, "baselines", task)))
     data = read_npz(path)
-    probs = {k.split("/", 1)[1]: np.asarray(v, np.float64) for k, v in data.items()
-             if k.startswith("probs/")}
+    probs = {k[len(BASELINE_PROBS):]: np.asarray(v, np.float64) for k, v in data.items()
+             if k.startswith(BASELINE_PROBS)}
     if not probs:
+      continue
+    if baseline_split(data) != split:
+      left_out.append(f"{name} ({baseline_split(data)})")
       continue
     for key in ("label", "index"):
       if key not in data:
         raise KeyError(f"fairness: {path} has no {key!r}; keys: {sorted(data)}")
     groups = checked_groups(data, predictions, path, pred_path)
     kinds = {m: baseline_kind(m) for m in probs}
-    name = "/".join(filter(None, (run_name, "baselines", task)))
     families.append(Family(name, np.asarray(data["label"]).astype(np.int64), data["index"],
                            groups, probs, {m: k for m, (k, _) in kinds.items()},
-                           {m: rest for m, (_, rest) in kinds.items()}))
-  return families
+                           {m: rest for m, (_, rest) in kinds.items()},
+                           selection=selection_scores(data, run_dir, task, probs)))
+  return families, left_out
 
 
 def families_of(workdir: str, split: str) -> tuple[list, dict, bool]:
@@ -255,12 +298,20 @@ def families_of(workdir: str, split: str) -> tuple[list, dict, bool]:
     raise FileNotFoundError(f"fairness: workdir {workdir} does not exist")
   dirs, pipeline = run_dirs(workdir, split)
   families = [f for f in [jaxmm_family(dirs, split)] if f is not None]
+  left_out = []
   for name, run_dir in dirs.items():
-    families += baseline_families(run_dir, name if pipeline else None, split)
+    found, other = baseline_families(run_dir, name if pipeline else None, split)
+    families += found
+    left_out += other
+  if left_out:
+    print(f"fairness: baseline families left out, their predictions are of another split "
+          f"than {split!r} (--mode=baselines scores test only): {', '.join(left_out)}",
+          flush=True)
   if not families:
     raise FileNotFoundError(
-        f"fairness: no predictions/{split}.npz and no baselines/<task>/predictions.npz under "
-        f"{workdir} (run dirs: {sorted(dirs)}); train or evaluate first (--mode=train / eval)")
+        f"fairness: no predictions/{split}.npz and no baselines/<task>/predictions.npz of "
+        f"split {split!r} under {workdir} (run dirs: {sorted(dirs)}; baselines of other "
+        f"splits: {', '.join(left_out) or 'none'}); train or evaluate first (--mode=train / eval)")
   return families, dirs, pipeline
 
 
@@ -345,16 +396,24 @@ def explanation_rows(run_name: str, run_dir: str, fcfg) -> tuple[list, list]:
   return slices, tests
 
 
-def headline_models(families: list, headline: list) -> list:
-  """Every jaxmm variant, and the most accurate model of each baseline family."""
+def headline_models(families: list) -> list:
+  """Every jaxmm variant, and of each baseline family the model with the best validation
+  macro-F1 (Family.selection; the first on ties), never the evaluated split's best, which
+  would favour the model that got lucky on the very examples it is then reported on. A
+  baseline family without validation scores gets no headline model. Each pick says in
+  "selected_by" how it was chosen."""
   out = []
   for family in families:
-    models = list(family.probs)
-    if family.name != JAXMM_FAMILY:
-      accuracy = {r["model"]: r["estimate"] for r in headline
-                  if r["family"] == family.name and r["metric"] == "accuracy"}
-      models = [max(models, key=lambda m: np.nan_to_num(accuracy[m], nan=-1.0))]
-    out += [{"family": family.name, "model": m} for m in models]
+    if family.selection is None and family.name != JAXMM_FAMILY:
+      continue
+    if family.selection is None:
+      out += [{"family": family.name, "model": m, "selected_by": "every jaxmm variant"}
+              for m in family.probs]
+      continue
+    scores = family.selection
+    model = max(family.probs, key=lambda m: np.nan_to_num(scores[m], nan=-np.inf))
+    out.append({"family": family.name, "model": model,
+                "selected_by": f"best validation macro-F1 ({fmt(scores[model])})"})
   return out
 
 
@@ -369,7 +428,8 @@ def run_fairness(config, workdir: str) -> dict:
             "workdir_kind": "pipeline" if pipeline else "run", "slices": [], "headline_ci": [],
             "paired_tests": [], "explanation_slices": [], "explanation_tests": [],
             "families": [{"name": f.name, "models": list(f.probs), "kinds": f.kinds,
-                          "num_examples": int(f.labels.size), "class_names": f.class_names}
+                          "num_examples": int(f.labels.size), "class_names": f.class_names,
+                          "validation_macro_f1": f.selection}
                          for f in families]}
   for family in families:
     result["slices"] += family_slices(family, fcfg)
@@ -380,7 +440,7 @@ def run_fairness(config, workdir: str) -> dict:
     slices, tests = explanation_rows(name, run_dir, fcfg)
     result["explanation_slices"] += slices
     result["explanation_tests"] += tests
-  result["headline_models"] = headline_models(families, result["headline_ci"])
+  result["headline_models"] = headline_models(families)
   result["summary"] = summary_lines(result)
   write_outputs(os.path.join(workdir, "analysis", "fairness"), result)
   print("\n".join(result["summary"]), flush=True)
@@ -458,12 +518,18 @@ def test_lines(result: dict, families: tuple) -> list:
 
 
 def summary_lines(result: dict) -> list:
+  picks = {(p["family"], p["model"]): p["selected_by"] for p in result["headline_models"]}
   accuracy = [r for r in result["headline_ci"] if r["metric"] == "accuracy" and
-              {"family": r["family"], "model": r["model"]} in result["headline_models"]]
+              (r["family"], r["model"]) in picks]
   lines = [(f"Fairness ({result['split']} split): accuracy with bootstrap "
             f"{result['config']['confidence']:.0%} CI")]
   lines += [(f"  {r['model']} ({r['family']}): {fmt(r['estimate'])} "
-             f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]") for r in accuracy]
+             f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+             f"{'' if r['family'] == JAXMM_FAMILY else ', ' + picks[(r['family'], r['model'])]}")
+            for r in accuracy]
+  lines += [f"  {f['name']}: no headline model (its predictions.npz and baselines.json record "
+            f"no validation macro-F1; re-run --mode=baselines)" for f in result["families"]
+            if f["name"] != JAXMM_FAMILY and f["validation_macro_f1"] is None]
   # The first family (the jaxmm models of a pipeline) in full, the others in one line each.
   names = [f["name"] for f in result["families"]]
   shown = tuple(names[:1])

@@ -2,6 +2,10 @@
 
 Each function takes NumPy arrays and returns a flat dict of Python floats (plus nested
 lists for per-class reports and confusion matrices) that can be written as JSON.
+
+`macro_scores` is the one definition of macro precision / recall / F1 in jaxmm: training
+(results.json, early stopping), the baselines (validation tuning, tables) and fairness (headline
+CIs, slices) all call it, so the same predictions give the same macro-F1 everywhere.
 """
 from typing import Optional, Sequence
 
@@ -11,17 +15,83 @@ from sklearn import metrics as skm
 
 
 def _safe_auc(fn, *args, **kwargs) -> float:
-  """ROC/PR-AUC is undefined when a class is absent: return NaN instead of raising."""
+  """ROC-AUC is undefined when a class is absent: return NaN instead of raising."""
   try:
     return float(fn(*args, **kwargs))
   except ValueError:
     return float("nan")
 
 
+def average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
+  """PR-AUC (sklearn's average_precision_score) of `scores` [N] for the bool `positive` [N];
+  NaN when there is no positive.
+
+  Without positives precision is 0 / 0 at every threshold: the curve is undefined, as ROC-AUC
+  is. sklearn warns and returns 0.0 there, which would be averaged in (or drive early stopping
+  on pr_auc) as if the model had ranked badly.
+  """
+  positive = np.asarray(positive).astype(bool)
+  if not positive.any():
+    return float("nan")
+  return float(skm.average_precision_score(positive, scores))
+
+
+def class_counts(labels: np.ndarray, preds: np.ndarray, num_classes: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(true positives, labelled, predicted) per class, each [num_classes], of int labels and
+  predicted classes [N] in [0, num_classes)."""
+  labels, preds = np.asarray(labels, np.int64), np.asarray(preds, np.int64)
+  true_pos = np.bincount(labels[labels == preds], minlength=num_classes)
+  return (true_pos, np.bincount(labels, minlength=num_classes),
+          np.bincount(preds, minlength=num_classes))
+
+
+def macro_scores(true_pos, labelled, predicted) -> dict:
+  """Per-class and macro precision, recall and F1 from per-class counts [..., K].
+
+  The counts may be weighted (bootstrap resample counts) and batched: every leading axis is
+  kept. This is scikit-learn's default convention (precision_recall_fscore_support with
+  labels=None and zero_division=0, so f1_score(average="macro") equals "macro_f1"): the macro
+  average runs over the classes that occur in the labels or in the predictions; a class in
+  only one of them scores 0 where its denominator is 0. A class neither labelled nor
+  predicted in the split is left out rather than scored 0: it carries no evidence about the
+  model, and counting it would make the score depend on which classes a split happens to
+  lack (a validation split without the rare classes scored lower than its predictions earn).
+
+  Returns precision, recall, f1 [..., K] (0 for a class that does not occur) and
+  macro_precision, macro_recall, macro_f1 [...] (NaN where no class occurs).
+  """
+  true_pos, labelled, predicted = (np.asarray(a, np.float64)
+                                   for a in (true_pos, labelled, predicted))
+  present = (labelled + predicted) > 0
+  with np.errstate(invalid="ignore", divide="ignore"):
+    per_class = {"precision": np.where(predicted > 0, true_pos / predicted, 0.0),
+                 "recall": np.where(labelled > 0, true_pos / labelled, 0.0),
+                 "f1": np.where(present, 2 * true_pos / (labelled + predicted), 0.0)}
+    num_present = present.sum(-1)
+    macro = {f"macro_{k}": np.where(num_present > 0, (v * present).sum(-1) / num_present,
+                                    np.nan) for k, v in per_class.items()}
+  return {**per_class, **macro}
+
+
+def macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: Optional[int] = None
+             ) -> float:
+  """macro_scores' macro-F1 of int labels and predicted classes [N] (num_classes: default
+  1 + the largest class seen; classes that occur in neither do not count)."""
+  labels, preds = np.asarray(labels, np.int64), np.asarray(preds, np.int64)
+  if num_classes is None:
+    num_classes = int(max(labels.max(initial=-1), preds.max(initial=-1))) + 1
+  return float(macro_scores(*class_counts(labels, preds, num_classes))["macro_f1"])
+
+
 def multiclass_metrics(logits: np.ndarray, labels: np.ndarray,
                        class_names: Optional[Sequence[str]] = None) -> dict:
   """Accuracy, macro precision/recall/F1, one-vs-rest macro ROC-AUC, macro PR-AUC,
   per-class report and confusion matrix.
+
+  Macro precision/recall/F1 follow macro_scores (sklearn's default: over the classes that are
+  labelled or predicted); ROC-AUC and PR-AUC are macro over the classes labelled in the split
+  (binary: NaN without positives). per_class lists all K classes (support 0 for the absent).
 
   Args:
     logits: [N, K] scores; probabilities are their softmax.
@@ -34,29 +104,32 @@ def multiclass_metrics(logits: np.ndarray, labels: np.ndarray,
   probs = scipy.special.softmax(logits, axis=1)
   preds = probs.argmax(1)
   ks = list(range(num_classes))
-  p, r, f, s = skm.precision_recall_fscore_support(labels, preds, labels=ks, zero_division=0)
+  confusion = skm.confusion_matrix(labels, preds, labels=ks)
+  scores = macro_scores(np.diag(confusion), confusion.sum(1), confusion.sum(0))
   onehot = np.eye(num_classes)[labels]
   present = onehot.sum(0) > 0
   if num_classes == 2:
     roc = _safe_auc(skm.roc_auc_score, labels, probs[:, 1])
-    pr = _safe_auc(skm.average_precision_score, labels, probs[:, 1])
+    pr = average_precision(labels == 1, probs[:, 1])
   else:
     # Macro over the classes present in this split (sklearn raises on absent ones).
     roc = float(np.mean([_safe_auc(skm.roc_auc_score, onehot[:, k], probs[:, k])
                          for k in ks if present[k]])) if present.sum() > 1 else float("nan")
-    pr = float(np.mean([_safe_auc(skm.average_precision_score, onehot[:, k], probs[:, k])
+    pr = float(np.mean([average_precision(onehot[:, k], probs[:, k])
                         for k in ks if present[k]])) if present.any() else float("nan")
   return {
       "accuracy": float(np.mean(preds == labels)),
-      "macro_precision": float(np.mean(p)),
-      "macro_recall": float(np.mean(r)),
-      "macro_f1": float(np.mean(f)),
+      "macro_precision": float(scores["macro_precision"]),
+      "macro_recall": float(scores["macro_recall"]),
+      "macro_f1": float(scores["macro_f1"]),
       "roc_auc": roc,
       "pr_auc": pr,
       "num_examples": int(len(labels)),
-      "per_class": {name: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]),
-                           "support": int(s[k])} for k, name in enumerate(class_names)},
-      "confusion_matrix": skm.confusion_matrix(labels, preds, labels=ks).tolist(),
+      "per_class": {name: {"precision": float(scores["precision"][k]),
+                           "recall": float(scores["recall"][k]), "f1": float(scores["f1"][k]),
+                           "support": int(confusion[k].sum())}
+                    for k, name in enumerate(class_names)},
+      "confusion_matrix": confusion.tolist(),
   }
 
 

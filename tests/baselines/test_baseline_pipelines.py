@@ -10,6 +10,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from jaxmm.baselines import pipelines
+from jaxmm.evaluation import fairness
 
 
 @pytest.fixture(autouse=True)
@@ -129,6 +130,19 @@ def test_evaluate_scores_probabilities_as_given():
   assert m["macro_f1"] == pytest.approx(pipelines.macro_f1(labels, probs), abs=1e-12)
 
 
+def test_macro_f1_is_one_definition_with_absent_classes():
+  # 5 classes: 4 is never labelled, 1 never predicted, 3 neither (left out of the mean).
+  labels = np.array([0, 0, 1, 2, 2, 0, 1, 2])
+  preds = np.array([0, 4, 0, 2, 2, 0, 2, 4])
+  probs = 0.02 + np.eye(5)[preds]
+  probs /= probs.sum(1, keepdims=True)
+  expected = skm.f1_score(labels, preds, average="macro")
+  assert pipelines.macro_f1(labels, probs) == pytest.approx(expected, abs=1e-12)
+  assert pipelines.evaluate(probs, labels, list("abcde"))["macro_f1"] == pytest.approx(
+      expected, abs=1e-12)
+  assert fairness.metric_value("macro_f1", labels, probs) == pytest.approx(expected, abs=1e-12)
+
+
 def test_feature_sets_concatenate_in_order_and_name_missing_arrays():
   arrays = {"image": np.ones((2, 3)), "meta": np.zeros((2, 2)), "text": np.full((2, 1), 5.0)}
   fused = pipelines.feature_matrix(arrays, "fusion")
@@ -151,16 +165,17 @@ def test_unknown_classifier_names_list_the_valid_ones():
     assert f"'{name}'" in message
 
 
-def row(model, features, classifier, pca, f1, acc):
+def row(model, features, classifier, pca, f1, acc, val_f1=0.5):
+  """A table row: test macro-F1 and accuracy, validation macro-F1."""
   return {"model": model, "features": features, "classifier": classifier, "pca": pca,
-          "macro_f1": f1, "accuracy": acc}
+          "macro_f1": f1, "accuracy": acc, "val_macro_f1": val_f1}
 
 
 def test_deltas_subtract_the_matching_unimodal_rows():
   rows = [row("image_logreg", "image", "logreg", False, 0.5, 0.75),
           row("image_logreg_pca", "image", "logreg", True, 0.375, 0.625),
           row("meta_logreg", "meta", "logreg", False, 0.25, 0.5),
-          row("meta_gboost", "meta", "gboost", False, 0.625, 0.5),
+          row("meta_gboost", "meta", "gboost", False, 0.625, 0.5, val_f1=0.75),
           row("fusion_logreg", "fusion", "logreg", False, 0.875, 0.875),
           row("fusion_logreg_pca", "fusion", "logreg", True, 0.75, 0.8125),
           row("fusion_gboost", "fusion", "gboost", False, 0.5, 0.9375),
@@ -182,3 +197,17 @@ def test_deltas_subtract_the_matching_unimodal_rows():
   assert (d["vs_meta"], d["delta_f1_vs_meta"], d["delta_accuracy_vs_meta"]) == \
       ("meta_gboost", -0.125, 0.4375)
   assert out["late_logreg"]["delta_f1_vs_image"] == 0.125
+
+
+def test_best_unimodal_is_chosen_on_validation_not_test():
+  rows = [row("image_logreg", "image", "logreg", False, 0.5, 0.75, val_f1=0.875),
+          row("meta_gboost", "meta", "gboost", False, 0.625, 0.5, val_f1=0.25),
+          row("meta_tree", "meta", "tree", False, 0.25, 0.5, val_f1=float("nan")),
+          row("fusion_logreg", "fusion", "logreg", False, 0.875, 0.875, val_f1=0.9)]
+  (d,) = pipelines.deltas(rows)
+  assert (d["vs_best_unimodal"], d["delta_f1_vs_best_unimodal"]) == ("image_logreg", 0.375)
+  assert pipelines.best_by_validation(rows)["model"] == "fusion_logreg"
+  assert pipelines.best_by_validation([]) is None
+  del rows[0]["val_macro_f1"]
+  with pytest.raises(KeyError, match="'image_logreg' has no 'val_macro_f1'"):
+    pipelines.deltas(rows)

@@ -65,6 +65,7 @@ def test_baselines_on_a_smoke_concat_model(smoke_config, tmp_path, capsys, monke
     assert 1 <= int(by_model["fusion_knn_pca"]["pca_components"]) <= dims
     assert by_model["late_logreg"]["params"] == "mean of image_logreg, meta_logreg"
     with np.load(tmp_path / "baselines" / task / "predictions.npz") as pred:
+      assert (str(pred["split"]), str(pred["tuning_split"])) == ("test", "validation")
       np.testing.assert_array_equal(pred["index"], np.arange(len(records)))
       np.testing.assert_array_equal(pred["label"], [r[field] for r in records])
       np.testing.assert_array_equal(pred["sex"], [r["sex"].decode() for r in records])
@@ -77,6 +78,8 @@ def test_baselines_on_a_smoke_concat_model(smoke_config, tmp_path, capsys, monke
         m = metrics_lib.multiclass_metrics(np.log(probs + 1e-12), pred["label"])
         assert float(by_model[model]["accuracy"]) == pytest.approx(m["accuracy"], abs=1e-12)
         assert float(by_model[model]["macro_f1"]) == pytest.approx(m["macro_f1"], abs=1e-5)
+        assert float(pred[f"val_macro_f1/{model}"]) == pytest.approx(
+            float(by_model[model]["val_macro_f1"]), abs=1e-12)
       np.testing.assert_allclose(pred["probs/late_logreg"], (pred["probs/image_logreg"] +
                                                              pred["probs/meta_logreg"]) / 2,
                                  atol=1e-6)
@@ -166,3 +169,16 @@ def test_config_errors_name_the_key_and_the_valid_values(smoke_config):
       "image": ("rf", "tree", "naive_bayes"), "meta": ("svm", "knn"), "late": ("gboost",)}}))
   assert cfg.models.image == ("rf", "tree", "naive_bayes") and cfg.models.late == ("gboost",)
   assert cfg.models.fusion == runner.default_config().models.fusion
+
+
+def test_predictions_record_the_split_and_validation_scores():
+  models = [{"model": name, "test_probs": np.full((3, 2), 0.5), "val_macro_f1": score}
+            for name, score in (("image_logreg", 0.75), ("fusion_knn", 0.5))]
+  test = {"index": np.array([4, 5, 6]), "sex": np.array(["f", "m", "f"]),
+          "image": np.zeros((3, 8))}
+  out = runner.predictions_arrays(models, test, np.array([0, 1, 0]), "validation")
+  assert (str(out["split"]), str(out["tuning_split"])) == ("test", "validation")
+  assert float(out["val_macro_f1/image_logreg"]) == 0.75
+  assert sorted(out) == ["index", "label", "probs/fusion_knn", "probs/image_logreg", "sex",
+                         "split", "tuning_split", "val_macro_f1/fusion_knn",
+                         "val_macro_f1/image_logreg"]

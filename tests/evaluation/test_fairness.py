@@ -121,15 +121,30 @@ def test_weighted_metrics_equal_sklearn_on_resamples():
                                                                        rel=1e-12)
   indices = np.random.default_rng(1).integers(0, labels.size, (5, labels.size))
   weights = np.stack([np.bincount(i, minlength=labels.size) for i in indices]).astype(float)
-  classes = np.unique(labels)
   preds = probs.argmax(1)
   auc = fairness.weighted_roc_auc(labels, probs, weights)
-  f1 = fairness.weighted_macro_f1(labels, probs, weights, classes)
+  f1 = fairness.weighted_macro_f1(labels, probs, weights)
   for r, i in enumerate(indices):
-    assert f1[r] == pytest.approx(skm.f1_score(labels[i], preds[i], labels=classes,
-                                               average="macro", zero_division=0), rel=1e-12)
+    assert f1[r] == pytest.approx(skm.f1_score(labels[i], preds[i], average="macro",
+                                               zero_division=0), rel=1e-12)
     assert auc[r] == pytest.approx(skm.roc_auc_score(labels[i], probs[i], multi_class="ovr"),
                                    rel=1e-12)
+
+
+def test_macro_f1_leaves_out_classes_absent_from_labels_and_predictions():
+  # 4 classes: 3 is never labelled nor predicted, and a resample may also lose class 2.
+  labels = np.array([0, 0, 1, 1, 2, 0, 1, 0])
+  preds = np.array([0, 1, 1, 1, 0, 0, 2, 0])
+  probs = 0.05 + np.eye(4)[preds]
+  probs /= probs.sum(1, keepdims=True)
+  reference = metrics_lib.multiclass_metrics(np.log(probs), labels)["macro_f1"]
+  assert fairness.metric_value("macro_f1", labels, probs) == pytest.approx(reference, rel=1e-12)
+  assert reference == pytest.approx(skm.f1_score(labels, preds, average="macro"), rel=1e-12)
+  summary = fairness.bootstrap_summary(labels, probs, "macro_f1", num_resamples=40, seed=3)
+  values = [skm.f1_score(labels[i], preds[i], average="macro", zero_division=0)
+            for idx in fairness.resample_chunks(labels.size, 40, 3) for i in idx]
+  assert (summary["ci_low"], summary["ci_high"]) == pytest.approx(
+      tuple(np.percentile(values, [2.5, 97.5])), rel=1e-12)
 
 
 def test_weighted_binary_auc_with_ties_equals_sklearn_sample_weight():
@@ -195,7 +210,7 @@ def test_subgroup_slices_support_accuracy_and_f1():
   assert male["support"] == mask.sum()
   assert male["accuracy"] == pytest.approx(np.mean(preds[mask] == labels[mask]))
   assert male["macro_f1"] == pytest.approx(skm.f1_score(labels[mask], preds[mask], average="macro",
-                                                        labels=[0, 1, 2], zero_division=0))
+                                                        zero_division=0))
   assert male["roc_auc"] == pytest.approx(skm.roc_auc_score(labels[mask], probs[mask],
                                                             multi_class="ovr"))
   assert male["accuracy_ci_low"] < male["accuracy"] < male["accuracy_ci_high"]
@@ -211,9 +226,13 @@ def test_subgroup_slices_single_class_slice_min_support_and_errors():
   groups = {"site": np.array(["a", "a", "b", "b", "c"])}
   rows = fairness.subgroup_slices(labels, probs, groups, "m", min_support=2, num_resamples=50)
   assert [r["category"] for r in rows] == ["a", "b"]
-  # Slice "a" holds class 0 only: ROC-AUC undefined; macro-F1 over both classes of the split.
+  # Slice "a" holds class 0 only: ROC-AUC undefined; macro-F1 over the classes it labels or
+  # predicts (0 and 1), as sklearn's default.
   assert math.isnan(rows[0]["roc_auc"]) and rows[0]["macro_f1"] == pytest.approx(
-      skm.f1_score([0, 0], [0, 1], labels=[0, 1], average="macro", zero_division=0))
+      skm.f1_score([0, 0], [0, 1], average="macro", zero_division=0))
+  # Slice "c" neither labels nor predicts class 1: left out, not scored 0.
+  rows = fairness.subgroup_slices(labels, probs, groups, "m", num_resamples=50)
+  assert rows[-1]["category"] == "c" and rows[-1]["macro_f1"] == 1.0
   with pytest.raises(ValueError, match="class_names has 3"):
     fairness.subgroup_slices(labels, probs, groups, "m", ["x", "y", "z"])
   with pytest.raises(ValueError, match="group 'site' has 4 values for 5 examples"):

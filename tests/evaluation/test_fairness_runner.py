@@ -22,6 +22,9 @@ CLASS_NAMES = ["nv", "mel", "bkl"]
 VARIANTS = {"image": (("image",), 1.0), "meta": (("meta",), 0.4),
             "concat": (("image", "meta"), 2.0)}
 BASELINES = {"fusion_logreg": 2.0, "image_logreg": 1.0, "metadata_logreg": 0.3}
+# Validation macro-F1 as the baselines record it: image_logreg is the best on validation,
+# fusion_logreg (the strongest scores) the most accurate on test.
+VALIDATION_F1 = {"fusion_logreg": 0.7, "image_logreg": 0.8, "metadata_logreg": 0.4}
 
 
 def noisy_scores(rng, labels, k, strength):
@@ -61,11 +64,13 @@ def make_pipeline(root):
     loop.write_predictions(types.SimpleNamespace(workdir=run_dir), "test",
                            {k: v[order] for k, v in pred.items()})
   order = rng.permutation(N)
-  baselines = {"label": data["malignant"][order], "index": data["index"][order]}
+  baselines = {"label": data["malignant"][order], "index": data["index"][order],
+               "split": np.asarray("test")}
   for model, strength in BASELINES.items():
     data[f"probs/{model}"] = scipy.special.softmax(
         noisy_scores(rng, data["malignant"], 2, strength), axis=1)
     baselines[f"probs/{model}"] = data[f"probs/{model}"][order]
+    baselines[f"val_macro_f1/{model}"] = np.float64(VALIDATION_F1[model])
   write_npz_atomic(os.path.join(root, "concat", "baselines", "binary", "predictions.npz"),
                    baselines)
   data["dice"] = np.where(rng.random(N) < 0.1, np.nan, rng.random(N))
@@ -182,13 +187,74 @@ def test_figures(analysed):
   root, _, _ = analysed
   paths = fairness_figures.fairness_figures(root)
   names = sorted(os.path.basename(p) for p in paths)
-  assert names == ["accuracy_concat_baselines_binary_fusion_logreg.png",
+  assert names == ["accuracy_concat_baselines_binary_image_logreg.png",
                    "accuracy_jaxmm_concat.png", "accuracy_jaxmm_image.png",
                    "accuracy_jaxmm_meta.png", "headline_ci_concat_baselines_binary.png",
                    "headline_ci_jaxmm.png"]
   for path in paths:
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_headline_baseline_model_is_chosen_on_validation(analysed):
+  _, data, result = analysed
+  accuracy = {m: correct_of(data, m).mean() for m in BASELINES}
+  assert max(accuracy, key=accuracy.get) == "fusion_logreg"   # the test split's best
+  picks = [p for p in result["headline_models"] if p["family"] != "jaxmm"]
+  assert picks == [{"family": "concat/baselines/binary", "model": "image_logreg",
+                    "selected_by": "best validation macro-F1 (0.800)"}]
+  assert [p["model"] for p in result["headline_models"] if p["family"] == "jaxmm"] == \
+      list(VARIANTS)
+  assert any(line.startswith("  image_logreg (concat/baselines/binary): ") and
+             line.endswith(", best validation macro-F1 (0.800)") for line in result["summary"])
+
+
+def without_recorded_fields(path, keys=("split",), prefix="val_macro_f1/"):
+  """Rewrites a baselines predictions.npz as written before the split and scores were kept."""
+  old = {k: v for k, v in fairness_runner.read_npz(path).items()
+         if k not in keys and not k.startswith(prefix)}
+  write_npz_atomic(path, old)
+
+
+def test_baselines_of_another_split_are_left_out(tmp_path, capsys):
+  root = str(tmp_path / "pipeline")
+  make_pipeline(root)
+  run_dir = os.path.join(root, "concat")
+  test_path = fairness_runner.predictions_path(run_dir, "test")
+  shutil.copy(test_path, fairness_runner.predictions_path(run_dir, "validation"))
+  config = fairness_config(split="validation", num_resamples=20)
+  result = fairness_runner.run_fairness(config, run_dir)
+  assert [f["name"] for f in result["families"]] == ["jaxmm"]
+  lines = [line for line in capsys.readouterr().out.splitlines() if "left out" in line]
+  assert lines == ["fairness: baseline families left out, their predictions are of another "
+                   "split than 'validation' (--mode=baselines scores test only): "
+                   "baselines/binary (test)"]
+  # Files without a split were always test: still read for split="test", left out otherwise.
+  without_recorded_fields(os.path.join(run_dir, "baselines", "binary", "predictions.npz"))
+  result = fairness_runner.run_fairness(config, run_dir)
+  assert [f["name"] for f in result["families"]] == ["jaxmm"]
+  result = fairness_runner.run_fairness(fairness_config(num_resamples=20), run_dir)
+  assert [f["name"] for f in result["families"]] == ["jaxmm", "baselines/binary"]
+  os.remove(fairness_runner.predictions_path(run_dir, "validation"))
+  with pytest.raises(FileNotFoundError, match=r"baselines of other splits: baselines/binary "
+                                              r"\(test\)"):
+    fairness_runner.run_fairness(config, run_dir)
+
+
+def test_older_baselines_files_take_the_scores_of_baselines_json(tmp_path):
+  root = str(tmp_path / "pipeline")
+  make_pipeline(root)
+  run_dir = os.path.join(root, "concat")
+  without_recorded_fields(os.path.join(run_dir, "baselines", "binary", "predictions.npz"))
+  config = fairness_config(num_resamples=20)
+  result = fairness_runner.run_fairness(config, run_dir)   # no scores anywhere: no pick
+  assert [p["family"] for p in result["headline_models"]] == ["jaxmm"]
+  assert any(line.startswith("  baselines/binary: no headline model")
+             for line in result["summary"])
+  write_json(os.path.join(run_dir, "baselines", "baselines.json"), {"tasks": {"binary": {
+      "rows": [{"model": m, "val_macro_f1": f} for m, f in VALIDATION_F1.items()]}}})
+  result = fairness_runner.run_fairness(config, run_dir)
+  assert result["headline_models"][-1]["model"] == "image_logreg"
 
 
 def test_run_dir_and_errors(tmp_path):

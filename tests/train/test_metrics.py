@@ -1,5 +1,6 @@
 """Classification metrics against sklearn and hand-made cases."""
 import numpy as np
+import pytest
 from sklearn import metrics as skm
 
 from jaxmm.train import metrics
@@ -36,3 +37,61 @@ def test_masked_multilabel_accuracy_paper_001():
   assert m["masked_accuracy"] == 0.5
   ones = metrics.masked_multilabel_metrics(logits, labels, ["x", "y"], uncertain_policy="ones")
   assert ones["per_label"]["y"]["support"] == 1 and ones["per_label"]["y"]["accuracy"] == 0.0
+
+
+def absent_class_predictions():
+  """5 classes: 3 is labelled but never predicted, 4 predicted but never labelled, 2 neither."""
+  labels = np.array([0, 0, 0, 1, 1, 3, 3, 0, 1, 1])
+  preds = np.array([0, 0, 1, 1, 4, 0, 1, 0, 1, 4])
+  return labels, 10.0 * np.eye(5)[preds], preds
+
+
+def test_macro_scores_follow_sklearn_default_with_absent_classes():
+  labels, logits, preds = absent_class_predictions()
+  m = metrics.multiclass_metrics(logits, labels)
+  p, r, f, _ = skm.precision_recall_fscore_support(labels, preds, average="macro",
+                                                   zero_division=0)
+  assert (m["macro_precision"], m["macro_recall"], m["macro_f1"]) == pytest.approx((p, r, f))
+  assert m["macro_f1"] == pytest.approx(skm.f1_score(labels, preds, average="macro"))
+  # Class 2 (neither labelled nor predicted) is left out: the mean runs over 4 classes.
+  assert m["macro_f1"] == pytest.approx(sum(v["f1"] for v in m["per_class"].values()) / 4)
+  per_class = skm.precision_recall_fscore_support(labels, preds, labels=range(5),
+                                                  zero_division=0)
+  for k in range(5):
+    assert [m["per_class"][str(k)][key] for key in ("precision", "recall", "f1", "support")] \
+        == pytest.approx([v[k] for v in per_class])
+  assert metrics.macro_f1(labels, preds, 5) == pytest.approx(f)
+  assert metrics.macro_f1(labels, preds) == pytest.approx(f)
+  assert np.isnan(metrics.macro_scores(np.zeros(3), np.zeros(3), np.zeros(3))["macro_f1"])
+
+
+def test_batched_weighted_counts_equal_sklearn_sample_weight():
+  labels, _, preds = absent_class_predictions()
+  weights = np.random.default_rng(0).integers(0, 3, (4, labels.size)).astype(float)
+  is_label, is_pred = np.eye(5)[labels], np.eye(5)[preds]
+  scores = metrics.macro_scores(weights @ (is_label * is_pred), weights @ is_label,
+                                weights @ is_pred)
+  for row, w in enumerate(weights):  # sklearn on the examples the row weighs
+    keep = w > 0
+    assert scores["macro_f1"][row] == pytest.approx(skm.f1_score(
+        labels[keep], preds[keep], average="macro", sample_weight=w[keep], zero_division=0))
+
+
+def test_pr_auc_is_nan_without_positives():
+  rng = np.random.default_rng(1)
+  binary = metrics.multiclass_metrics(rng.normal(size=(6, 2)), np.zeros(6, int))
+  assert np.isnan(binary["roc_auc"]) and np.isnan(binary["pr_auc"])
+  labels = np.array([1, 0, 1, 1, 0, 0])
+  logits = rng.normal(size=(6, 2))
+  m = metrics.multiclass_metrics(logits, labels)
+  probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  assert m["pr_auc"] == pytest.approx(skm.average_precision_score(labels, probs[:, 1]))
+  assert np.isnan(metrics.average_precision(np.zeros(4, bool), np.arange(4.0)))
+  # Multiclass: the absent classes 2 and 3 are left out of the macro PR-AUC, as of ROC-AUC.
+  labels = np.array([0, 1, 0, 1, 1, 0])
+  logits = rng.normal(size=(6, 4))
+  m = metrics.multiclass_metrics(logits, labels)
+  probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  assert m["pr_auc"] == pytest.approx(np.mean([skm.average_precision_score(labels == k,
+                                                                           probs[:, k])
+                                               for k in (0, 1)]))
