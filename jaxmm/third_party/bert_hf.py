@@ -71,12 +71,18 @@ def bert_prefix(state_dict: Mapping[str, Any], source: str = "state dict") -> st
   return found[0]
 
 
+# LayerNorm parameter names -> flax's; older checkpoints (the original TF-converted BERT
+# uploads) say gamma / beta, which transformers itself still renames on load.
+LAYER_NORM_LEAVES = {"weight": "scale", "bias": "bias", "gamma": "scale", "beta": "bias"}
+
+
 def params_from_hf_state_dict(state_dict: Mapping[str, Any],
                               source: str = "state dict") -> dict:
   """HF BertModel (or task model) state dict -> jaxmm `Bert` params tree, by walking names.
 
-  `a.b.LayerNorm.weight` -> a/b/LayerNorm/scale; `a.x_embeddings.weight` -> a/x_embeddings/
-  embedding; any other `weight` [out, in] -> kernel [in, out]; `bias` -> bias. The BertModel
+  `a.b.LayerNorm.weight` (or `.gamma`) -> a/b/LayerNorm/scale (`.bias` or `.beta` -> bias);
+  `a.x_embeddings.weight` -> a/x_embeddings/embedding; any other `weight` [out, in] -> kernel
+  [in, out]; `bias` -> bias. The BertModel
   prefix (bert_prefix) is dropped; keys outside embeddings/encoder/pooler (task heads) and
   buffers (position_ids) are skipped. Values become float32 NumPy arrays (torch CPU tensors
   convert through NumPy, so this module needs no torch).
@@ -92,7 +98,10 @@ def params_from_hf_state_dict(state_dict: Mapping[str, Any],
     *path, leaf = key.split(".")
     value = np.asarray(value, dtype=np.float32)
     if path[-1] == "LayerNorm":
-      leaf = {"weight": "scale", "bias": "bias"}[leaf]
+      if leaf not in LAYER_NORM_LEAVES:
+        raise ValueError(f"{source}: unexpected LayerNorm parameter {prefix}{key}; known: "
+                         f"{sorted(LAYER_NORM_LEAVES)}")
+      leaf = LAYER_NORM_LEAVES[leaf]
     elif path[-1].endswith("_embeddings"):
       leaf = "embedding"
     elif leaf == "weight":

@@ -122,6 +122,24 @@ def test_cxr_bert_like_directory_drops_prefix_and_heads(tmp_path):
   compare(hf_bert, params, fields)
 
 
+def test_legacy_layer_norm_names_gamma_and_beta_load_as_weight_and_bias(tmp_path):
+  # The original Google BERT uploads name LayerNorm parameters gamma / beta; transformers
+  # renames them on load, and so must jaxmm.
+  hf_bert = save_hf_bert(tmp_path, SMALL, masked_lm=True)
+  path = os.path.join(tmp_path, "model.safetensors")
+  tensors = load_file(path)
+  legacy = {k.replace("LayerNorm.weight", "LayerNorm.gamma")
+             .replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in tensors.items()}
+  assert any(k.endswith("LayerNorm.gamma") for k in legacy)
+  save_file(legacy, path)
+  params, fields = bert_hf.load_hf_bert(tmp_path)
+  compare(hf_bert, params, fields)
+  with pytest.raises(ValueError, match=r"unexpected LayerNorm parameter "
+                                       r"bert.embeddings.LayerNorm.alpha"):
+    bert_hf.params_from_hf_state_dict({**legacy, "bert.embeddings.LayerNorm.alpha": np.ones(32)},
+                                      str(tmp_path))
+
+
 def test_converted_tree_has_the_init_structure(tmp_path):
   save_hf_bert(tmp_path, SMALL)
   params, fields = bert_hf.load_hf_bert(tmp_path)
