@@ -26,7 +26,9 @@ boosting) whose single output is the positive class's log-odds (C = 1). `output_
 the outputs, `explanation[:, :, c]` is output c's 2-D Explanation for shap's plots, and the
 attribute `model_output` gives the units: "log_odds" (a binary classifier's margin),
 "decision_function" (multiclass margins, whose softmax is predict_proba), "probability" or
-"prediction" (regressors); `explainer` says which explainer ran. Neither survives slicing.
+"prediction" (regressors), "log_prediction" (regressors with a log link: Poisson, Gamma and
+Tweedie GLMs, HistGradientBoosting with a Poisson or Gamma loss, whose linear / raw output is
+log(predict)); `explainer` says which explainer ran. Neither survives slicing.
 """
 from typing import Sequence
 
@@ -134,10 +136,28 @@ def linear_explanation(model, background: np.ndarray, x: np.ndarray):
   return values, base, margin_units(split_pipeline(model)[1], values.shape[2])
 
 
+def log_link(estimator) -> bool:
+  """Whether a regressor predicts exp(its linear / raw output): scikit-learn's Poisson, Gamma
+  and (power > 0 or link="log") Tweedie GLMs, and HistGradientBoostingRegressor with a Poisson
+  or Gamma loss."""
+  name = type(estimator).__name__
+  if name in ("PoissonRegressor", "GammaRegressor"):
+    return True
+  if name == "TweedieRegressor":
+    return estimator.link == "log" or (estimator.link == "auto" and estimator.power > 0)
+  return name == "HistGradientBoostingRegressor" and estimator.loss in ("poisson", "gamma")
+
+
+def regressor_units(estimator) -> str:
+  """Units of a regressor's linear / raw output: log(predict) for a log link, else predict."""
+  return "log_prediction" if log_link(estimator) else "prediction"
+
+
 def margin_units(estimator, num_outputs: int) -> str:
   """Units of a margin (decision function) output: a binary classifier's log-odds."""
   if not hasattr(estimator, "predict_proba"):
-    return "prediction" if not hasattr(estimator, "decision_function") else "decision_function"
+    return (regressor_units(estimator) if not hasattr(estimator, "decision_function")
+            else "decision_function")
   return "log_odds" if num_outputs == 1 else "decision_function"
 
 
@@ -157,7 +177,8 @@ def tree_explanation(model, background: np.ndarray, x: np.ndarray):
       ("sklearn.ensemble._gb", "sklearn.ensemble._hist_gradient_boosting"))
   if margin:
     return values, base, margin_units(estimator, values.shape[2])
-  return values, base, "probability" if hasattr(estimator, "predict_proba") else "prediction"
+  return values, base, ("probability" if hasattr(estimator, "predict_proba")
+                        else regressor_units(estimator))
 
 
 def model_function(model):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import shap
 from sklearn.decomposition import PCA
-from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
+from sklearn.ensemble import (GradientBoostingClassifier, HistGradientBoostingRegressor,
+                              RandomForestClassifier)
+from sklearn.linear_model import LogisticRegression, PoissonRegressor, Ridge, TweedieRegressor
 from sklearn.naive_bayes import GaussianNB
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -233,6 +234,23 @@ def test_tree_values_add_up_to_the_model_output(estimator, output):
                              atol=1e-6)
   # a tree after a scaler splits on the original column: the values follow the original data
   np.testing.assert_array_equal(explanation.data, x[100:110])
+
+
+@pytest.mark.parametrize("estimator,units", [
+    (Ridge(), "prediction"), (PoissonRegressor(), "log_prediction"),
+    (TweedieRegressor(power=1.5), "log_prediction"),
+    (HistGradientBoostingRegressor(loss="poisson", max_iter=20), "log_prediction")])
+def test_regressor_values_add_up_to_the_output_their_units_name(estimator, units):
+  rng = np.random.RandomState(0)
+  x = rng.randn(200, 4)
+  y = rng.poisson(np.exp(0.5 * x[:, 0] + 0.3 * x[:, 1] + 1.0))
+  model = estimator.fit(x, y)
+  explanation = shap_sklearn.explain_sklearn(model, x[:50], x[190:194], list("abcd"))
+  assert explanation.model_output == units
+  prediction = model.predict(x[190:194])
+  expected = np.log(prediction) if units == "log_prediction" else prediction
+  np.testing.assert_allclose((explanation.base_values + explanation.values.sum(1))[:, 0],
+                             expected, rtol=1e-5, atol=1e-6)
 
 
 def test_one_hot_columns_are_summed_into_fields(encoder):
