@@ -117,8 +117,10 @@ def read_keyed_table(path: str, columns: tuple, key: str, parse) -> dict:
   for row in release_csv.read_rows(path, columns):
     value = row.fields[key]
     try:
-      if row.problem:
-        raise bad_rows.BadInput(row.kind, row.problem)
+      if row.problem:  # reported on the metadata row that joins it: a malformed join, even
+        # when the cause is a stray quote in this table (its message says so; stray_quote rows
+        # are lines of the file they are reported in)
+        raise bad_rows.BadInput("malformed_row", row.problem)
       parsed = parse(row.fields)
     except bad_rows.BadInput as problem:
       parsed = problem
