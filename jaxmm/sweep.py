@@ -7,7 +7,8 @@ An axis is a config path with comma-separated values (commas inside brackets or 
 split: 'model.modalities=("image",),("image","meta")'), or `:name`, an argument of the config
 file (':model=image,meta,concat,late' runs `configs/x.py:model=image`, ...). Every path and
 value is read as `--config.path=value` will read it and checked against the loaded config
-before anything runs. The points are the cross product of the axes; point
+before anything runs, and so is each point's choice of modalities, fusion, dtype, optimizer,
+schedule and class weighting (check_values). The points are the cross product of the axes; point
 `model.fusion=late,seed=1` runs, in `<workdir>/model.fusion=late,seed=1`,
 
   python -m jaxmm.main --config=... --workdir=<workdir>/model.fusion=late,seed=1 --mode=train \
@@ -256,7 +257,49 @@ def make_plan(config: str, workdir: str, grid: Sequence[str], sets: Sequence[str
   axes = tuple(Axis(path, tuple(texts), tuple(axis_values(configs, path, texts)))
                for path, texts in parsed)
   check_metrics(configs, metrics)
-  return Plan(config, workdir, axes, tuple(fixed), grid_points(axes))
+  points = grid_points(axes)
+  for point in points:
+    check_point(config, fixed, point)
+  return Plan(config, workdir, axes, tuple(fixed), points)
+
+
+def check_point(spec: str, fixed: Sequence[tuple[str, str]], point: Point) -> None:
+  """The point's config (its arguments, then the `--set` and axis values) must name a known
+  modality set, fusion, dtype, optimizer, schedule and class weighting: a misspelt value
+  (`model.fusion=lat`) fails here, before any point runs, not once per point."""
+  args = {path[1:]: text for path, text in list(fixed) + list(point.texts.items())
+          if path.startswith(ARG)}
+  config = load_variant(spec, args)
+  values = {path: typed_value(config, path, text) for path, text in fixed
+            if not path.startswith(ARG)}
+  values.update({path: v for path, v in point.values.items() if not path.startswith(ARG)})
+  for path, value in values.items():
+    config_path.set_value(path, config, value)
+  try:
+    check_values(config)
+  except ValueError as e:
+    raise ValueError(f"grid point {point.name}: {e}") from None
+
+
+def check_values(config) -> None:
+  """ValueError naming the first unknown choice among the config's model modalities, fusion
+  and dtype, optimizer name and schedule, and train.class_weights (the checks training runs;
+  imported here so that printing a sweep without them stays light)."""
+  from jaxmm.models import build, fusion  # pylint: disable=g-import-not-at-top
+  from jaxmm.train import loop, optimizers  # pylint: disable=g-import-not-at-top
+  model = config.get("model", {})
+  if model:
+    modalities = build.check_modalities(model.get("modalities"))
+    fusion.check_fusion(model.get("fusion", "concat"), modalities)
+    build.lookup(build.DTYPES, model.get("dtype", "float32"), "dtype")
+  opt = config.get("optimizer", {})
+  if opt and opt.get("name", "adam") not in optimizers.OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {opt.get('name')!r}; valid: {optimizers.OPTIMIZERS}")
+  if opt and opt.get("schedule", "cosine") not in optimizers.SCHEDULES:
+    raise ValueError(f"unknown schedule {opt.get('schedule')!r}; valid: {optimizers.SCHEDULES}")
+  weights = config.get("train", {}).get("class_weights")
+  if weights not in loop.CLASS_WEIGHTS:
+    raise ValueError(f"train.class_weights={weights!r}; valid: {list(loop.CLASS_WEIGHTS)}")
 
 
 def axis_values(configs, path: str, texts: Sequence[str]) -> list:

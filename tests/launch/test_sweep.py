@@ -49,11 +49,11 @@ def test_split_values_keeps_commas_inside_brackets_and_quotes():
 def test_axis_values_are_typed_as_config_overrides_type_them(tmp_path):
   plan = sweep.make_plan(SMOKE, str(tmp_path), [
       "seed=0,1", "optimizer.learning_rate=1e-3,3e-3", "train.progress=true,False",
-      "model.modalities=('image',),('image','meta')", "model.image.width=8", ":model=film"])
+      "model.modalities=('meta','image'),('image','meta')", "model.image.width=8", ":model=film"])
   values = {axis.path: axis.values for axis in plan.axes}
   assert values == {"seed": (0, 1), "optimizer.learning_rate": (1e-3, 3e-3),
                     "train.progress": (True, False),
-                    "model.modalities": (("image",), ("image", "meta")),
+                    "model.modalities": (("meta", "image"), ("image", "meta")),
                     "model.image.width": (8,), ":model": ("film",)}
   assert len(plan.points) == 16
   assert plan.points[1].values == {"seed": 0, "optimizer.learning_rate": 1e-3,
@@ -75,6 +75,11 @@ def test_axis_values_are_typed_as_config_overrides_type_them(tmp_path):
     ([":model=imgae"], [], "unknown model variant 'imgae'"),
     (["seed=0"], ["train.num_step=1"], "Did you mean 'num_steps'?"),
     (["seed=0"], ["seed=1"], "['seed'] set more than once"),
+    (["model.fusion=concat,lat", "seed=0,1"], [],
+     "grid point model.fusion=lat,seed=0: unknown fusion 'lat'; valid fusions: "),
+    (["optimizer.name=adam,adm"], [], "grid point optimizer.name=adm: unknown optimizer 'adm'"),
+    (["seed=0"], ["train.class_weights=inverse"], "grid point seed=0: train.class_weights="),
+    ([":model=image,concat"], ["model.dtype=float16"], "unknown dtype 'float16'"),
 ])
 def test_bad_axis_or_value_fails_before_anything_runs(tmp_path, grid, sets, message):
   with pytest.raises(ValueError) as error:
