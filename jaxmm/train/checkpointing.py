@@ -77,16 +77,13 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, record: dict, *, best: bool = False) -> None:
     """Saves `state` and `record` as the latest checkpoint (and as the best one if `best`)."""
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              record=ocp.args.JsonSave(record))
-    self.latest.save(step, args=args, force=True)
+    self.latest.save(step, args=_save_args(state, record), force=True)
     if best:
       self.save_best(step, state, record)
 
   def save_best(self, step: int, state: Any, record: dict) -> None:
     """Saves `state` and `record` as the best checkpoint (replacing the previous best)."""
-    self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 record=ocp.args.JsonSave(record)), force=True)
+    self.best.save(step, args=_save_args(state, record), force=True)
 
   def restore(self, abstract_state: Any, *, which: str = "latest",
               step: Optional[int] = None) -> Optional[tuple[Any, dict]]:
@@ -157,6 +154,10 @@ class Checkpointer:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+
+def _save_args(state: Any, record: dict) -> ocp.args.Composite:
+  return ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record))
 
 
 def abstract_like(state: Any) -> Any:
