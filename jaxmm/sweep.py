@@ -7,8 +7,8 @@ An axis is a config path with comma-separated values (commas inside brackets or 
 split: 'model.modalities=("image",),("image","meta")'), or `:name`, an argument of the config
 file (':model=image,meta,concat,late' runs `configs/x.py:model=image`, ...). Every path and
 value is read as `--config.path=value` will read it and checked against the loaded config
-before anything runs, and so is each point's choice of modalities, fusion, dtype, optimizer,
-schedule and class weighting (check_values). The points are the cross product of the axes; point
+before anything runs, and each point's config is checked by building its model and optimizer
+(check_values). The points are the cross product of the axes; point
 `model.fusion=late,seed=1` runs, in `<workdir>/model.fusion=late,seed=1`,
 
   python -m jaxmm.main --config=... --workdir=<workdir>/model.fusion=late,seed=1 --mode=train \
@@ -264,9 +264,9 @@ def make_plan(config: str, workdir: str, grid: Sequence[str], sets: Sequence[str
 
 
 def check_point(spec: str, fixed: Sequence[tuple[str, str]], point: Point) -> None:
-  """The point's config (its arguments, then the `--set` and axis values) must name a known
-  modality set, fusion, dtype, optimizer, schedule and class weighting: a misspelt value
-  (`model.fusion=lat`) fails here, before any point runs, not once per point."""
+  """The point's config (its arguments, then the `--set` and axis values) must pass
+  check_values: a misspelt value (`model.fusion=lat`) fails here, before any point runs, not
+  once per point."""
   args = {path[1:]: text for path, text in list(fixed) + list(point.texts.items())
           if path.startswith(ARG)}
   config = load_variant(spec, args)
@@ -282,24 +282,24 @@ def check_point(spec: str, fixed: Sequence[tuple[str, str]], point: Point) -> No
 
 
 def check_values(config) -> None:
-  """ValueError naming the first unknown choice among the config's model modalities, fusion
-  and dtype, optimizer name and schedule, and train.class_weights (the checks training runs;
-  imported here so that printing a sweep without them stays light)."""
-  from jaxmm.models import build, fusion  # pylint: disable=g-import-not-at-top
+  """ValueError naming the first bad choice of the config, from the functions training runs:
+  the model is built (modalities, fusion, dtype, encoders, head; num_classes, which the data
+  fills in, set to 1), the optimizer and schedule are made (freeze patterns, which need the
+  parameters, left out) and train.class_weights is checked. Imported here, so that the sweep
+  module itself stays light."""
+  from jaxmm.models import build  # pylint: disable=g-import-not-at-top
   from jaxmm.train import loop, optimizers  # pylint: disable=g-import-not-at-top
-  model = config.get("model", {})
-  if model:
-    modalities = build.check_modalities(model.get("modalities"))
-    fusion.check_fusion(model.get("fusion", "concat"), modalities)
-    build.lookup(build.DTYPES, model.get("dtype", "float32"), "dtype")
-  opt = config.get("optimizer", {})
-  if opt and opt.get("name", "adam") not in optimizers.OPTIMIZERS:
-    raise ValueError(f"unknown optimizer {opt.get('name')!r}; valid: {optimizers.OPTIMIZERS}")
-  if opt and opt.get("schedule", "cosine") not in optimizers.SCHEDULES:
-    raise ValueError(f"unknown schedule {opt.get('schedule')!r}; valid: {optimizers.SCHEDULES}")
-  weights = config.get("train", {}).get("class_weights")
-  if weights not in loop.CLASS_WEIGHTS:
-    raise ValueError(f"train.class_weights={weights!r}; valid: {list(loop.CLASS_WEIGHTS)}")
+  if config.get("model"):
+    model = config.model.copy_and_resolve_references()
+    with model.unlocked():
+      model.num_classes = max(int(model.get("num_classes") or 1), 1)
+    build.build_model(model)
+  if config.get("optimizer"):
+    opt = config.optimizer.copy_and_resolve_references()
+    with opt.unlocked():
+      opt.freeze = ()
+    optimizers.make_optimizer(opt, {}, total_steps=2, warmup_steps=0)
+  loop.check_class_weights(config.get("train", {}).get("class_weights"))
 
 
 def axis_values(configs, path: str, texts: Sequence[str]) -> list:

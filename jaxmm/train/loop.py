@@ -70,13 +70,18 @@ def steps_from(config, steps_per_epoch: int, name: str, default: int = 0) -> int
 CLASS_WEIGHTS = (None, "balanced")
 
 
+def check_class_weights(choice) -> None:
+  """ValueError unless `config.train.class_weights` is one of CLASS_WEIGHTS."""
+  if choice not in CLASS_WEIGHTS:
+    raise ValueError(f"config.train.class_weights={choice!r}; valid values: {list(CLASS_WEIGHTS)}"
+                     f" (None: unweighted; 'balanced': inverse class frequency of the train split)")
+
+
 def make_loss(config, info, train_columns) -> Any:
   """The task's loss; `balanced` class weights come from `train_columns()`' labels."""
   class_weights = None
   choice = config.train.get("class_weights")
-  if choice not in CLASS_WEIGHTS:
-    raise ValueError(f"config.train.class_weights={choice!r}; valid values: {list(CLASS_WEIGHTS)}"
-                     f" (None: unweighted; 'balanced': inverse class frequency of the train split)")
+  check_class_weights(choice)
   if choice == "balanced" and info.multilabel:
     raise ValueError("config.train.class_weights='balanced' is for single-label tasks; "
                      f"{config.data.name} is multilabel (set it to None)")
@@ -368,13 +373,13 @@ def final_evaluation(run: Run, state: TrainState, record: dict) -> dict:
   not the record's best step (set aside as unreadable, or deleted) is not evaluated under the
   best step's name: the run warns and evaluates the final state.
   """
-  best_step = record.get("best_step")
+  best_step, saved_best = record.get("best_step"), run.checkpointer.latest_step("best")
   restored = None
-  if best_step is not None and run.checkpointer.latest_step("best") == best_step:
+  if best_step is not None and saved_best == best_step:
     restored = run.checkpointer.restore(checkpointing.abstract_like(state), which="best")
   elif best_step is not None:
     warnings.warn(f"{run.workdir}: the best checkpoint (step {best_step}) is missing from "
-                  f"checkpoints/best (which holds step {run.checkpointer.latest_step('best')});"
+                  f"checkpoints/best (which holds step {saved_best});"
                   f" evaluating the final state (step {int(state.step)}) instead",
                   RuntimeWarning, stacklevel=2)
   best_state = restored[0] if restored is not None else state

@@ -14,7 +14,7 @@ def make_schedule(opt_config, total_steps: int, warmup_steps: int) -> optax.Sche
   lr = float(opt_config.learning_rate)
   schedule = opt_config.get("schedule", "cosine")
   if schedule not in SCHEDULES:
-    raise ValueError(f"Unknown schedule {schedule!r}; valid: {SCHEDULES}")
+    raise ValueError(f"unknown schedule {schedule!r}; valid: {SCHEDULES}")
   warmup_steps = int(min(max(warmup_steps, 0), max(total_steps - 1, 0)))
   if schedule == "constant":
     main = optax.constant_schedule(lr)
@@ -41,7 +41,7 @@ def _base_transform(opt_config, schedule) -> optax.GradientTransformation:
     tx = optax.sgd(schedule, momentum=opt_config.get("momentum", 0.9),
                    nesterov=bool(opt_config.get("nesterov", False)))
     return optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx
-  raise ValueError(f"Unknown optimizer {name!r}; valid: {OPTIMIZERS}")
+  raise ValueError(f"unknown optimizer {name!r}; valid: {OPTIMIZERS}")
 
 
 def frozen_labels(params: Any, freeze: Sequence[str]) -> Any:

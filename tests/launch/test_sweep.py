@@ -78,7 +78,8 @@ def test_axis_values_are_typed_as_config_overrides_type_them(tmp_path):
     (["model.fusion=concat,lat", "seed=0,1"], [],
      "grid point model.fusion=lat,seed=0: unknown fusion 'lat'; valid fusions: "),
     (["optimizer.name=adam,adm"], [], "grid point optimizer.name=adm: unknown optimizer 'adm'"),
-    (["seed=0"], ["train.class_weights=inverse"], "grid point seed=0: train.class_weights="),
+    (["seed=0"], ["train.class_weights=inverse"],
+     "grid point seed=0: config.train.class_weights='inverse'; valid values: [None, 'balanced']"),
     ([":model=image,concat"], ["model.dtype=float16"], "unknown dtype 'float16'"),
 ])
 def test_bad_axis_or_value_fails_before_anything_runs(tmp_path, grid, sets, message):
