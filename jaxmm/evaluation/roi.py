@@ -60,8 +60,7 @@ def _threshold_counts(maps: jax.Array, masks: jax.Array,
   """
   x, roi = _flat(maps, masks)
   n, num_t = x.shape[0], thresholds.shape[0]
-  bins = jnp.searchsorted(thresholds, x, side="right")
-  bins = jnp.where(jnp.isnan(x), 0, bins)  # in range (searchsorted puts NaN last); masked later
+  bins = jnp.searchsorted(thresholds, x, side="right")  # NaN sorts last: bin T (masked later)
   segment = (jnp.arange(n)[:, None] * (num_t + 1) + bins).ravel()
 
   def histogram(weights):
