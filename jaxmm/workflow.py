@@ -31,7 +31,7 @@ from jaxmm.saliency import shap_runner
 from jaxmm.train import config_lib, loop
 
 TABLE_COLUMNS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "pr_auc")
-MULTILABEL_COLUMNS = ("masked_accuracy", "roc_auc")
+MULTILABEL_COLUMNS = ("masked_accuracy", "roc_auc", "pr_auc")
 
 
 ANALYSIS_RUNNERS = {"saliency": saliency_runner, "evaluation": evaluation_runner,

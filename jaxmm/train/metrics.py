@@ -7,17 +7,22 @@ lists for per-class reports and confusion matrices) that can be written as JSON.
 (results.json, early stopping), the baselines (validation tuning, tables) and fairness (headline
 CIs, slices) all call it, so the same predictions give the same macro-F1 everywhere.
 """
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 import scipy.special
+from sklearn import exceptions as skm_exceptions
 from sklearn import metrics as skm
 
 
 def _safe_auc(fn, *args, **kwargs) -> float:
-  """ROC-AUC is undefined when a class is absent: return NaN instead of raising."""
+  """ROC-AUC is undefined when a class is absent: return NaN (older sklearn raises, newer
+  warns and returns NaN; either way the caller gets NaN and no warning)."""
   try:
-    return float(fn(*args, **kwargs))
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", skm_exceptions.UndefinedMetricWarning)
+      return float(fn(*args, **kwargs))
   except ValueError:
     return float("nan")
 
@@ -136,12 +141,13 @@ def multiclass_metrics(logits: np.ndarray, labels: np.ndarray,
 def masked_multilabel_metrics(logits: np.ndarray, labels: np.ndarray,
                               label_names: Optional[Sequence[str]] = None,
                               uncertain_policy: str = "ignore", threshold: float = 0.5) -> dict:
-  """Masked per-label accuracy (paper 001) and per-label ROC-AUC for {1, 0, -1, -2} labels.
+  """Masked per-label accuracy (paper 001), ROC-AUC and PR-AUC for {1, 0, -1, -2} labels.
 
   An entry counts when its label is not -2 (and not -1 under the "ignore" policy; under
   "zeros"/"ones" a -1 is read as 0/1). Accuracy is the mean over labels of each label's
-  accuracy on its counted entries; AUC per label over counted entries, macro over labels
-  where both classes occur.
+  accuracy on its counted entries. ROC-AUC per label over counted entries, macro over labels
+  where both classes occur; PR-AUC (average_precision) per label over counted entries, macro
+  over labels with a positive among them (NaN for a label without one, as for multiclass).
   """
   logits = np.asarray(logits, np.float64)
   labels = np.asarray(labels).astype(np.int64)
@@ -156,19 +162,26 @@ def masked_multilabel_metrics(logits: np.ndarray, labels: np.ndarray,
   else:
     raise ValueError(f"Unknown uncertain_policy {uncertain_policy!r}; valid: ignore, zeros, ones")
   per_label = {}
-  accs, aucs = [], []
+  accs, aucs, prs = [], [], []
   for k, name in enumerate(names):
     m = mask[:, k]
     acc = float(np.mean((probs[m, k] > threshold) == targets[m, k])) if m.any() else float("nan")
     auc = (_safe_auc(skm.roc_auc_score, targets[m, k], probs[m, k])
            if m.any() and 0 < targets[m, k].sum() < m.sum() else float("nan"))
-    per_label[name] = {"accuracy": acc, "roc_auc": auc, "support": int(m.sum()),
+    pr = average_precision(targets[m, k], probs[m, k])
+    per_label[name] = {"accuracy": acc, "roc_auc": auc, "pr_auc": pr, "support": int(m.sum()),
                        "positives": int(targets[m, k].sum())}
     accs.append(acc)
     aucs.append(auc)
+    prs.append(pr)
+
+  def nanmean(values):
+    return float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
+
   return {
-      "masked_accuracy": float(np.nanmean(accs)) if not np.all(np.isnan(accs)) else float("nan"),
-      "roc_auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan"),
+      "masked_accuracy": nanmean(accs),
+      "roc_auc": nanmean(aucs),
+      "pr_auc": nanmean(prs),
       "num_examples": int(labels.shape[0]),
       "per_label": per_label,
   }

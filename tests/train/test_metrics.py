@@ -39,6 +39,28 @@ def test_masked_multilabel_accuracy_paper_001():
   assert ones["per_label"]["y"]["support"] == 1 and ones["per_label"]["y"]["accuracy"] == 0.0
 
 
+def test_masked_multilabel_pr_auc_matches_sklearn_on_counted_entries():
+  rng = np.random.default_rng(3)
+  labels = rng.choice([1, 0, -1, -2], size=(60, 3), p=[0.3, 0.4, 0.2, 0.1])
+  labels[:, 2] = np.where(labels[:, 2] == 1, 0, labels[:, 2])  # label "c": no positive
+  logits = rng.normal(size=(60, 3)) + 1.5 * (labels == 1)
+  m = metrics.masked_multilabel_metrics(logits, labels, ["a", "b", "c"])
+  probs = 1 / (1 + np.exp(-logits))
+  expected = []
+  for k in range(2):
+    counted = (labels[:, k] == 0) | (labels[:, k] == 1)
+    expected.append(skm.average_precision_score(labels[counted, k] == 1, probs[counted, k]))
+    assert m["per_label"]["abc"[k]]["pr_auc"] == pytest.approx(expected[-1])
+  assert np.isnan(m["per_label"]["c"]["pr_auc"])  # no positive: undefined, not 0
+  assert m["pr_auc"] == pytest.approx(np.mean(expected))
+  # "ones" reads -1 as positive: the counted entries and positives change with the policy.
+  ones = metrics.masked_multilabel_metrics(logits, labels, ["a", "b", "c"],
+                                           uncertain_policy="ones")
+  counted = labels[:, 0] != -2
+  assert ones["per_label"]["a"]["pr_auc"] == pytest.approx(skm.average_precision_score(
+      np.isin(labels[counted, 0], [1, -1]), probs[counted, 0]))
+
+
 def absent_class_predictions():
   """5 classes: 3 is labelled but never predicted, 4 predicted but never labelled, 2 neither."""
   labels = np.array([0, 0, 0, 1, 1, 3, 3, 0, 1, 1])
