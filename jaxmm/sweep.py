@@ -283,12 +283,16 @@ def check_point(spec: str, fixed: Sequence[tuple[str, str]], point: Point) -> No
 
 def check_values(config) -> None:
   """ValueError naming the first bad choice of the config, from the functions training runs:
-  the model is built (modalities, fusion, dtype, encoders, head; num_classes, which the data
-  fills in, set to 1), the optimizer and schedule are made (freeze patterns, which need the
-  parameters, left out) and train.class_weights is checked. Imported here, so that the sweep
-  module itself stays light."""
+  the dataset's builder is made, unprepared (name, builder config and overrides, and the
+  fields the data config names), the model is built (modalities, fusion, dtype, encoders,
+  head; num_classes, which the data fills in, set to 1), the optimizer and schedule are made
+  (freeze patterns, which need the parameters, left out) and train.class_weights is checked.
+  Imported here, so that the sweep module itself stays light."""
+  from jaxmm.data import pipeline  # pylint: disable=g-import-not-at-top
   from jaxmm.models import build  # pylint: disable=g-import-not-at-top
   from jaxmm.train import loop, optimizers  # pylint: disable=g-import-not-at-top
+  if config.get("data") and config.data.get("name"):
+    pipeline.configured_builder(config.data)
   if config.get("model"):
     model = config.model.copy_and_resolve_references()
     with model.unlocked():

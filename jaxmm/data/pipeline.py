@@ -6,6 +6,7 @@ reads only its share of every global batch (interleaved by process index), so th
 batch assembled across processes is the same as one process would see.
 """
 import dataclasses
+import difflib
 import json
 import os
 from typing import Callable, Iterator, Optional
@@ -50,18 +51,48 @@ def data_dir(data_config) -> str:
   return data_config.get("data_dir") or os.environ.get("JAXMM_DATA_DIR") or DEFAULT_DATA_DIR
 
 
+def configured_builder(data_config):
+  """The configured tfds builder, not prepared, with the data config's fields checked
+  against its records' features (which a builder knows before it is prepared)."""
+  overrides = dict(data_config.get("builder_overrides", None) or {})
+  builder = builders.get_builder(data_config.name, config=data_config.get("builder_config"),
+                                 data_dir=data_dir(data_config),
+                                 manual_dir=data_config.get("manual_dir", None), **overrides)
+  check_fields(data_config, builder)
+  return builder
+
+
 def load_builder(data_config):
   """Prepares (builds once, then reuses) the configured tfds builder.
 
   Real datasets read their release from `data_config.manual_dir` (None: $JAXMM_MANUAL_DIR/
   <name>, else <data_dir>/manual/<name>; see jaxmm.data.manual_dir).
   """
-  overrides = dict(data_config.get("builder_overrides", None) or {})
-  builder = builders.get_builder(data_config.name, config=data_config.get("builder_config"),
-                                 data_dir=data_dir(data_config),
-                                 manual_dir=data_config.get("manual_dir", None), **overrides)
-  builders.prepare(builder)
-  return builder
+  return builders.prepare(configured_builder(data_config))
+
+
+def configured_fields(data_config) -> list[tuple[str, str]]:
+  """(config key, record field) of every field the data config names: label_key, meta_fields
+  (with use_meta), text_key (with use_text) and keep_fields."""
+  named = [("label_key", data_config.label_key)]
+  if data_config.get("use_meta", False):
+    named += [("meta_fields", f) for f in data_config.get("meta_fields", ()) or ()]
+  if data_config.get("use_text", False):
+    named.append(("text_key", data_config.get("text_key", "")))
+  named += [("keep_fields", f) for f in data_config.get("keep_fields", ()) or ()]
+  return named
+
+
+def check_fields(data_config, builder) -> None:
+  """ValueError naming the first field of the data config that the dataset's records lack
+  (a typo such as label_key='lable' used to surface as a bare KeyError deep in a reader)."""
+  features = list(builder.info.features)
+  for key, field in configured_fields(data_config):
+    if field not in features:
+      match = difflib.get_close_matches(str(field), features, n=1, cutoff=0.5)
+      hint = f" Did you mean {match[0]!r}?" if match else ""
+      raise ValueError(f"config.data.{key} names {field!r}, which is not a field of "
+                       f"{builder.name}'s records; its fields: {sorted(features)}.{hint}")
 
 
 def _decode(value):

@@ -135,3 +135,35 @@ def test_finite_check_is_silent_on_large_finite_values_and_integers():
   with pytest.raises(pipeline.NonFiniteInput, match=r"'x': 1 value\(s\) \(0 NaN, 1 inf\) in "
                                                     r"example 1 of the batch$"):
     pipeline.check_finite(np.array([[0.0], [-np.inf]]), "x")
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("label_key", "lable", "config.data.label_key names 'lable', which is not a field of "
+                           "synthetic_derm's records; its fields: ['age', "),
+    ("label_key", "lable", "Did you mean 'label'?"),
+    ("meta_fields", ("age", "sexe"), "config.data.meta_fields names 'sexe'"),
+    ("keep_fields", ("roi_mask", "confounder_msk"), "Did you mean 'confounder_mask'?"),
+])
+def test_a_data_field_the_records_lack_fails_before_the_dataset_is_built(
+    smoke_config, tmp_path, key, value, message):
+  config = smoke_config("synthetic_derm")
+  with config.data.unlocked():
+    config.data[key] = value
+    config.data.data_dir = str(tmp_path / "data")
+  with pytest.raises(ValueError) as error:
+    pipeline.load_builder(config.data)
+  assert message in str(error.value)
+  assert not list((tmp_path / "data").rglob("*.array_record*"))  # nothing was prepared
+
+
+def test_text_key_is_checked_only_when_text_is_used(smoke_config, tmp_path):
+  config = smoke_config("synthetic_derm")
+  with config.data.unlocked():
+    config.data.text_key = "report"
+    config.data.data_dir = str(tmp_path / "data")
+  assert not config.data.use_text
+  pipeline.check_fields(config.data, pipeline.configured_builder(config.data))
+  with config.data.unlocked():
+    config.data.use_text = True
+  with pytest.raises(ValueError, match="config.data.text_key names 'report'"):
+    pipeline.configured_builder(config.data)

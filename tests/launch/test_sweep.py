@@ -81,6 +81,10 @@ def test_axis_values_are_typed_as_config_overrides_type_them(tmp_path):
     (["seed=0"], ["train.class_weights=inverse"],
      "grid point seed=0: config.train.class_weights='inverse'; valid values: [None, 'balanced']"),
     ([":model=image,concat"], ["model.dtype=float16"], "unknown dtype 'float16'"),
+    (["data.label_key=label,lable"], [], "grid point data.label_key=lable: config.data.label_key"
+                                         " names 'lable', which is not a field of synthetic_derm"),
+    (["data.name=synthetic_derm,synthetic_dem"], [], "unknown dataset 'synthetic_dem'"),
+    (["data.builder_config=small,tiny"], [], "unknown config 'tiny' of synthetic_derm"),
 ])
 def test_bad_axis_or_value_fails_before_anything_runs(tmp_path, grid, sets, message):
   with pytest.raises(ValueError) as error:
