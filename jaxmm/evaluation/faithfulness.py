@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmm.saliency import chunking
 from jaxmm.saliency.targets import target_scores
 
 MODES = ("deletion", "insertion")
@@ -59,14 +58,13 @@ def perturbed_images(x: jax.Array, baseline: jax.Array, ranks: jax.Array, count:
 
 def map_over_chunks(fn: Callable[[jax.Array], Any], items: jax.Array, chunk_size: int) -> Any:
   """[fn(item) for item in items], stacked: vmapped within chunks of `chunk_size` items, a scan
-  over chunks (unrolled on CPU, see `chunking`), the shorter last chunk vmapped on its own."""
+  over chunks (a loop: peak memory is one chunk's), the shorter last chunk vmapped on its own."""
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
   size = min(chunk_size, items.shape[0])
   full, rest = divmod(items.shape[0], size)
   head = items[:full * size].reshape((full, size) + items.shape[1:])
-  _, out = jax.lax.scan(lambda carry, chunk: (carry, jax.vmap(fn)(chunk)), None, head,
-                        unroll=chunking.default_unroll(full))
+  _, out = jax.lax.scan(lambda carry, chunk: (carry, jax.vmap(fn)(chunk)), None, head)
   out = jax.tree.map(lambda a: a.reshape((full * size,) + a.shape[2:]), out)
   if rest:
     tail = jax.vmap(fn)(items[full * size:])
