@@ -18,7 +18,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxmm import host_memory, workflow
-from jaxmm.evaluation import runner as evaluation_runner
 from jaxmm.report import report_runner
 from jaxmm.saliency import runner as saliency_runner
 from jaxmm.train import config_lib, distributed, loop
@@ -28,7 +27,7 @@ MODES = {
     "eval": loop.evaluate,
     "pipeline": workflow.run_pipeline,
     "saliency": saliency_runner.run_saliency,
-    "evaluate_explanations": evaluation_runner.run_evaluation,
+    "evaluate_explanations": workflow.run_evaluate_explanations,
     "baselines": workflow.run_baselines,
     "shap": workflow.run_shap,
     "fairness": workflow.run_fairness,

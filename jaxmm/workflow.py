@@ -177,13 +177,18 @@ def evaluate_explanations(config, workdir: str, results: dict) -> dict:
   if not name or name not in results or not config.pipeline.get("evaluate_explanations"):
     return {}
   cfg, res = results[name]
-  run_dir = os.path.join(workdir, name)
   print(f"\n== explanations of {name} on {evaluation_runner.evaluation_config(cfg).split}",
         flush=True)
-  summary = evaluation_runner.run_evaluation(cfg, run_dir)
+  return run_evaluate_explanations(cfg, os.path.join(workdir, name), res["task"]["class_names"])
+
+
+def run_evaluate_explanations(config, workdir: str, class_names=None) -> dict:
+  """`--mode=evaluate_explanations`: the explanation evaluation (evaluation.runner), then its
+  figures (figures/evaluation/). class_names: None reads them from the analysis files."""
+  summary = evaluation_runner.run_evaluation(config, workdir)
   if summary:
-    paths = evaluation_figures.evaluation_figures(run_dir, res["task"]["class_names"])
-    print(f"evaluation figures: {os.path.join(run_dir, 'figures', 'evaluation')} "
+    paths = evaluation_figures.evaluation_figures(workdir, class_names)
+    print(f"evaluation figures: {os.path.join(workdir, 'figures', 'evaluation')} "
           f"({len(paths)} files)", flush=True)
   return summary
 
@@ -193,7 +198,11 @@ def explain_sample(config, workdir: str, results: dict) -> list:
   name = config.pipeline.get("saliency_variant")
   if not name or name not in results or not config.pipeline.get("saliency_examples"):
     return []
-  cfg, res = results[name]
+  trained, res = results[name]
+  # A copy: the sample's settings (shard size, output name) must not leak into the variant's
+  # config, which the explanation evaluation then runs with (as --mode=evaluate_explanations
+  # on the same config would).
+  cfg = ml_collections.ConfigDict(trained.to_dict())
   with cfg.unlocked():
     cfg.saliency = saliency_runner.saliency_config(cfg)
     cfg.saliency.max_examples = int(config.pipeline.saliency_examples)
@@ -205,7 +214,8 @@ def explain_sample(config, workdir: str, results: dict) -> list:
   data = saliency_runner.load_saliency(summary["directory"])
   paths = saliency_figures.saliency_figures(
       data, summary["methods"], res["task"]["class_names"], cfg.model.modalities,
-      os.path.join(run_dir, "figures", "saliency"), summary["meta_field_names"])
+      os.path.join(run_dir, "figures", "saliency"), summary["meta_field_names"],
+      max_examples=len(data["index"]))
   print(f"saliency overlays of {len(data['index'])} test examples of {name} "
         f"({', '.join(summary['methods'])}): {', '.join(paths)}", flush=True)
   return paths

@@ -66,19 +66,22 @@ PIPELINE_FLAGS = (
     "--config.train.progress=False")
 
 
-def run_main_job_offline(workdir, data_dir, tmp_path) -> str:
-  """`python -m jaxmm.main --mode=pipeline` (smoke, two variants) in a subprocess whose
-  sockets refuse every other host; returns its stdout."""
+def run_main_job_offline(workdir, data_dir, tmp_path, mode: str = "pipeline",
+                         variant: str | None = None) -> str:
+  """`python -m jaxmm.main --mode=pipeline` (smoke, two variants; or another `mode`, on the
+  config argument `variant`) in a subprocess whose sockets refuse every other host; returns
+  its stdout."""
   site = tmp_path / "site"
-  site.mkdir()
+  site.mkdir(exist_ok=True)
   (site / "sitecustomize.py").write_text(BLOCK_NETWORK)
   log = tmp_path / "network.log"
   env = dict(os.environ, JAXMM_DATA_DIR=data_dir, JAXMM_NETWORK_LOG=str(log),
              PYTHONPATH=os.pathsep.join([str(site), REPO, os.environ.get("PYTHONPATH", "")]),
              HF_HUB_OFFLINE="1")
   command = [sys.executable, "-m", "jaxmm.main",
-             f"--config={os.path.join(REPO, 'configs', 'synthetic_derm.py')}:smoke",
-             f"--workdir={workdir}", "--mode=pipeline", *PIPELINE_FLAGS]
+             f"--config={os.path.join(REPO, 'configs', 'synthetic_derm.py')}:smoke"
+             + (f",model={variant}" if variant else ""),
+             f"--workdir={workdir}", f"--mode={mode}", *PIPELINE_FLAGS]
   done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
   assert not log.exists(), f"the main job tried to reach the network: {log.read_text()}"
@@ -130,3 +133,17 @@ def test_main_job_runs_offline_and_writes_every_step(data_dir, tmp_path):
   assert f"report: {workdir / 'report.html'}" in out
   for section in ("fairness", "baselines", "shap", "saliency"):
     assert f'id="{section}' in report or f'-{section}"' in report, section
+  # The README's --mode=evaluate_explanations on the fusion variant's run, with the same
+  # config, reuses the main job's evaluation (the saliency sample's settings stay out of it)
+  # and draws its figures.
+  figures = workdir / "concat" / "figures" / "evaluation"
+  drawn = sorted(p.name for p in figures.iterdir())
+  for p in figures.iterdir():
+    p.unlink()
+  before = (workdir / "concat" / "analysis" / "explanation_evaluation.json").read_text()
+  out = run_main_job_offline(str(workdir / "concat"), data_dir, tmp_path,
+                             mode="evaluate_explanations", variant="concat")
+  assert "evaluation figures: " in out and "reused" in out, out[-2000:]
+  assert sorted(p.name for p in figures.iterdir()) == drawn and drawn
+  after = json.loads((workdir / "concat" / "analysis" / "explanation_evaluation.json").read_text())
+  assert after == json.loads(before)
