@@ -90,12 +90,10 @@ def gradient_cam(name: str, a: jax.Array, g: jax.Array, relu: bool = True,
   return weighted_cam(a, CAM_WEIGHTS[name](a, g), relu, size)
 
 
-def channel_masks(a: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """Score-CAM masks: each channel upsampled to the input size and min-max scaled to [0, 1].
-  [N, h, w, C] -> [C, N, H, W, 1]."""
-  up = normalize.upsample(jnp.moveaxis(a.astype(jnp.float32), -1, 0).reshape(
-      (-1,) + a.shape[1:3]), size)
-  return normalize.min_max(up).reshape((a.shape[-1], a.shape[0]) + tuple(size) + (1,))
+def channel_mask(a_c: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """Score-CAM's mask of one channel: its activation [N, h, w] upsampled to the input size
+  and min-max scaled to [0, 1] per example, [N, H, W, 1]."""
+  return normalize.min_max(normalize.upsample(a_c.astype(jnp.float32), size))[..., None]
 
 
 def score_cam(f: Callable[[jax.Array], jax.Array], x: jax.Array, a: jax.Array,
@@ -105,15 +103,18 @@ def score_cam(f: Callable[[jax.Array], jax.Array], x: jax.Array, a: jax.Array,
   """Score-CAM (Wang et al.): channel c's score is the target score of f on the input masked
   by channel c's upsampled, min-max scaled activation (baseline + M_c (x - baseline));
   weights are the softmax of the scores over channels. Channels are vmapped `chunk_size` at
-  a time (lax.map). x [N, H, W, Cin] images, a [N, h, w, C] the layer's activations.
+  a time (lax.map). x [N, H, W, Cin] images, a [N, h, w, C] the layer's activations. Each
+  channel's mask is made inside the map, so memory is set by `chunk_size`, not by the
+  channel count.
   """
   size = x.shape[1:3]
-  masks = channel_masks(a, size)
 
-  def channel_score(mask):
+  def channel_score(a_c):
+    mask = channel_mask(a_c, size)
     return target_scores(f(baseline + mask * (x - baseline)), targets, score, multilabel)
 
-  scores = jax.lax.map(channel_score, masks, batch_size=min(chunk_size, a.shape[-1]))  # [C, N]
+  scores = jax.lax.map(channel_score, jnp.moveaxis(a, -1, 0),
+                       batch_size=min(chunk_size, a.shape[-1]))  # [C, N]
   out = weighted_cam(a, jax.nn.softmax(scores.T, axis=-1), relu,
                      size if upsample_cam else None)
   out["scores"] = scores.T

@@ -43,11 +43,24 @@ def image_maps(attr: jax.Array) -> dict[str, jax.Array]:
 
 def cam_maps(out: dict) -> dict[str, jax.Array]:
   """Runner outputs of a CAM computed without ReLU at input size: the signed map as "raw",
-  its ReLU scaled to [0, 1] as "normalized", and the layer-resolution map, weights and
-  contributions."""
-  return {"raw": out["cam"], "normalized": normalize.positive_unit(out["cam"]),
+  the displayed CAM scaled to [0, 1] as "normalized" (ReLU at the layer's resolution, then
+  upsampled, as Grad-CAM, captum's LayerGradCam + interpolate and cams.finish_cam do: a ReLU
+  after upsampling would also cut the positive half of every sign change), and the
+  layer-resolution map, weights and contributions."""
+  shown = cams.finish_cam(out["raw"], relu=True, size=out["cam"].shape[1:3])
+  return {"raw": out["cam"], "normalized": normalize.positive_unit(shown),
           "layer_raw": out["raw"], "weights": out["weights"],
           "contributions": out["contributions"]}
+
+
+def check_options(name: str, options: Mapping, valid: tuple) -> dict:
+  """The options as a dict; TypeError naming a key method `name` does not take (as a gradient
+  method's keyword arguments do)."""
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise TypeError(f"saliency method {name!r} got unknown options {unknown}; valid options: "
+                    f"{list(valid)}")
+  return dict(options)
 
 
 def gradient_method(method: Callable, uses_baseline: bool = False) -> Callable:
@@ -64,11 +77,15 @@ def gradient_method(method: Callable, uses_baseline: bool = False) -> Callable:
   return run
 
 
+CAM_OPTIONS = ("score",)  # the differentiated score: "logit" (Grad-CAM's y^c) or "probability"
+
+
 def cam_method(name: str) -> Callable:
-  """A registry entry for a gradient CAM at `context.layer` (options: relu)."""
+  """A registry entry for a gradient CAM at `context.layer` (options: CAM_OPTIONS)."""
 
   def run(apply, batch, targets, key, options: Mapping, context: Context):
     del key
+    options = check_options(name, options, CAM_OPTIONS)
     score = lambda logits: target_scores(logits, targets, options.get("score", "logit"),
                                          context.multilabel)
     _, a, g = model_fns.layer_activations_and_gradients(apply, batch, context.layer, score)

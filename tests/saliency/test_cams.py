@@ -104,3 +104,31 @@ def test_score_cam_on_a_two_channel_example():
   weights = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
   np.testing.assert_allclose(out["weights"][0], weights, rtol=1e-5)
   np.testing.assert_allclose(out["cam"][0], np.maximum((a[0] * weights).sum(-1), 0), rtol=1e-5)
+
+
+def test_score_cam_memory_is_set_by_the_chunk_not_the_channel_count():
+  # Every channel's full-size mask used to be built before the chunked map: C x N x H x W.
+  n, size = 2, 64
+  w = jax.random.normal(jax.random.key(0), (size * size * 3, 3)) * 1e-3
+  f = lambda v: v.reshape(v.shape[0], -1) @ w
+  x, t = jnp.ones((n, size, size, 3)), jnp.zeros(n, jnp.int32)
+
+  def temp_bytes(channels):
+    a = jnp.ones((n, 4, 4, channels))
+    compiled = jax.jit(lambda x, a: cams.score_cam(f, x, a, t, chunk_size=4)["cam"]).lower(
+        x, a).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  few, many = temp_bytes(32), temp_bytes(512)
+  all_masks = 512 * n * size * size * 4
+  assert many <= 1.2 * few + (1 << 18), (few, many)
+  assert many < all_masks / 8, (many, all_masks)
+
+
+def test_cam_entries_refuse_options_they_do_not_take():
+  # "relu" was documented and silently ignored, as was any misspelt key.
+  from jaxmm.saliency import methods  # pylint: disable=g-import-not-at-top
+  for options in ({"relu": True}, {"scroe": "probability"}):
+    with pytest.raises(TypeError, match="saliency method 'gradcam' got unknown options"):
+      methods.METHODS["gradcam"](None, {}, jnp.zeros(1, jnp.int32), None, options,
+                                 methods.Context())

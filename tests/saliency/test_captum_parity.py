@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
 from captum.attr._core import noise_tunnel as captum_noise_tunnel  # noqa: E402
 
-from jaxmm.saliency import cams, gradients, model_fns, smoothgrad  # noqa: E402
+from jaxmm.saliency import cams, gradients, methods, model_fns, smoothgrad  # noqa: E402
 from jaxmm.saliency.targets import target_scores  # noqa: E402
 
 N, H, W, K = 2, 12, 12, 3
@@ -134,3 +134,12 @@ def test_layer_gradcam_matches_captum(models):
                                                             relu_attributions=True)
   np.testing.assert_allclose(cams.gradient_cam("gradcam", a, g)["cam"],
                              relu.detach().numpy()[:, 0], atol=ATOL)
+  # The runner's "normalized" map: captum's ReLU'd layer map, interpolated to the input size
+  # (bilinear), over its max. A ReLU after upsampling would zero the positive side of every
+  # sign change that the interpolation blurs across.
+  upsampled = captum_attr.LayerAttribution.interpolate(relu, (H, W), interpolate_mode="bilinear")
+  expected_map = upsampled.detach().numpy()[:, 0]
+  expected_map = expected_map / expected_map.reshape(N, -1).max(1)[:, None, None]
+  runner = methods.cam_maps(cams.gradient_cam("gradcam", a, g, relu=False, size=(H, W)))
+  np.testing.assert_allclose(runner["normalized"], expected_map, atol=1e-5)
+  np.testing.assert_allclose(runner["layer_raw"], ours["raw"])
