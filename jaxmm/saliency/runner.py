@@ -58,8 +58,10 @@ def default_config() -> ml_collections.ConfigDict:
       "progress": True,
       "options": {
           "integrated_gradients": {"steps": 50, "rule": "riemann_trapezoid", "chunk_size": 10},
-          "ig_smoothgrad": {"steps": 50, "num_samples": 10, "noise_level": 0.15,
-                            "path_chunk_size": 25, "sample_chunk_size": 1},
+          # paper 004: 50 steps, the right Riemann sum of its formula, SmoothGrad noise
+          "ig_smoothgrad": {"steps": 50, "rule": "riemann_right", "num_samples": 10,
+                            "noise_level": 0.15, "path_chunk_size": 25,
+                            "sample_chunk_size": 1},
           "smoothgrad": {"num_samples": 25, "noise_level": 0.15, "chunk_size": 5},
           "scorecam": {"chunk_size": 32},
           "multimodal_ig": {"steps": 50, "chunk_size": 10},

@@ -14,15 +14,38 @@ TARGET_KINDS = ("predicted", "true", "top_k")
 SCORES = ("logit", "probability")
 
 
+def check_target_range(targets, num_classes: int) -> None:
+  """ValueError when concrete `targets` hold a class outside [0, num_classes); traced targets
+  (inside jit) are left to target_scores' NaN."""
+  if isinstance(targets, jax.core.Tracer):
+    return
+  targets = np.asarray(targets)
+  if targets.size and (targets.min() < 0 or targets.max() >= num_classes):
+    raise ValueError(f"target classes must be in [0, {num_classes}), got range "
+                     f"[{targets.min()}, {targets.max()}]")
+
+
 def target_scores(logits: jax.Array, targets: jax.Array, score: str = "logit",
                   multilabel: bool = False) -> jax.Array:
-  """logits [N, K], targets int [N] -> the score of each example's target, float32 [N]."""
+  """logits [N, K], targets int [N] -> the score of each example's target, float32 [N].
+
+  A target outside [0, K) is an error when the targets are concrete. Inside jit it cannot
+  raise, so that example's score, and with it every gradient of it, is NaN (a gather would
+  clamp or wrap the index and explain another class, or give an all-zero map).
+  """
   if score not in SCORES:
     raise ValueError(f"unknown score {score!r}; valid scores: {list(SCORES)}")
+  num_classes = logits.shape[-1]
+  check_target_range(targets, num_classes)
   logits = logits.astype(jnp.float32)
   if score == "probability":
     logits = jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits, axis=-1)
-  return jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), axis=1)[:, 0]
+  targets = targets.astype(jnp.int32)
+  valid = (targets >= 0) & (targets < num_classes)
+  picked = jnp.take_along_axis(logits, jnp.clip(targets, 0, num_classes - 1)[:, None],
+                               axis=1)[:, 0]
+  # A constant factor: 1 keeps the score and its gradient, NaN poisons both for that example.
+  return picked * jnp.where(valid, 1.0, jnp.nan)
 
 
 def top_k_targets(logits: jax.Array, k: int) -> jax.Array:
@@ -57,7 +80,5 @@ def resolve_targets(spec: Any, logits: np.ndarray, labels: np.ndarray | None = N
   else:
     out = np.broadcast_to(np.asarray(spec), (n,) + np.shape(spec)[1:])
   out = np.asarray(out, np.int32)
-  if out.min(initial=0) < 0 or out.max(initial=0) >= num_classes:
-    raise ValueError(f"target classes must be in [0, {num_classes}), got range "
-                     f"[{out.min()}, {out.max()}]")
+  check_target_range(out, num_classes)
   return out

@@ -80,6 +80,19 @@ def test_targets_pick_each_examples_class_and_pytree_inputs_work():
   np.testing.assert_allclose(ig["b"], np.array([[1.0, 0.0], [0.0, 2.0]]), rtol=1e-6)
 
 
+def test_a_target_outside_the_classes_is_refused_or_gives_nan_not_another_class():
+  w = jnp.array([[2.0, 3.0, 4.0], [5.0, 6.0, 7.0]])  # [D=2, K=3]
+  f = lambda v: v @ w
+  x = jnp.ones((2, 2))
+  for bad in (5, -1):  # a gather clamped 5 (an all-zero map) and wrapped -1 (class 2)
+    with pytest.raises(ValueError, match=r"target classes must be in \[0, 3\)"):
+      gradients.vanilla_gradient(f, x, jnp.array([0, bad]))
+    # Inside jit the targets are traced: that example's map is NaN, the other one exact.
+    out = jax.jit(functools.partial(gradients.vanilla_gradient, f))(x, jnp.array([0, bad]))
+    np.testing.assert_allclose(out[0], w[:, 0])
+    assert np.isnan(np.asarray(out[1])).all()
+
+
 def test_path_alphas_weights_sum_to_one_and_trapezoid_halves_the_ends():
   for rule in gradients.RULES:
     alphas, weights = gradients.path_alphas(10, rule)

@@ -60,8 +60,38 @@ def test_smoothgrad_of_a_linear_function_is_its_gradient(x):
   np.testing.assert_allclose(out, 0.0, atol=1e-5)
 
 
+def test_ig_smoothgrad_default_is_paper_004s_right_riemann_sum(x):
+  # (x - x') / m sum_{k=1..m} grad F(x' + k/m (x - x')) with F = sum A v^2, x' = 0, m = 50:
+  # grad F(k/m x) = 2 A k/m x, so IG = 2 A x^2 (m + 1) / (2 m).
+  m = 50
+  expected = 2 * A * x ** 2 * (m + 1) / (2 * m)
+  out = smoothgrad.ig_smoothgrad(QUADRATIC, x, TARGETS, key=jax.random.key(0), num_samples=1,
+                                 noise_level=0.0)
+  np.testing.assert_allclose(out, expected, rtol=1e-5)
+
+
+def test_supplied_noise_of_the_wrong_shape_is_refused(x):
+  method = smoothgrad.smoothgrad(gradients.vanilla_gradient, num_samples=4)
+  with pytest.raises(ValueError, match=r"noise of shape \(2, 2, 6\).*expected \(4, 2, 6\)"):
+    method(QUADRATIC, x, TARGETS, key=jax.random.key(0), noise=jnp.zeros((2, N, D)))
+  with pytest.raises(ValueError, match=r"expected \(4, 2, 6\)"):
+    method(QUADRATIC, x, TARGETS, key=jax.random.key(0), noise=jnp.zeros((4, 3, D)))
+
+
+def test_vargrad_is_never_negative():
+  # A linear f: every sample's gradient is w, the variance 0; E[g^2] - E[g]^2 in float32
+  # came out slightly negative, and signed_unit scaled that rounding to -1.
+  w = jnp.array([0.3, 1.7, -2.9, 11.1, 0.05, -7.3, 4.4, 123.4])
+  x = jax.random.normal(jax.random.key(5), (4, 8))
+  out = smoothgrad.smoothgrad(gradients.vanilla_gradient, num_samples=7, kind="vargrad",
+                              chunk_size=3)(lambda v: (v @ w)[:, None], x,
+                                            jnp.zeros(4, jnp.int32), key=jax.random.key(2))
+  assert float(out.min()) >= 0.0
+  np.testing.assert_allclose(out, 0.0, atol=1e-3)
+
+
 def test_ig_smoothgrad_paper_settings_without_noise_is_ig(x):
-  ig = gradients.integrated_gradients(QUADRATIC, x, TARGETS, steps=50)
+  ig = gradients.integrated_gradients(QUADRATIC, x, TARGETS, steps=50, rule="riemann_right")
   fn = jax.jit(functools.partial(smoothgrad.ig_smoothgrad, QUADRATIC, num_samples=2,
                                  noise_level=0.0, path_chunk_size=25, sample_chunk_size=2))
   np.testing.assert_allclose(fn(x, TARGETS, key=jax.random.key(0)), ig, rtol=1e-5, atol=1e-6)
