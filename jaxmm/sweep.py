@@ -22,7 +22,9 @@ command resumes the sweep. `--print` prints the commands instead, for a cluster;
 The replicate axis (`seed`) is averaged over and the other axes make the rows of
 `sweep_summary.{csv,json,md}`: per row and metric, n, mean, standard deviation and the
 Student-t interval. `sweep_points.csv` holds every point's metrics, `sweep.json` the sweep itself
-(what `--summarize` reads back) and `logs/<point>.log` each run's output.
+(what `--summarize` reads back) and `logs/<point>.log` each run's output. The metrics are those
+the mode wrote: `--mode=train`'s results.json, `--mode=eval`'s eval_<split>.json; a point that
+failed has none, and the points of other modes run without a summary.
 """
 import argparse
 import dataclasses
@@ -54,6 +56,10 @@ DEFAULT_METRICS = ("test.accuracy", "test.macro_f1", "test.roc_auc")
 RESULTS_FILE = "results.json"
 # The file whose presence marks a point as finished, per mode; other modes always run.
 DONE_FILE = {"train": RESULTS_FILE}
+# What the summarised modes write in a point's folder (jaxmm.train.loop): train, results.json
+# ({split: metrics} for config.train.final_eval_splits); eval, eval_<split>.json (that split's
+# metrics) for each of config.eval.splits. Other modes' points run but are not summarised.
+RESULTS_FILES = {"train": RESULTS_FILE, "eval": "eval_{split}.json"}
 MANIFEST_FILE = "sweep.json"
 ARG = ":"  # an axis ":name" sets `name` in the config file's argument (configs/x.py:name=v)
 # ml_collections' parsers for `--config.path=value`, by the type of the field (config_flags'
@@ -195,16 +201,35 @@ def typed_value(config, path: str, text: str) -> Any:
     raise ValueError(f"--config.{path}={text}: not a valid {kind.__name__} ({e})") from None
 
 
-def check_metrics(configs, metrics: Sequence[str]) -> None:
-  """A "split.name" metric's split must be one that training evaluates at the end
-  (`config.train.final_eval_splits`), so a misspelt split fails before the sweep runs."""
+def check_metrics(configs, metrics: Sequence[str], mode: str = "train") -> None:
+  """A "split.name" metric's split must be one that `mode` evaluates, so a misspelt split
+  fails before the sweep runs: for train, one of `config.train.final_eval_splits`
+  (results.json); for eval, one of `config.eval.splits` (eval_<split>.json, which hold no
+  top-level numbers, so every metric names a split). Other modes are not summarised."""
+  if mode not in RESULTS_FILES:
+    return
   for config in configs:
-    splits = tuple(config.get("train", {}).get("final_eval_splits", ()))
+    splits = mode_splits(config, mode)
     for metric in metrics:
       split, dot, _ = metric.partition(".")
+      hint = config_lib.closest(split, splits)
+      if mode == "eval" and not dot:
+        raise ValueError(f"--metric {metric!r}: --mode=eval writes one eval_<split>.json per "
+                         f"split; give SPLIT.NAME, e.g. 'test.accuracy'")
+      if mode == "eval" and split not in splits:
+        raise ValueError(f"--metric {metric!r}: --mode=eval writes no eval_{split}.json; it "
+                         f"evaluates config.eval.splits: {list(splits)}.{hint}")
       if dot and splits and split not in splits:
         raise ValueError(f"--metric {metric!r}: results.json has no split {split!r}; splits: "
-                         f"{list(splits)}.{config_lib.closest(split, splits)}")
+                         f"{list(splits)}.{hint}")
+
+
+def mode_splits(config, mode: str) -> tuple:
+  """The splits `mode` evaluates, with jaxmm.train.loop's defaults; () where train's config
+  does not say (then any split is let through)."""
+  if mode == "eval":
+    return tuple(config.get("eval", {}).get("splits", ("test",)))
+  return tuple(config.get("train", {}).get("final_eval_splits", ()))
 
 
 def grid_points(axes: Sequence[Axis]) -> tuple:
@@ -234,10 +259,10 @@ def point_name(texts: dict) -> str:
 
 
 def make_plan(config: str, workdir: str, grid: Sequence[str], sets: Sequence[str] = (),
-              metrics: Sequence[str] = ()) -> Plan:
+              metrics: Sequence[str] = (), mode: str = "train") -> Plan:
   """Parses `--grid` axes and `--set` overrides and checks every path and value against the
   config, loaded once per combination of argument (":name") values; raises ValueError naming
-  the bad axis, value or metric split."""
+  the bad axis, value (two texts of one value too) or metric split (of `mode`'s results)."""
   if not grid:
     raise ValueError("--grid: give at least one axis, e.g. --grid 'seed=0,1,2'")
   parsed = [parse_axis(text) for text in grid]
@@ -256,7 +281,9 @@ def make_plan(config: str, workdir: str, grid: Sequence[str], sets: Sequence[str
         typed_value(variant, path, text)
   axes = tuple(Axis(path, tuple(texts), tuple(axis_values(configs, path, texts)))
                for path, texts in parsed)
-  check_metrics(configs, metrics)
+  for axis in axes:
+    check_distinct(axis)
+  check_metrics(configs, metrics, mode)
   points = grid_points(axes)
   for point in points:
     check_point(config, fixed, point)
@@ -316,6 +343,15 @@ def axis_values(configs, path: str, texts: Sequence[str]) -> list:
     typed = [typed_value(config, path, text) for config in configs]
     values.append(typed[0])
   return values
+
+
+def check_distinct(axis: Axis) -> None:
+  """Two texts of one value (`1e-3` and `0.001` of a float) would run the same config in two
+  folders and make one row of the summary: raises naming both texts."""
+  for (i, a), (j, b) in itertools.combinations(enumerate(axis.values), 2):
+    if a == b or repr(a) == repr(b):
+      raise ValueError(f"--grid axis {axis.path!r}: values {axis.texts[i]!r} and "
+                       f"{axis.texts[j]!r} are the same value, {a!r}; give each value once")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,26 +440,29 @@ def run_or_skip(plan: Plan, point: Point, options: Options, label: str, out) -> 
   log = os.path.join(plan.workdir, "logs", f"{point.name}.log")
   out.write(f"[{label}] $ {shlex.join(command)}\n")
   returncode = run_point(command, f"[{label}] ", log, out)
-  results = os.path.join(point_workdir(plan, point), RESULTS_FILE)
-  if returncode == 0 and os.path.exists(results):
-    read_metrics(results, options.metrics)  # a misspelt --metric fails after one point
+  if returncode == 0 and options.mode in RESULTS_FILES:  # a misspelt --metric fails now
+    read_metrics(results_files(plan, point, options), options.metrics)
   return {"status": "done" if returncode == 0 else "failed", "returncode": returncode,
           "log": log}
 
 
 def run_sweep(plan: Plan, options: Options, out=None) -> int:
   """Runs every point in order (a failing one is recorded and the sweep goes on), writes the
-  summary, and returns 0, or 1 naming the failed points."""
+  summary (for a summarised mode; else says there is none), and returns 0, or 1 naming the
+  failed points."""
   out = out or sys.stdout
   write_manifest(plan, options)
-  existing = [path for path in results_paths(plan) if os.path.exists(path)]
-  if existing:
-    read_metrics(existing[0], options.metrics)  # a misspelt --metric fails before running
+  summarised = options.mode in RESULTS_FILES
+  if summarised:
+    check_metric_names(plan, options)
   statuses = {}
   for index, point in enumerate(plan.points):
     label = f"{index + 1}/{len(plan.points)} {point.name}"
     statuses[point.name] = run_or_skip(plan, point, options, label, out)
-  summarize(plan, options, statuses, out)
+  if summarised:
+    summarize(plan, options, statuses, out)
+  else:
+    out.write(f"no summary: {not_summarised(options.mode)}\n")
   failed = {name: s for name, s in statuses.items() if s["status"] == "failed"}
   for name, status in failed.items():
     out.write(f"FAILED {name}: exit status {status['returncode']}, log {status['log']}\n")
@@ -462,26 +501,57 @@ def flat_metrics(results: dict) -> dict:
   return out
 
 
-def read_metrics(path: str, metrics: Sequence[str]) -> dict:
-  """{metric: value} from the results.json at `path`; a metric it lacks raises KeyError with
-  the valid names and the closest one."""
-  with open(path) as f:
-    available = flat_metrics(json.load(f))
+def not_summarised(mode: str) -> str:
+  """Why the points of `mode` get no summary, and which modes do."""
+  return (f"--mode={mode} writes no metrics the sweep reads; it summarises --mode=train "
+          f"(results.json) and --mode=eval (eval_<split>.json)")
+
+
+def results_files(plan: Plan, point: Point, options: Options) -> dict:
+  """{split: path} of the files holding the point's results under `options.mode`:
+  {"": results.json} for train (the splits are inside), one eval_<split>.json per split of
+  the metrics for eval."""
+  workdir = point_workdir(plan, point)
+  if options.mode == "eval":
+    splits = dict.fromkeys(metric.partition(".")[0] for metric in options.metrics)
+    return {split: os.path.join(workdir, RESULTS_FILES["eval"].format(split=split))
+            for split in splits}
+  return {"": os.path.join(workdir, RESULTS_FILES[options.mode])}
+
+
+def read_metrics(files: dict, metrics: Sequence[str]) -> dict | None:
+  """{metric: value} from the results files (results_files) read as one results.json, None
+  where none exists; a metric they lack raises KeyError with the valid names and the closest
+  one."""
+  found = {split: path for split, path in files.items() if os.path.exists(path)}
+  if not found:
+    return None
+  results = {}
+  for split, path in found.items():
+    with open(path) as f:
+      loaded = json.load(f)
+    results.update({split: loaded} if split else loaded)
+  available = flat_metrics(results)
   for metric in metrics:
     if metric not in available:
-      raise KeyError(f"--metric {metric!r} is not in {path}; valid metrics: "
-                     f"{sorted(available)}.{config_lib.closest(metric, available)}")
+      raise KeyError(f"--metric {metric!r} is not in {', '.join(found.values())}; valid "
+                     f"metrics: {sorted(available)}.{config_lib.closest(metric, available)}")
   return {metric: available[metric] for metric in metrics}
 
 
-def results_paths(plan: Plan) -> list[str]:
-  return [os.path.join(point_workdir(plan, point), RESULTS_FILE) for point in plan.points]
+def check_metric_names(plan: Plan, options: Options) -> None:
+  """Reads the first point that has results, so a misspelt --metric fails before running."""
+  for point in plan.points:
+    if read_metrics(results_files(plan, point, options), options.metrics) is not None:
+      return
 
 
-def collect(plan: Plan, metrics: Sequence[str]) -> list[dict | None]:
-  """Per point (grid order), its metrics from results.json, or None where there is none."""
-  return [read_metrics(path, metrics) if os.path.exists(path) else None
-          for path in results_paths(plan)]
+def collect(plan: Plan, options: Options, statuses: dict) -> list[dict | None]:
+  """Per point (grid order), its metrics from the files `options.mode` writes, or None where
+  there are none or the point failed in this sweep (its files are an earlier run's)."""
+  return [None if statuses.get(point.name, {}).get("status") == "failed"
+          else read_metrics(results_files(plan, point, options), options.metrics)
+          for point in plan.points]
 
 
 def t_summary(values, confidence: float) -> dict:
@@ -499,23 +569,23 @@ def t_summary(values, confidence: float) -> dict:
   return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
-def row_axes(plan: Plan, replicate_axis: str) -> list[str]:
-  return [axis.path for axis in plan.axes if axis.path != replicate_axis]
+def row_axes(plan: Plan, replicate_axis: str) -> list[Axis]:
+  return [axis for axis in plan.axes if axis.path != replicate_axis]
 
 
 def summary_rows(plan: Plan, records: Sequence[dict | None], options: Options) -> list[dict]:
   """One row per (combination of the non-replicate axes' values, metric), in grid order:
   the axes' typed values, "metric" and t_summary over the points that have results."""
-  axes = row_axes(plan, options.replicate_axis)
+  paths = [axis.path for axis in row_axes(plan, options.replicate_axis)]
   groups = {}
   for point, record in zip(plan.points, records):
-    key = tuple(point.texts[path] for path in axes)
+    key = tuple(point.texts[path] for path in paths)
     groups.setdefault(key, (point, []))[1].append(record)
   rows = []
   for point, members in groups.values():
     for metric in options.metrics:
       values = [record[metric] for record in members if record is not None]
-      rows.append({**{path: point.values[path] for path in axes}, "metric": metric,
+      rows.append({**{path: point.values[path] for path in paths}, "metric": metric,
                    **t_summary(values, options.confidence)})
   return rows
 
@@ -532,19 +602,25 @@ def summary_cell(row: dict, n: int) -> str:
   return cell if row["n"] == n else f"{cell} (n={row['n']})"
 
 
-def wide_rows(rows: Sequence[dict], axes: Sequence[str], metrics: Sequence[str]) -> list[dict]:
-  """The long summary rows as one line per row of the table: axes, n, one cell per metric."""
+def wide_rows(rows: Sequence[dict], axes: Sequence[Axis], metrics: Sequence[str]) -> list[dict]:
+  """The long summary rows as one line per row of the table: the axes' values as their texts
+  in --grid (a float cell would print 1e-4 as 0.000), n, one cell per metric."""
   lines = {}
   for row in rows:
-    key = tuple(repr(row[path]) for path in axes)
+    key = tuple(axis_text(axis, row[axis.path]) for axis in axes)
     lines.setdefault(key, []).append(row)
   out = []
-  for members in lines.values():
+  for key, members in lines.items():
     n = max(row["n"] for row in members)
     cells = {row["metric"]: summary_cell(row, n) for row in members}
-    out.append({**{path: members[0][path] for path in axes}, "n": n,
+    out.append({**{axis.path: text for axis, text in zip(axes, key)}, "n": n,
                 **{metric: cells[metric] for metric in metrics}})
   return out
+
+
+def axis_text(axis: Axis, value) -> str:
+  """The text in --grid of one of the axis's typed values (one per value: check_distinct)."""
+  return axis.texts[[repr(v) for v in axis.values].index(repr(value))]
 
 
 def markdown_table(lines: Sequence[dict], columns: Sequence[str]) -> str:
@@ -561,7 +637,8 @@ def summary_title(plan: Plan, options: Options) -> str:
             f"n = runs with results")
   else:
     over = f"one run per row (no {options.replicate_axis!r} axis to average over)"
-  return f"Sweep {plan.workdir} ({plan.config}): {over}."
+  mode = "" if options.mode == "train" else f", --mode={options.mode}"
+  return f"Sweep {plan.workdir} ({plan.config}{mode}): {over}."
 
 
 def point_rows(plan: Plan, records, statuses: dict) -> list[dict]:
@@ -575,21 +652,24 @@ def point_rows(plan: Plan, records, statuses: dict) -> list[dict]:
 
 
 def summarize(plan: Plan, options: Options, statuses: dict | None = None, out=None) -> list:
-  """Collects the points' results, writes sweep_points.csv and sweep_summary.{csv,json,md}
-  (atomically) and prints the table; returns the long summary rows."""
+  """Collects the points' results (none from a point `statuses` says failed), writes
+  sweep_points.csv and sweep_summary.{csv,json,md} (atomically) and prints the table; returns
+  the long summary rows. A mode whose results the sweep does not read raises ValueError."""
   out = out or sys.stdout
-  records = collect(plan, options.metrics)
+  if options.mode not in RESULTS_FILES:
+    raise ValueError(f"cannot summarise: {not_summarised(options.mode)}")
+  records = collect(plan, options, statuses or {})
   rows = summary_rows(plan, records, options)
   axes = row_axes(plan, options.replicate_axis)
   lines = wide_rows(rows, axes, options.metrics)
-  columns = [*axes, "n", *options.metrics]
+  columns = [*(axis.path for axis in axes), "n", *options.metrics]
   title = summary_title(plan, options)
   done = sum(record is not None for record in records)
   stats.write_table_csv(os.path.join(plan.workdir, "sweep_points.csv"),
                         point_rows(plan, records, statuses or {}))
   stats.write_table_csv(os.path.join(plan.workdir, "sweep_summary.csv"), rows)
   stats.write_json(os.path.join(plan.workdir, "sweep_summary.json"), {
-      "config": plan.config, "replicate_axis": options.replicate_axis,
+      "config": plan.config, "mode": options.mode, "replicate_axis": options.replicate_axis,
       "confidence": options.confidence, "metrics": list(options.metrics),
       "points": len(plan.points), "points_with_results": done, "rows": rows})
   markdown = os.path.join(plan.workdir, "sweep_summary.md")
@@ -612,15 +692,19 @@ def write_manifest(plan: Plan, options: Options) -> None:
       "points": [point.name for point in plan.points]}, indent=2) + "\n")
 
 
-def plan_from_manifest(workdir: str, metrics: Sequence[str] = ()) -> Plan:
-  """The Plan recorded in `<workdir>/sweep.json` by an earlier run or --print."""
+def plan_from_manifest(workdir: str, metrics: Sequence[str] = (),
+                       mode: str | None = None) -> tuple[Plan, str]:
+  """The Plan recorded in `<workdir>/sweep.json` by an earlier run or --print, and the mode:
+  `mode`, or else the recorded one (whose results --summarize then reads)."""
   path = os.path.join(workdir, MANIFEST_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: run or --print the sweep first, or give "
                             f"--config and --grid")
   with open(path) as f:
     manifest = json.load(f)
-  return make_plan(manifest["config"], workdir, manifest["grid"], manifest["set"], metrics)
+  mode = mode or manifest.get("mode", "train")
+  return make_plan(manifest["config"], workdir, manifest["grid"], manifest["set"], metrics,
+                   mode), mode
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -635,7 +719,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help="axes: a config path (or :arg) and comma-separated values")
   parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="PATH=VALUE",
                       help="overrides applied to every point")
-  parser.add_argument("--mode", default="train", help="jaxmm.main --mode of every point")
+  parser.add_argument("--mode", default=None,
+                      help="jaxmm.main --mode of every point (default: train; for a bare "
+                           "--summarize, the mode sweep.json records); train's and eval's "
+                           "metrics are summarised")
   parser.add_argument("--print", action="store_true",
                       help="print the commands, one per line, instead of running them")
   parser.add_argument("--summarize", "--collect", action="store_true",
@@ -669,15 +756,16 @@ def plan_and_options(args: argparse.Namespace) -> tuple[Plan, Options]:
   if args.grid or args.config:
     if not (args.grid and args.config):
       raise ValueError("give both --config and --grid, or neither (to read sweep.json)")
-    plan = make_plan(args.config, args.workdir, args.grid, args.set, metrics)
+    mode = args.mode or "train"
+    plan = make_plan(args.config, args.workdir, args.grid, args.set, metrics, mode)
   else:
-    plan = plan_from_manifest(args.workdir, metrics)
+    plan, mode = plan_from_manifest(args.workdir, metrics, args.mode)
   axes = [axis.path for axis in plan.axes]
   if args.replicate_axis != REPLICATE_AXIS and args.replicate_axis not in axes:
     raise ValueError(f"--replicate_axis {args.replicate_axis!r} is not a grid axis; axes: "
                      f"{axes}.{config_lib.closest(args.replicate_axis, axes)}")
   python = args.python or ("python" if args.print else sys.executable)
-  return plan, Options(args.mode, python, args.module, args.launcher, args.prefix, metrics,
+  return plan, Options(mode, python, args.module, args.launcher, args.prefix, metrics,
                        args.confidence, args.replicate_axis)
 
 

@@ -1,5 +1,6 @@
 """launch/sweep.py: grid parsing and typing, point names, the t-interval summary against scipy,
---print, a failing point that does not stop the others, and one real sweep on the smoke config."""
+--print, a failing point that does not stop the others, an eval sweep summarising eval_<split>.json,
+and one real sweep on the smoke config."""
 import csv
 import io
 import json
@@ -32,6 +33,25 @@ os.makedirs(args["workdir"], exist_ok=True)
 with open(os.path.join(args["workdir"], "results.json"), "w") as f:
   json.dump({"best_step": 3, "test": {"accuracy": 0.5 + 0.1 * int(args["config.seed"]),
                                      "macro_f1": 0.25, "roc_auc": None, "per_class": {}}}, f)
+"""
+
+# Stands in for jaxmm.main in train and eval: train writes results.json (accuracy
+# 0.5 + 0.1 * seed), eval writes eval_test.json (accuracy 0.9 + 0.01 * seed) but fails for
+# seed 1, and any other mode only prints.
+FAKE_EVAL_MAIN = """
+import json, os, sys
+args = dict(arg[2:].split("=", 1) for arg in sys.argv[1:])
+seed, workdir = int(args["config.seed"]), args["workdir"]
+print("fake", args["mode"], "of", os.path.basename(workdir))
+os.makedirs(workdir, exist_ok=True)
+if args["mode"] == "train":
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({"best_step": 3, "test": {"accuracy": 0.5 + 0.1 * seed, "macro_f1": 0.25}}, f)
+elif args["mode"] == "eval":
+  if seed == 1:
+    sys.exit(3)
+  with open(os.path.join(workdir, "eval_test.json"), "w") as f:
+    json.dump({"accuracy": 0.9 + 0.01 * seed, "macro_f1": 0.5, "per_class": {}}, f)
 """
 
 
@@ -70,6 +90,13 @@ def test_axis_values_are_typed_as_config_overrides_type_them(tmp_path):
     (["train.progress=maybe"], [], "--config.train.progress=maybe: not a valid bool"),
     (["model=concat"], [], "--config.model is a section"),
     (["seed=0,0"], [], "values ['0'] are given more than once"),
+    (["optimizer.learning_rate=1e-3,0.001,0.01"], [],
+     "--grid axis 'optimizer.learning_rate': values '1e-3' and '0.001' are the same value, "
+     "0.001"),
+    (["seed=1,01"], [], "values '1' and '01' are the same value, 1"),
+    (["train.progress=true,True"], [], "values 'true' and 'True' are the same value, True"),
+    (["model.modalities=('image',),(\"image\",)"], [],
+     "values \"('image',)\" and '(\"image\",)' are the same value"),
     (["seed"], [], "expected PATH=VALUE"),
     ([":modle=image"], [], "unknown config argument 'modle'"),
     ([":model=imgae"], [], "unknown model variant 'imgae'"),
@@ -104,6 +131,18 @@ def test_the_command_line_reports_a_bad_axis_without_creating_anything(tmp_path,
 def test_a_metric_split_that_training_does_not_write_fails_first(tmp_path):
   with pytest.raises(ValueError, match=r"no split 'tset'.*Did you mean 'test'\?"):
     sweep.make_plan(SMOKE, str(tmp_path), ["seed=0"], metrics=["tset.accuracy"])
+
+
+@pytest.mark.parametrize("metric,message", [
+    ("validation.accuracy", "--mode=eval writes no eval_validation.json; it evaluates "
+                            "config.eval.splits: ['test']"),
+    ("best_step", "give SPLIT.NAME, e.g. 'test.accuracy'")])
+def test_an_eval_metric_must_name_a_split_that_eval_writes(tmp_path, metric, message):
+  """The smoke config trains with final_eval_splits (validation, test) but evaluates test."""
+  sweep.make_plan(SMOKE, str(tmp_path), ["seed=0"], metrics=[metric])  # fine for train
+  with pytest.raises(ValueError) as error:
+    sweep.make_plan(SMOKE, str(tmp_path), ["seed=0"], metrics=[metric], mode="eval")
+  assert message in str(error.value)
 
 
 def test_point_names_are_filesystem_safe_and_distinct(tmp_path):
@@ -174,6 +213,95 @@ def test_summary_means_and_t_intervals_match_scipy_by_hand(tmp_path):
   assert [p["status"] for p in points] == ["done"] * 3 + ["done", "missing", "done"] + [
       "done", "missing", "missing"]
   assert points[3]["test.accuracy"] == "0.5" and points[4]["test.accuracy"] == ""
+
+
+def test_the_printed_table_shows_axis_values_as_written(tmp_path):
+  """The stdout table formats floats with 3 decimals: its axis cells are the --grid texts
+  (1e-4 printed 0.000 before), as in the markdown; the metric cells keep their format."""
+  workdir = tmp_path / "sweep"
+  plan = sweep.make_plan(SMOKE, str(workdir), ["optimizer.learning_rate=1e-4,3e-4,1e-3",
+                                               "seed=0,1"])
+  for index, point in enumerate(plan.points):
+    write_results(workdir, point.name, {"accuracy": 0.5 + 0.05 * index})
+  out = io.StringIO()
+  rows = sweep.summarize(plan, sweep.Options(metrics=("test.accuracy",)), out=out)
+  assert [row["optimizer.learning_rate"] for row in rows] == [1e-4, 3e-4, 1e-3]
+  table = out.getvalue().splitlines()[2:7]
+  assert [line.split()[:3] for line in table] == [
+      ["optimizer.learning_rate", "n", "test.accuracy"], ["-" * 23, "-", "-" * 28],
+      ["1e-4", "2", "0.525"], ["3e-4", "2", "0.625"], ["1e-3", "2", "0.725"]]
+  markdown = (workdir / "sweep_summary.md").read_text().splitlines()
+  assert [line.split(" | ")[0] for line in markdown[4:]] == ["| 1e-4", "| 3e-4", "| 1e-3"]
+
+
+def test_a_failed_point_contributes_no_results_even_with_an_old_results_file(tmp_path):
+  """A point that failed in this sweep has no results, whatever its folder holds."""
+  workdir = tmp_path / "sweep"
+  plan = sweep.make_plan(SMOKE, str(workdir), ["seed=0,1,2"])
+  for seed in range(3):
+    write_results(workdir, f"seed={seed}", {"accuracy": 0.5 + 0.1 * seed})
+  statuses = {"seed=0": {"status": "done", "returncode": 0},
+              "seed=1": {"status": "failed", "returncode": 3},
+              "seed=2": {"status": "skipped"}}
+  out = io.StringIO()
+  rows = sweep.summarize(plan, sweep.Options(metrics=("test.accuracy",)), statuses, out=out)
+  assert (rows[0]["n"], rows[0]["mean"]) == (2, pytest.approx(0.6))
+  assert "2 of 3 points have results" in out.getvalue()
+  points = read_csv(workdir / "sweep_points.csv")
+  assert [(p["status"], p["test.accuracy"]) for p in points] == [
+      ("done", "0.5"), ("failed", ""), ("skipped", "0.7")]
+
+
+def test_an_eval_sweep_summarises_eval_results_not_training_ones(tmp_path, monkeypatch):
+  """--mode=eval reads each point's eval_test.json (not the training run's results.json), a
+  point whose eval failed counts for nothing, and a bare --summarize reads eval's results
+  again (the mode sweep.json records)."""
+  (tmp_path / "fake_eval_main.py").write_text(FAKE_EVAL_MAIN)
+  monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+  workdir = tmp_path / "sweep"
+  argv = [f"--config={SMOKE}", f"--workdir={workdir}", "--grid", "seed=0,1,2",
+          "--module=fake_eval_main", "--metric", "test.accuracy", "test.macro_f1"]
+  assert sweep.main(argv, out=io.StringIO()) == 0
+  out = io.StringIO()
+  assert sweep.main([*argv, "--mode=eval"], out=out) == 1
+  text = out.getvalue()
+  assert "1 of 3 points failed: seed=1" in text and "2 of 3 points have results" in text
+  assert f"Sweep {workdir} ({SMOKE}, --mode=eval): mean" in text
+  summary = json.loads((workdir / "sweep_summary.json").read_text())
+  assert summary["mode"] == "eval" and summary["points_with_results"] == 2
+  assert [(r["metric"], r["n"], r["mean"]) for r in summary["rows"]] == [
+      ("test.accuracy", 2, pytest.approx(0.91)), ("test.macro_f1", 2, pytest.approx(0.5))]
+  points = read_csv(workdir / "sweep_points.csv")
+  assert [(p["status"], p["test.accuracy"]) for p in points] == [
+      ("done", "0.9"), ("failed", ""), ("done", "0.92")]
+
+  assert sweep.main([f"--workdir={workdir}", "--summarize", "--metric=test.accuracy"],
+                    out=io.StringIO()) == 0
+  rows = json.loads((workdir / "sweep_summary.json").read_text())["rows"]
+  assert (rows[0]["n"], rows[0]["mean"]) == (2, pytest.approx(0.91))
+  assert sweep.main([f"--workdir={workdir}", "--summarize", "--mode=train",
+                     "--metric=test.accuracy"], out=io.StringIO()) == 0  # asked for
+  rows = json.loads((workdir / "sweep_summary.json").read_text())["rows"]
+  assert (rows[0]["n"], rows[0]["mean"]) == (3, pytest.approx(0.6))
+
+
+def test_a_mode_without_metrics_runs_its_points_but_is_not_summarised(tmp_path, monkeypatch,
+                                                                     capsys):
+  (tmp_path / "fake_eval_main.py").write_text(FAKE_EVAL_MAIN)
+  monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+  workdir = tmp_path / "sweep"
+  write_results(workdir, "seed=0", {"accuracy": 0.5})  # an earlier training run's
+  argv = [f"--config={SMOKE}", f"--workdir={workdir}", "--grid", "seed=0,1",
+          "--module=fake_eval_main", "--mode=saliency"]
+  out = io.StringIO()
+  assert sweep.main(argv, out=out) == 0
+  assert "[2/2 seed=1] fake saliency of seed=1" in out.getvalue()
+  assert ("no summary: --mode=saliency writes no metrics the sweep reads; it summarises "
+          "--mode=train (results.json) and --mode=eval (eval_<split>.json)") in out.getvalue()
+  assert not (workdir / "sweep_summary.json").exists()
+  assert sweep.main([f"--workdir={workdir}", "--summarize"]) == 2
+  assert "error: cannot summarise: --mode=saliency writes" in capsys.readouterr().err
+  assert not (workdir / "sweep_summary.json").exists()
 
 
 def test_print_writes_one_launcher_command_per_point(tmp_path, capsys):
