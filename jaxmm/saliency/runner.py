@@ -23,7 +23,7 @@ from tqdm import tqdm
 from jaxmm.data import pipeline
 from jaxmm.data.atomic import write_npz_atomic, write_text_atomic
 from jaxmm.saliency import methods as methods_lib
-from jaxmm.saliency import model_fns
+from jaxmm.saliency import model_fns, smoothgrad
 from jaxmm.saliency.targets import resolve_targets
 from jaxmm.train import config_lib, distributed, loop
 
@@ -32,7 +32,11 @@ from jaxmm.train import config_lib, distributed, loop
 ANALYSIS_FIELDS = ("lesion_id", "patient_id", "study_id", "sex", "age", "localization",
                    "has_roi_mask", "confounder", "confounder_mask")
 MANIFEST_KEYS = ("split", "methods", "options", "target", "top_k", "layer", "shard_size",
-                 "num_examples", "checkpoint_step", "seed", "save_images")
+                 "num_examples", "checkpoint_step", "seed", "save_images", "noise_keys")
+# How random methods (SmoothGrad) are keyed: per example, by its index in the split. Shards
+# written before manifests recorded it were keyed per shard and batch.
+NOISE_KEYS = "per_example"
+LEGACY_MANIFEST = {"noise_keys": "per_shard_batch"}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -159,13 +163,14 @@ class ShardWriter:
     return {k: jax.device_put(v, sharding) for k, v in batch.items()
             if k in pipeline.MODEL_KEYS}
 
-  def run_methods(self, batch: dict, targets: np.ndarray, key: jax.Array) -> dict:
-    """Every method's outputs for one batch; top-k targets [N, k] give a k axis after N."""
+  def run_methods(self, batch: dict, targets: np.ndarray, keys: jax.Array) -> dict:
+    """Every method's outputs for one batch; top-k targets [N, k] give a k axis after N.
+    keys: one per example [N] (example_keys)."""
     columns = targets[:, None] if targets.ndim == 1 else targets
     out = {}
     for name, fn in self.fns.items():
       per_column = [jax.device_get(fn(self.variables, batch, jnp.asarray(columns[:, j]),
-                                      jax.random.fold_in(key, j)))
+                                      smoothgrad.fold_in(keys, j)))
                     for j in range(columns.shape[1])]
       for field in per_column[0]:
         values = [np.asarray(c[field]) for c in per_column]
@@ -174,9 +179,9 @@ class ShardWriter:
 
   def shard(self, shard_id: int, indices: np.ndarray, bar) -> dict:
     """All arrays of one shard (its examples in split order)."""
+    del shard_id  # an example's maps depend on its index, not on its shard or batch
     parts = []
-    base = jax.random.fold_in(jax.random.key(self.scfg.seed), shard_id)
-    for b, start in enumerate(range(0, len(indices), self.scfg.batch_size)):
+    for start in range(0, len(indices), self.scfg.batch_size):
       idx = indices[start:start + self.scfg.batch_size]
       batch, raw = pipeline.read_examples(self.source, self.run.preprocessor, idx,
                                           self.fields, self.scfg.batch_size)
@@ -187,7 +192,8 @@ class ShardWriter:
       targets = resolve_targets(self.scfg.target, logits, labels, self.scfg.top_k)
       padded = np.zeros((self.scfg.batch_size,) + targets.shape[1:], targets.dtype)
       padded[:keep] = targets
-      arrays = self.run_methods(device_batch, padded, jax.random.fold_in(base, b))
+      arrays = self.run_methods(device_batch, padded, example_keys(self.scfg.seed, idx,
+                                                                   self.scfg.batch_size))
       record = {"index": idx.astype(np.int64), "logits": logits, "targets": targets,
                 "label": labels}
       record.update({k: v[:keep] for k, v in arrays.items()})
@@ -210,19 +216,29 @@ class ShardWriter:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def example_keys(seed: int, indices: np.ndarray, batch_size: int) -> jax.Array:
+  """One key per row of a batch [batch_size]: fold_in(key(seed), index in the split), so an
+  example's SmoothGrad noise is the same whatever the shard and batch sizes or the process
+  count (padding rows, past len(indices), whose outputs are dropped, get index 0's)."""
+  rows = np.zeros(batch_size, np.int64)
+  rows[:len(indices)] = indices
+  base = jax.random.key(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(rows, jnp.uint32))
+
+
 def manifest_for(scfg, methods: tuple, n: int, step: int) -> dict:
   return {"split": scfg.split, "methods": list(methods), "options": {
       m: dict(scfg.options.get(m, {})) for m in methods}, "target": scfg.target,
       "top_k": scfg.top_k, "layer": scfg.layer, "shard_size": scfg.shard_size,
       "num_examples": n, "checkpoint_step": step, "seed": scfg.seed,
-      "save_images": bool(scfg.save_images)}
+      "save_images": bool(scfg.save_images), "noise_keys": NOISE_KEYS}
 
 
 def check_manifest(path: str, manifest: dict) -> None:
   """A rerun must use the settings the existing shards were made with (a setting that an older
-  manifest does not record is not compared)."""
+  manifest does not record is not compared, except those with a LEGACY_MANIFEST value)."""
   with open(path) as f:
-    existing = json.load(f)
+    existing = {**LEGACY_MANIFEST, **json.load(f)}
   changed = [k for k in MANIFEST_KEYS if k in existing and json.loads(json.dumps(existing[k]))
              != json.loads(json.dumps(manifest.get(k)))]
   if changed:

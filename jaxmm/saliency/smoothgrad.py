@@ -26,13 +26,39 @@ def example_range(a: jax.Array) -> jax.Array:
   return (flat.max(axis=1) - flat.min(axis=1)).reshape((-1,) + (1,) * (a.ndim - 1))
 
 
+def per_example(key: jax.Array) -> bool:
+  """Whether `key` is one typed key per example ([N], jax.random.key) rather than one key."""
+  return jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1
+
+
+def fold_in(key: jax.Array, data) -> jax.Array:
+  """jax.random.fold_in of one key, or of each key of a per-example batch."""
+  if per_example(key):
+    return jax.vmap(lambda k: jax.random.fold_in(k, data))(key)
+  return jax.random.fold_in(key, data)
+
+
+def split(key: jax.Array, num: int) -> jax.Array:
+  """jax.random.split of one key [num], or of each per-example key [num, N]."""
+  if per_example(key):
+    return jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, num))(key), 1, 0)
+  return jax.random.split(key, num)
+
+
+def normal(key: jax.Array, a: jax.Array) -> jax.Array:
+  """Standard normal noise shaped like a [N, ...]: from one key, or example i's from key[i]
+  alone (so it does not depend on the batch the example is in)."""
+  if per_example(key):
+    return jax.vmap(lambda k, row: jax.random.normal(k, row.shape, row.dtype))(key, a)
+  return jax.random.normal(key, a.shape, a.dtype)
+
+
 def noise_sample(key: jax.Array, index: jax.Array, x: PyTree, sigma: PyTree) -> PyTree:
   """Noise sample `index`: N(0, sigma^2) per element of every leaf of x, drawn from
-  fold_in(key, index)."""
+  fold_in(key, index) (`key`: one key, or one per example)."""
   leaves, treedef = jax.tree.flatten(x)
-  keys = jax.random.split(jax.random.fold_in(key, index), len(leaves))
-  noise = [s * jax.random.normal(k, a.shape, a.dtype)
-           for k, a, s in zip(keys, leaves, jax.tree.leaves(sigma))]
+  keys = split(fold_in(key, index), len(leaves))
+  noise = [s * normal(k, a) for k, a, s in zip(keys, leaves, jax.tree.leaves(sigma))]
   return jax.tree.unflatten(treedef, noise)
 
 
@@ -56,7 +82,10 @@ def smoothgrad(method: Callable, *, num_samples: int = 25, noise_level: float = 
 
   The wrapped method takes `key` (required: the noise) and optionally `noise`, a pytree like x
   with a leading sample axis [num_samples, N, ...] to use instead of drawing it (e.g. to
-  reproduce another library's samples). Samples are vmapped `chunk_size` at a time.
+  reproduce another library's samples). Samples are vmapped `chunk_size` at a time. `key` is
+  one key, or one typed key per example [N] (jax.random.key): then an example's noise comes
+  from its own key only, whatever batch it is computed in (the dataset runner keys examples
+  by their index in the split).
   """
   if kind not in KINDS:
     raise ValueError(f"unknown SmoothGrad kind {kind!r}; valid kinds: {list(KINDS)}")
@@ -68,13 +97,13 @@ def smoothgrad(method: Callable, *, num_samples: int = 25, noise_level: float = 
     if noise is not None:
       check_noise(noise, x, num_samples)
     sigma = jax.tree.map(lambda a: noise_level * example_range(a), x)
-    noise_key, method_key = jax.random.split(key)
+    noise_key, method_key = split(key, 2)
 
     def attribution(index):
       eps = (noise_sample(noise_key, index, x, sigma) if noise is None
              else jax.tree.map(lambda n: n[index], noise))
       noisy = jax.tree.map(jnp.add, x, eps)
-      return method(f, noisy, targets, key=jax.random.fold_in(method_key, index), **options)
+      return method(f, noisy, targets, key=fold_in(method_key, index), **options)
 
     def chunk_moments(indices):
       maps = jax.vmap(attribution)(indices)

@@ -1,6 +1,7 @@
 """`--mode=saliency` on a trained smoke run: shards, resume without duplicates or gaps,
 settings checks, and the CXR (multilabel, text) path with top-k targets."""
 import glob
+import json
 import os
 
 import numpy as np
@@ -65,6 +66,38 @@ def test_changed_settings_on_existing_shards_are_refused(trained, computed):
   with pytest.raises(ValueError, match="different settings \\(save_images: \\[True\\] now "
                                        "\\[False\\]"):
     runner.run_saliency(changed, workdir)
+
+
+def test_an_examples_maps_do_not_depend_on_shard_or_batch_size(trained, computed):
+  # SmoothGrad noise is keyed by the example's index in the split; it used to be keyed by
+  # shard and batch, so the main job's 8-example sample and the evaluation's shards of 64
+  # gave the same image different IG + SmoothGrad maps.
+  config, workdir = trained
+  _, first = computed
+  other = config.copy_and_resolve_references()
+  other.saliency.update({"shard_size": 5, "batch_size": 2, "output_name": "test_regrouped"})
+  second = runner.load_saliency(runner.run_saliency(other, workdir)["directory"])
+  for key in ("ig_smoothgrad.raw", "gradcam.raw", "multimodal_ig.modality_shares"):
+    np.testing.assert_allclose(second[key], first[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_shards_written_with_per_batch_noise_keys_are_not_mixed_with_new_ones(trained, computed):
+  config, workdir = trained
+  summary, _ = computed
+  manifest = os.path.join(summary["directory"], "manifest.json")
+  with open(manifest) as f:
+    saved = f.read()
+  legacy = json.loads(saved)
+  del legacy["noise_keys"]  # as written before manifests recorded it
+  with open(manifest, "w") as f:
+    json.dump(legacy, f)
+  try:
+    with pytest.raises(ValueError, match="noise_keys: \\['per_shard_batch'\\] now "
+                                         "\\['per_example'\\]"):
+      runner.run_saliency(config, workdir)
+  finally:
+    with open(manifest, "w") as f:
+      f.write(saved)
 
 
 def test_shards_with_different_arrays_name_the_odd_shard(computed, tmp_path):
