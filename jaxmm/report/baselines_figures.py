@@ -9,6 +9,8 @@ into `<run>/figures/baselines/`:
   <task>_roc_pr_<best fusion>.png   ROC and PR curves of the best fusion model (figs. 9, 11, 13)
   pca_explained_variance.png        cumulative explained variance and the 95% line (fig. 4)
   tsne_image_test.png               t-SNE of the test image embeddings (paper 002)
+The folder is this module's own: `baselines_figures` first removes every PNG in it, so the
+figures of models or tasks of an earlier baselines run are not shown beside the new ones.
 """
 import json
 import os
@@ -23,7 +25,7 @@ from sklearn.manifold import TSNE  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from jaxmm.report.run_figures import confusion_figure, roc_pr_curves  # noqa: E402
-from jaxmm.report.saliency_figures import save_figure  # noqa: E402
+from jaxmm.report.saliency_figures import clear_figures, save_figure  # noqa: E402
 
 FIGURE_DIR = os.path.join("figures", "baselines")
 FEATURE_COLOURS = {"image": "tab:blue", "meta": "tab:orange", "fusion": "tab:green",
@@ -133,7 +135,9 @@ def embedding_figures(run_dir: str, report: dict) -> list[str]:
 
 
 def baselines_figures(run_dir: str) -> list[str]:
-  """Every baselines figure of a run dir that has baselines/baselines.json; [] otherwise."""
+  """Every baselines figure of a run dir that has baselines/baselines.json (after clearing
+  the figures of an earlier run); [] otherwise."""
+  clear_figures(os.path.join(run_dir, FIGURE_DIR), ("*.png",))
   path = os.path.join(run_dir, "baselines", "baselines.json")
   if not os.path.exists(path):
     return []

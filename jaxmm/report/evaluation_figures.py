@@ -13,6 +13,7 @@ under DIR/analysis/ (a figure whose inputs are absent is skipped) into DIR/figur
                        randomisation
   confounder_figure    confounder.png: images with the artefact, every map, the CAM and FS-CAM
                        of the confounder features, and the maps' mass on the artefact
+`evaluation_figures` first removes the figures of these names that an earlier evaluation left.
 """
 import csv
 import json
@@ -23,7 +24,8 @@ import numpy as np
 
 # saliency_figures sets matplotlib's Agg backend before pyplot is imported.
 from jaxmm.report.run_figures import read_json
-from jaxmm.report.saliency_figures import draw_input, draw_overlay, plt, save_figure
+from jaxmm.report.saliency_figures import clear_figures, draw_input, draw_overlay, plt, \
+    save_figure
 from jaxmm.saliency import runner as saliency_runner
 
 STRATIFICATIONS = ("class x correct", "sex", "age_group", "site")
@@ -32,6 +34,8 @@ CORRECTNESS = (("False", "incorrect", "tab:orange"), ("True", "correct", "tab:gr
 CONSISTENCY_VARIANTS = (("cam", "CAM"), ("s_cam", "S-CAM"), ("fs_s_cam_top5", "FS-S-CAM (top 5%)"))
 ROI_COLOUR, ARTEFACT_COLOUR = "lime", "cyan"
 GALLERY_SIZE = 6
+EVALUATION_FIGURES = ("roi_agreement_*.png", "gallery_*.png", "importance_*.png",
+                      "consistency_*.png", "faithfulness.png", "sanity.png", "confounder.png")
 
 
 # ------------------------------------------------------------------ reading
@@ -402,10 +406,23 @@ def confounder_row(fig, grid, i: int, examples: dict, methods: list, cams: dict,
   return axes
 
 
+def shown_images(examples: dict, n: int, class_names) -> str:
+  """What the first `n` rows are: 'images of <affected> with the artefact' when they are all
+  of the affected class; else the runner's order (affected class first, then the others)."""
+  if "affected_class" not in examples:
+    return "images with the artefact (each row names its class)"
+  affected = int(examples["affected_class"])
+  if {int(v) for v in np.asarray(examples["label"])[:n]} <= {affected}:
+    return f"images of {class_name(class_names, affected)} with the artefact"
+  return (f"images with the artefact, affected class {class_name(class_names, affected)} "
+          f"first (each row names its class)")
+
+
 def confounder_figure(examples: dict, finding: dict | None, class_names, path: str,
                       max_examples: int = 6) -> str:
-  """Rows = images with the confounder: the input (ROI and artefact outlined), each method's
-  map, the CAM and FS-CAM of the confounder features; below, the mass on the artefact."""
+  """Rows = images with the confounder (the affected class's first; each titled with its
+  class): the input (ROI and artefact outlined), each method's map, the CAM and FS-CAM of the
+  confounder features; below, the mass on the artefact."""
   methods = [k[:-len(".normalized")] for k in examples if k.endswith(".normalized")]
   cams = class_cam_rows(examples)
   n = min(max_examples, len(examples["index"]))
@@ -429,7 +446,7 @@ def confounder_figure(examples: dict, finding: dict | None, class_names, path: s
     mass_bars(fig.add_subplot(grid[n, :split]), finding)
     if split < columns:
       feature_bars(fig.add_subplot(grid[n, split:]), features)
-  fig.suptitle(f"Confounder: images of {affected} with the artefact and their maps "
+  fig.suptitle(f"Confounder: {shown_images(examples, n, class_names)} and their maps "
                f"(CAM and FS-CAM: {(features or {}).get('method', 'IFA')}, signed)", fontsize=10)
   fig.tight_layout()
   return save_figure(fig, path)
@@ -534,10 +551,12 @@ def saliency_directory(analysis: str, split: str) -> str:
 def evaluation_figures(workdir: str, class_names: Sequence[str] | None,
                        split: str = "test") -> list[str]:
   """Every figure whose inputs are in `workdir`/analysis/, written to
-  `workdir`/figures/evaluation/; returns the written paths. `class_names` in label order
+  `workdir`/figures/evaluation/ (after clearing those of an earlier evaluation); returns the
+  written paths. `class_names` in label order
   (None: taken from the analysis files where they say them)."""
   analysis = os.path.join(workdir, "analysis")
   out_dir = os.path.join(workdir, "figures", "evaluation")
+  clear_figures(out_dir, EVALUATION_FIGURES)
   if class_names is None:
     class_names = derived_class_names(analysis)
   return (roi_figures(analysis, split, out_dir) +

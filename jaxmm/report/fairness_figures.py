@@ -6,6 +6,7 @@
                   accuracy dashed (paper 000 figs. 20-22), for each headline model
   forest_plot     headline_ci_<family>.png: accuracy, macro-F1 and ROC-AUC of every model of
                   a family with their bootstrap 95% CIs, fusion models in blue
+`fairness_figures` first removes the figures of these names that an earlier analysis left.
 """
 import json
 import math
@@ -15,11 +16,12 @@ import re
 import numpy as np
 
 # saliency_figures sets matplotlib's Agg backend before pyplot is imported.
-from jaxmm.report.saliency_figures import plt, save_figure
+from jaxmm.report.saliency_figures import clear_figures, plt, save_figure
 
 METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "roc_auc": "ROC-AUC"}
 KIND_COLOURS = {"fusion": "tab:blue"}
 OTHER_COLOUR = "tab:gray"
+FAIRNESS_FIGURES = ("accuracy_*.png", "headline_ci_*.png")
 
 
 def number(value) -> float:
@@ -109,13 +111,15 @@ def forest_plot(headline: list[dict], family: dict, path: str) -> str | None:
 
 
 def fairness_figures(workdir: str) -> list[str]:
-  """All fairness figures of a workdir analysed by --mode=fairness (none when not analysed)."""
+  """All fairness figures of a workdir analysed by --mode=fairness (none when not analysed),
+  after clearing those of an earlier analysis."""
+  out_dir = os.path.join(workdir, "figures", "fairness")
+  clear_figures(out_dir, FAIRNESS_FIGURES)
   path = os.path.join(workdir, "analysis", "fairness", "fairness.json")
   if not os.path.exists(path):
     return []
   with open(path) as f:
     result = json.load(f)
-  out_dir = os.path.join(workdir, "figures", "fairness")
   paths = []
   for pick in result.get("headline_models", []):
     overall = next((number(r["estimate"]) for r in result["headline_ci"]

@@ -37,6 +37,8 @@ nav ul ul li + li::before { content: " \\00b7  "; color: #8a94a6; }
 nav a { color: #1f4f8f; text-decoration: none; }
 nav a:hover { text-decoration: underline; }
 .muted { color: #5b6577; font-size: 0.9rem; }
+.warning { padding: 0.45rem 0.7rem; border-left: 4px solid #c8811a; background: #fff4e0;
+  color: #5a3a06; }
 .table-wrap { width: fit-content; max-width: 100%; max-height: 34rem; overflow: auto;
   margin: 0 0 1rem; border: 1px solid #dde2ea; border-radius: 4px; }
 p.caption { margin: 0.9rem 0 0.3rem; font-weight: 600; font-size: 0.9rem; }
@@ -107,6 +109,11 @@ def paragraph(body: str, css_class: str | None = None) -> str:
   """`body` is HTML (escape file text with `text` first)."""
   attribute = f' class="{css_class}"' if css_class else ""
   return f"<p{attribute}>{body}</p>"
+
+
+def warning(body: str) -> str:
+  """A highlighted paragraph that the reader must not miss; `body` is HTML."""
+  return paragraph(f"<strong>Warning:</strong> {body}", "warning")
 
 
 def caption_block(caption: str | None) -> str:

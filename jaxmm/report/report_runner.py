@@ -10,7 +10,13 @@ pipeline-level sections first, then each variant's sections under its own headin
 
 Every image is a base64 data URI and the CSS is inline, so the page opens offline and can be
 mailed as one file; every CSV is rendered with csv.DictReader and every PNG of a
-figures/<section>/ folder is embedded.
+figures/<section>/ folder is embedded (each figure writer clears the figures it owns before
+drawing, so these are the figures of the current results; of figures/shap/'s baselines
+folders, only those of models baselines.json lists).
+
+An analysis section made from a checkpoint (baselines, SHAP, saliency, explanation evaluation)
+says which step its files record, with a warning, also in the summary, when that is not the
+best checkpoint of results.json that the Results section shows.
 """
 import csv
 import dataclasses
@@ -18,6 +24,7 @@ import datetime
 import glob
 import json
 import os
+import zipfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -50,6 +57,13 @@ METRIC_ORDER = ("accuracy", "masked_accuracy", "macro_precision", "macro_recall"
                 "roc_auc", "pr_auc", "precision", "recall", "f1", "loss")
 # The packages env_info.json records, shown in the reproducibility section.
 KEY_VERSIONS = ("jax", "jaxlib", "flax", "optax", "numpy", "scikit-learn", "grain")
+# The sections made from a checkpoint: (title, the --mode that recomputes them).
+ANALYSIS_SECTIONS = {"baselines": ("Baselines", "baselines"), "shap": ("SHAP", "shap"),
+                     "saliency": ("Saliency", "saliency"),
+                     "explanations": ("Explanation evaluation", "evaluate_explanations")}
+# workflow.run_baselines draws the SHAP figures of a baseline model into
+# figures/shap/baselines_<task>_<model>/.
+BASELINES_SHAP_PREFIX = "baselines_"
 
 
 @dataclasses.dataclass
@@ -318,12 +332,19 @@ def training_parts(run_dir: str, base: str) -> list[Part]:
           Part("roc-pr", "ROC and precision-recall curves", figures_block(picked["roc-pr"], base))]
 
 
+def baselines_task_dirs(root: str) -> list[str]:
+  """The task folders under baselines/ of the tasks baselines.json holds (every folder when it
+  names none), so a task of an earlier baselines run is not shown."""
+  dirs = sorted(d for d in glob.glob(os.path.join(root, "baselines", "*")) if os.path.isdir(d))
+  tasks = optional_json(os.path.join(root, "baselines", "baselines.json"), {}).get("tasks")
+  return dirs if tasks is None else [d for d in dirs if os.path.basename(d) in tasks]
+
+
 def baselines_body(root: str, base: str) -> str:
   """Per task under baselines/: table.csv, deltas.csv, then its other CSVs; baselines.json;
   the figures of figures/baselines/ (comparison bars, confusion, ROC/PR, PCA, t-SNE)."""
   body = ""
-  for task_dir in sorted(d for d in glob.glob(os.path.join(root, "baselines", "*"))
-                         if os.path.isdir(d)):
+  for task_dir in baselines_task_dirs(root):
     tables = sorted(glob.glob(os.path.join(task_dir, "*.csv")),
                     key=lambda p: (os.path.basename(p) not in BASELINE_TITLES,
                                    list(BASELINE_TITLES).index(os.path.basename(p))
@@ -348,11 +369,28 @@ def baselines_summary_pairs(summary: dict) -> list[tuple[str, object]]:
   return [(k, v) for k, v in pairs if v not in (None, "")]
 
 
+def baselines_shap_folders(root: str) -> set[str]:
+  """The figures/shap/ folder names of the baseline models' SHAP that baselines.json lists."""
+  tasks = optional_json(os.path.join(root, "baselines", "baselines.json"), {}).get("tasks", {})
+  return {f"{BASELINES_SHAP_PREFIX}{task}_{model}" for task, summary in tasks.items()
+          for model in (summary.get("shap") or {})}
+
+
+def shown_shap_figures(root: str) -> list[str]:
+  """The PNGs of figures/shap/, less its baselines_<task>_<model>/ folders of models that
+  baselines.json no longer lists (an earlier baselines run's)."""
+  folder = os.path.join(root, "figures", "shap")
+  current = baselines_shap_folders(root)
+  parts = lambda path: relative(path, folder).split("/")
+  return [p for p in pngs(folder) if len(parts(p)) == 1 or
+          not parts(p)[0].startswith(BASELINES_SHAP_PREFIX) or parts(p)[0] in current]
+
+
 def shap_body(root: str, base: str) -> str:
   folder = os.path.join(root, "analysis", "shap")
   tables = sorted(glob.glob(os.path.join(folder, "**", "*.csv"), recursive=True))
   body = "".join(csv_block(p, os.path.basename(p), base, collapsed=True) for p in tables)
-  return body + figures_block(pngs(folder) + pngs(os.path.join(root, "figures", "shap")), base)
+  return body + figures_block(pngs(folder) + shown_shap_figures(root), base)
 
 
 def fairness_body(root: str, base: str) -> str:
@@ -416,9 +454,11 @@ def explanations_body(root: str, base: str) -> str:
   summary = optional_json(os.path.join(analysis, "explanation_evaluation.json"), {})
   body = ""
   if summary.get("methods"):
+    step = (f", checkpoint step {summary['checkpoint_step']}"
+            if summary.get("checkpoint_step") is not None else "")
     body += html.table(explanation_rows(summary), caption=(
         f"Explanation evaluation, {summary.get('split', '?')} split, "
-        f"{summary.get('num_examples', '?')} examples (95% bootstrap CIs in brackets)"))
+        f"{summary.get('num_examples', '?')} examples{step} (95% bootstrap CIs in brackets)"))
   if summary.get("ifa"):
     body += html.details("Integrated feature analysis per method",
                          html.table(ifa_rows(summary["ifa"])))
@@ -447,16 +487,126 @@ def other_figure_parts(root: str, base: str) -> list[Part]:
 
 
 def topic_parts(root: str, base: str) -> list[Part]:
-  """The sections that exist at both levels (a run dir, or a pipeline dir itself)."""
+  """The sections that exist at both levels (a run dir, or a pipeline dir itself); an
+  analysis section starts with the checkpoint step of its files."""
+  steps, best = analysis_steps(root, base), best_step(root)
+  noted = lambda key, body: step_notes(steps[key], best, key) + body if body else ""
   return ([Part("comparison", "Model comparison",
                 figures_block(pngs(os.path.join(root, run_figures.COMPARISON_DIR)), base)),
-           Part("baselines", "Baselines", baselines_body(root, base)),
-           Part("shap", "SHAP", shap_body(root, base)),
+           Part("baselines", "Baselines", noted("baselines", baselines_body(root, base))),
+           Part("shap", "SHAP", noted("shap", shap_body(root, base))),
            Part("fairness", "Fairness and statistics", fairness_body(root, base)),
-           Part("saliency", "Saliency", figures_block(
-               pngs(os.path.join(root, "figures", "saliency")), base)),
-           Part("explanations", "Explanation evaluation", explanations_body(root, base))]
+           Part("saliency", "Saliency", noted("saliency", figures_block(
+               pngs(os.path.join(root, "figures", "saliency")), base))),
+           Part("explanations", "Explanation evaluation",
+                noted("explanations", explanations_body(root, base)))]
           + other_figure_parts(root, base))
+
+
+# ------------------------------------------------------------------ checkpoint steps
+
+def best_step(run_dir: str) -> int | None:
+  """The best checkpoint's step of results.json (what the Results section shows)."""
+  return optional_json(os.path.join(run_dir, "results.json"), {}).get("best_step")
+
+
+def recorded_step(path: str) -> int | None:
+  """The `checkpoint_step` a JSON or .npz analysis file records; None when it records none
+  or cannot be read (absent, half written)."""
+  try:
+    if path.endswith(".npz"):
+      with np.load(path) as data:
+        value = data["checkpoint_step"].item() if "checkpoint_step" in data.files else None
+    else:
+      record = optional_json(path, {})
+      value = record.get("checkpoint_step") if isinstance(record, dict) else None
+  except (OSError, ValueError, zipfile.BadZipFile):
+    return None
+  return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) \
+      else None
+
+
+def analysis_files(root: str) -> dict[str, list[str]]:
+  """{section key: the files under `root` whose checkpoint_step its content comes from}: the
+  evaluation's saliency maps count for the explanation evaluation, the other saliency
+  directories for the saliency section, baselines.json also for its models' SHAP figures."""
+  analysis = os.path.join(root, "analysis")
+  evaluation = os.path.join(analysis, "explanation_evaluation.json")
+  maps = optional_json(evaluation, {}).get("saliency_directory")
+  maps = os.path.normpath(os.path.join(root, maps)) if maps else None
+  saliency = sorted(os.path.normpath(d)
+                    for d in glob.glob(os.path.join(analysis, "saliency", "*")))
+  baselines = os.path.join(root, "baselines", "baselines.json")
+  shap_folders = [os.path.join(root, "figures", "shap", name)
+                  for name in sorted(baselines_shap_folders(root))]
+  return {"baselines": [baselines],
+          "shap": [os.path.join(analysis, "shap", "fields.npz"),
+                   os.path.join(analysis, "shap", "tokens.json")] +
+                  ([baselines] if any(pngs(folder) for folder in shap_folders) else []),
+          "saliency": [os.path.join(d, "manifest.json") for d in saliency if d != maps],
+          "explanations": [evaluation] + ([os.path.join(maps, "manifest.json")] if maps else [])}
+
+
+def analysis_steps(root: str, base: str) -> dict[str, dict[str, int]]:
+  """{section key: {file path relative to `base`: its checkpoint step}} of `analysis_files`
+  that record one."""
+  steps = {}
+  for key, paths in analysis_files(root).items():
+    found = {relative(p, base): recorded_step(p) for p in paths if os.path.exists(p)}
+    steps[key] = {path: step for path, step in found.items() if step is not None}
+  return steps
+
+
+def step_notes(steps: dict[str, int], best: int | None, key: str) -> str:
+  """'Checkpoint step 3 (files)' per step the section's files record, and a warning naming
+  those that are not the best checkpoint's step `best` (None: no warning)."""
+  if not steps:
+    return ""
+  by_step = {}
+  for path, step in steps.items():
+    by_step.setdefault(step, []).append(path)
+  named = "; ".join(f"checkpoint step {step} ({', '.join(map(html.text, paths))})"
+                    for step, paths in sorted(by_step.items()))
+  body = html.paragraph(f"Computed from {named}.", "muted")
+  stale = sorted(step for step in by_step if best is not None and step != best)
+  if stale:
+    modes = sorted({rerun_mode(path, key) for step in stale for path in by_step[step]})
+    body += html.warning(
+        f"computed from checkpoint step {', '.join(map(str, stale))}, not from the best "
+        f"checkpoint, step {html.text(best)}, whose metrics the Results section shows "
+        f"(results.json): these outputs may predate the latest training. Rerun "
+        f"{' and '.join(f'<code>--mode={m}</code>' for m in modes)} to compute them from it.")
+  return body
+
+
+def rerun_mode(path: str, key: str) -> str:
+  """The --mode that rewrites an analysis file of section `key` (baselines.json: baselines)."""
+  return "baselines" if os.path.basename(path) == "baselines.json" else ANALYSIS_SECTIONS[key][1]
+
+
+def stale_analyses(run_dir: str) -> list[str]:
+  """'SHAP (checkpoint step 3)' per analysis section of a run dir whose files record another
+  step than results.json's best step."""
+  best = best_step(run_dir)
+  if best is None:
+    return []
+  steps = analysis_steps(run_dir, run_dir)
+  return [f"{title} (checkpoint step "
+          f"{', '.join(str(s) for s in sorted(set(steps[key].values()) - {best}))})"
+          for key, (title, _) in ANALYSIS_SECTIONS.items()
+          if set(steps[key].values()) - {best}]
+
+
+def stale_warning(runs: Sequence[tuple[str, str]], pipeline: bool) -> str:
+  """A warning listing, per run, the analysis sections made from another checkpoint than the
+  best one; '' when there are none."""
+  lines = [(name, stale) for name, run_dir in runs if (stale := stale_analyses(run_dir))]
+  if not lines:
+    return ""
+  items = "; ".join((f"variant {html.text(name)}: " if pipeline else "") +
+                    ", ".join(map(html.text, stale)) for name, stale in lines)
+  return html.warning(f"analyses made from another checkpoint than the best one, whose "
+                      f"metrics the Results section shows: {items}. See each section.")
 
 
 # ------------------------------------------------------------------ reproducibility
@@ -541,6 +691,7 @@ def run_page(config, workdir: str) -> tuple[str, list]:
   """(body, navigation groups) of a run dir's page."""
   own_config = optional_json(os.path.join(workdir, "config.json")) or config_dict(config)
   parts = [Part("summary", "Run summary",
+                stale_warning([("run", workdir)], pipeline=False) +
                 summary_body(workdir, own_config, [("run", workdir)], pipeline=False))]
   parts += run_parts(workdir, workdir)
   parts.append(Part("reproducibility", "Reproducibility",
@@ -563,7 +714,8 @@ def pipeline_page(config, workdir: str) -> tuple[str, list]:
   """(body, navigation groups): the pipeline-level sections, each variant under its own
   heading, then reproducibility."""
   runs = variant_dirs(workdir)
-  parts = [Part("summary", "Summary", summary_body(workdir, config_dict(config), runs, True)),
+  parts = [Part("summary", "Summary", stale_warning(runs, pipeline=True) +
+                summary_body(workdir, config_dict(config), runs, True)),
            Part("configuration", "Configuration",
                 configuration_body(config_text(config), "the pipeline's resolved config")),
            Part("dataset", "Dataset", pipeline_dataset(runs)),

@@ -10,7 +10,7 @@
                     class (binary), per label where both classes occur (multilabel)
   comparison_bars   (pipeline dir) <workdir>/figures/comparison/model_comparison.png: each
                     variant's test metrics side by side (comparison.json)
-A figure whose inputs are absent is skipped.
+A figure whose inputs are absent is skipped (and its file of earlier inputs removed).
 """
 import json
 import os
@@ -21,12 +21,14 @@ import scipy.special
 from sklearn import metrics as skm
 
 # saliency_figures sets matplotlib's Agg backend before pyplot is imported.
-from jaxmm.report.saliency_figures import plt, save_figure
+from jaxmm.report.saliency_figures import clear_figures, plt, save_figure
 
 TRAINING_DIR = os.path.join("figures", "training")
 COMPARISON_DIR = os.path.join("figures", "comparison")
 DEFAULT_METRICS = ("macro_f1", "roc_auc", "masked_accuracy", "accuracy")
 MAX_LEGEND_CURVES = 15
+TRAINING_FIGURES = ("training_curves.png", "confusion_matrix.png", "roc_pr.png")
+COMPARISON_FIGURES = ("model_comparison.png",)
 
 
 # ------------------------------------------------------------------ reading
@@ -252,6 +254,7 @@ def optional_json(path: str, default=None):
 def run_figures(run_dir: str) -> list[str]:
   """Every training figure whose inputs are in `run_dir`; returns the written paths."""
   out_dir = os.path.join(run_dir, TRAINING_DIR)
+  clear_figures(out_dir, TRAINING_FIGURES)
   results = optional_json(os.path.join(run_dir, "results.json"), {})
   task = results.get("task", {})
   written = []
@@ -277,6 +280,7 @@ def run_figures(run_dir: str) -> list[str]:
 
 def pipeline_figures(workdir: str) -> list[str]:
   """The pipeline-level comparison bars (comparison.json), if it is there."""
+  clear_figures(os.path.join(workdir, COMPARISON_DIR), COMPARISON_FIGURES)
   path = os.path.join(workdir, "comparison.json")
   if not os.path.exists(path):
     return []

@@ -5,8 +5,12 @@
   top_k_panels    multilabel: the maps of an example's top-k labels side by side
   token_plot      report tokens coloured by their attribution (diverging)
   modality_bars   multimodal IG: each modality's share and the metadata field attributions
-Every figure is written atomically as PNG into the given folder.
+Every figure is written atomically as PNG into the given folder. Each writer of figures/
+(this module's `saliency_figures` and those of run_figures, baselines_figures, shap_figures,
+fairness_figures, evaluation_figures) first clears the figures it owns (`clear_figures`), so a
+folder holds only the figures of its current inputs.
 """
+import glob
 import os
 from typing import Sequence
 
@@ -22,6 +26,8 @@ SIGNED_CMAP = "RdBu_r"
 SEQUENTIAL_CMAP = "inferno"
 OVERLAY_ALPHA = 0.55
 DISPLAY_PERCENTILE = 99
+# The names `saliency_figures` draws into its folder.
+SALIENCY_FIGURES = ("methods.png", "top_k_*.png", "modalities.png", "tokens_*.png")
 
 
 def save_figure(fig, path: str) -> str:
@@ -30,6 +36,21 @@ def save_figure(fig, path: str) -> str:
     return write_figure_atomic(fig, path, format="png", dpi=110, bbox_inches="tight")
   finally:
     plt.close(fig)
+
+
+def clear_figures(out_dir: str, patterns: Sequence[str]) -> list[str]:
+  """Removes the files of `out_dir` itself (not of its subfolders) whose names match a glob
+  pattern; returns their paths. A writer clears the names it owns before drawing: a figure of
+  earlier inputs that it does not draw again (a model no longer trained) is not left behind,
+  a writer stopped midway leaves only figures of the current inputs, and the other writers'
+  files of a shared folder are kept."""
+  removed = set()
+  for pattern in patterns:
+    for path in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
+      if os.path.isfile(path):
+        os.remove(path)
+        removed.add(path)
+  return sorted(removed)
 
 
 def is_signed(name: str, data: dict) -> bool:
@@ -147,7 +168,9 @@ def saliency_figures(data: dict, methods: Sequence[str], class_names: Sequence[s
                      modalities: Sequence[str], out_dir: str,
                      meta_field_names: Sequence[str] | None = None,
                      max_examples: int = 8) -> list[str]:
-  """Every figure that applies to the saliency data; returns the written paths."""
+  """Every figure that applies to the saliency data (after clearing those of earlier data);
+  returns the written paths."""
+  clear_figures(out_dir, SALIENCY_FIGURES)
   written = []
   image_methods = [m for m in methods if f"{m}.normalized" in data]
   multilabel = data["targets"].ndim == 2

@@ -6,7 +6,9 @@
   field_waterfall  one example's fields from the base value to its probability (figs. 17-19)
   token_figure     a report's tokens coloured by their value, one row per top-k label (paper
                    001's figs. 9-11), a PNG instead of shap.plots.text's HTML
-Every figure is written atomically as PNG; `shap_figures` makes all that apply.
+Every figure is written atomically as PNG; `shap_figures` makes all that apply, after
+removing the figures of these names that earlier inputs left in its folder (its subfolders,
+other SHAP directories' figures, are kept).
 """
 import json
 import os
@@ -19,10 +21,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import shap  # noqa: E402
 
-from jaxmm.report.saliency_figures import SIGNED_CMAP, save_figure  # noqa: E402
+from jaxmm.report.saliency_figures import SIGNED_CMAP, clear_figures, save_figure  # noqa: E402
 
 FIELDS_FILE = "fields.npz"
 TOKENS_FILE = "tokens.json"
+# The names `shap_figures` draws into its folder.
+SHAP_FIGURES = ("fields_summary.png", "fields_bar.png", "fields_waterfall_*.png", "tokens_*.png")
 
 
 def predicted_class_explanation(fields: dict) -> shap.Explanation:
@@ -143,6 +147,7 @@ def token_figures(document: dict, out_dir: str, max_examples: int = 4) -> list[s
 def shap_figures(shap_dir: str, out_dir: str, example: int = 0,
                  max_token_examples: int = 4, title_prefix: str = "") -> list[str]:
   """Every figure that applies to the shap directory's files; returns the written paths."""
+  clear_figures(out_dir, SHAP_FIGURES)
   written = []
   fields_path = os.path.join(shap_dir, FIELDS_FILE)
   if os.path.exists(fields_path):

@@ -153,6 +153,7 @@ def test_every_figure_is_written(tmp_path):
 
 def test_absent_inputs_skip_their_figures(tmp_path):
   workdir = fake_workdir(tmp_path)
+  evaluation_figures.evaluation_figures(workdir, CLASSES)  # an earlier, complete evaluation
   analysis = os.path.join(workdir, "analysis")
   for name in ("confounder.json", "confounder_examples.npz", "sanity.csv"):
     os.remove(os.path.join(analysis, name))
@@ -162,7 +163,34 @@ def test_absent_inputs_skip_their_figures(tmp_path):
   assert {os.path.basename(p) for p in paths} == {
       "roi_agreement_gradcam.png", "roi_agreement_ig_smoothgrad.png", "faithfulness.png"}
   check_pngs(paths)
+  # the earlier evaluation's figures of the absent inputs are gone, not shown as current
+  assert set(os.listdir(os.path.join(workdir, "figures", "evaluation"))) == \
+      {os.path.basename(p) for p in paths}
   assert evaluation_figures.evaluation_figures(str(tmp_path / "empty"), CLASSES) == []
+
+
+def confounder_title(monkeypatch, tmp_path, labels, affected: int) -> str:
+  """The suptitle of the confounder figure of fake examples of these labels."""
+  data = saliency_data(np.random.default_rng(2))
+  n = len(labels)
+  examples = {"index": np.arange(n), "label": np.asarray(labels),
+              "affected_class": np.asarray(affected),
+              **{k: data[k][:n] for k in ("image", "roi_mask", "confounder_mask",
+                                          "gradcam.normalized")}}
+  titles = []
+  monkeypatch.setattr(evaluation_figures, "save_figure",
+                      lambda fig, path: titles.append(fig._suptitle.get_text()) or path)
+  evaluation_figures.confounder_figure(examples, None, CLASSES, str(tmp_path / "c.png"))
+  return titles[0]
+
+
+def test_confounder_title_says_which_classes_its_rows_are(monkeypatch, tmp_path):
+  # the runner puts the affected class's images first, then other classes' with the artefact
+  mixed = confounder_title(monkeypatch, tmp_path, [1, 0, 0], affected=1)
+  assert "images of b with the artefact" not in mixed
+  assert "images with the artefact, affected class b first (each row names its class)" in mixed
+  only = confounder_title(monkeypatch, tmp_path, [1, 1], affected=1)
+  assert "Confounder: images of b with the artefact and their maps" in only
 
 
 def test_saliency_rows_reads_positions_across_shards_in_order(tmp_path):
