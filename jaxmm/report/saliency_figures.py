@@ -178,7 +178,7 @@ def saliency_figures(data: dict, methods: Sequence[str], class_names: Sequence[s
     if multilabel:
       for m in image_methods:
         written.append(top_k_panels(data, m, class_names,
-                                    os.path.join(out_dir, f"top_k_{m}.png")))
+                                    os.path.join(out_dir, f"top_k_{m}.png"), max_examples))
     else:
       written.append(method_panels(data, image_methods, class_names,
                                    os.path.join(out_dir, "methods.png"), max_examples))
