@@ -12,8 +12,12 @@ pixel orders, which a faithful map beats (lower deletion AUC, higher insertion A
 
 Baselines: RISE deletes to black (zeros; for normalised images the normalised black,
 -mean / std per channel, passed as a per-channel baseline) and inserts into a blurred copy of the
-image (`blurred_baseline`), because inserting into black makes images far off the data
-distribution whose scores react to any pixel, not to the salient ones.
+image (`blurred_baseline`, std RISE_BLUR_SIGMA pixels by default), because inserting into black
+makes images far off the data distribution whose scores react to any pixel, not to the salient
+ones.
+
+A map holding a NaN or an infinity has no pixel order (argsort would put NaN first and give a
+plausible curve), so its curves and AUCs are NaN, as the ROI metrics treat such maps.
 
 The `steps + 1` perturbation levels of a curve are vmapped over in chunks of `chunk_size`
 levels (a `lax.scan` over chunks), so peak memory is that of chunk_size * N images.
@@ -27,12 +31,22 @@ import numpy as np
 from jaxmm.saliency.targets import target_scores
 
 MODES = ("deletion", "insertion")
+# RISE's evaluation blurs 224 px images with a Gaussian of std 5 px (its `gkern(11, 5)`, a
+# kernel cut at 11 taps; `blurred_baseline` cuts at 4 std, as scipy's gaussian_filter).
+RISE_BLUR_SIGMA = 5.0
 ModelFn = Callable[[jax.Array], jax.Array]  # images [N, H, W, C] -> logits [N, K]
 
 
 def pixel_order(maps: jax.Array) -> jax.Array:
-  """Flat pixel indices by decreasing saliency, ties in increasing index. [N, H, W] -> [N, H*W]."""
+  """Flat pixel indices by decreasing saliency, ties in increasing index. [N, H, W] -> [N, H*W].
+
+  Meaningless for a map with a NaN (sorted first); `perturbation_curve` gives such maps NaN."""
   return jnp.argsort(maps.reshape(maps.shape[0], -1), axis=-1, descending=True, stable=True)
+
+
+def nonfinite_maps(maps: jax.Array) -> jax.Array:
+  """Maps holding a NaN or an infinity. [N, H, W] -> bool [N]."""
+  return ~jnp.isfinite(maps.reshape(maps.shape[0], -1)).all(1)
 
 
 def pixel_ranks(maps: jax.Array) -> jax.Array:
@@ -84,7 +98,8 @@ def perturbation_curve(f: ModelFn, x: jax.Array, maps: jax.Array, targets: jax.A
   (softmax, or sigmoid if multilabel) or "logit". Jittable with f, mode, steps, chunk_size,
   multilabel and score static.
   Returns {"fractions": [steps + 1] perturbed fraction of pixels (0 .. 1), "curve":
-  [N, steps + 1] target scores, "auc": [N] trapezoid area under the curve over fractions}.
+  [N, steps + 1] target scores, "auc": [N] trapezoid area under the curve over fractions};
+  curve and AUC are NaN for a map holding a non-finite value (`nonfinite_maps`).
   """
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; valid modes: {list(MODES)}")
@@ -101,6 +116,7 @@ def perturbation_curve(f: ModelFn, x: jax.Array, maps: jax.Array, targets: jax.A
     return target_scores(logits, targets, score, multilabel)
 
   curve = map_over_chunks(score_at, jnp.asarray(counts), chunk_size).T
+  curve = jnp.where(nonfinite_maps(maps)[:, None], jnp.nan, curve)
   fractions = jnp.asarray(counts / ranks[0].size, jnp.float32)
   return {"fractions": fractions, "curve": curve,
           "auc": jnp.trapezoid(curve, fractions, axis=-1)}
@@ -115,7 +131,8 @@ def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
   return (k / k.sum()).astype(np.float32)
 
 
-def blurred_baseline(x: jax.Array, sigma: float, truncate: float = 4.0) -> jax.Array:
+def blurred_baseline(x: jax.Array, sigma: float = RISE_BLUR_SIGMA,
+                     truncate: float = 4.0) -> jax.Array:
   """Gaussian blur of each image and channel over H and W (std `sigma` pixels, separable).
 
   The insertion baseline of RISE: it removes the fine detail a classifier reads while keeping

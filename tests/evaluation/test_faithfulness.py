@@ -130,3 +130,26 @@ def test_invalid_arguments_raise(problem):
     faithfulness.perturbation_curve(f, x, maps, TARGETS, mode="erase")
   with pytest.raises(ValueError, match="maps must be"):
     faithfulness.perturbation_curve(f, x, maps[:, :2], TARGETS)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_map_with_a_non_finite_value_gets_nan_curves_and_aucs(problem, bad):
+  # argsort puts NaN first (and infinities first or last), so such a map used to get a finite,
+  # plausible curve that was averaged in as a real one; the other maps' curves are unchanged.
+  x, _, f, maps = problem
+  broken = maps.at[1, 2, 3].set(bad)
+  out = faithfulness.deletion_insertion(f, x, broken, TARGETS, steps=STEPS)
+  clean = faithfulness.deletion_insertion(f, x, maps, TARGETS, steps=STEPS)
+  for key in ("deletion", "insertion", "deletion_auc", "insertion_auc"):
+    assert np.isnan(out[key][1]).all(), key
+    np.testing.assert_array_equal(out[key][::2], clean[key][::2], err_msg=key)
+  np.testing.assert_array_equal(faithfulness.nonfinite_maps(broken), [False, True, False])
+  all_nan = jnp.full_like(maps, jnp.nan)
+  assert np.isnan(faithfulness.perturbation_curve(f, x, all_nan, TARGETS, steps=STEPS)["auc"]).all()
+
+
+def test_blurred_baseline_defaults_to_rise_sigma():
+  x = jax.random.normal(jax.random.key(4), (1, 12, 12, 2))
+  np.testing.assert_array_equal(faithfulness.blurred_baseline(x),
+                                faithfulness.blurred_baseline(x, faithfulness.RISE_BLUR_SIGMA))
+  assert faithfulness.RISE_BLUR_SIGMA == 5.0
