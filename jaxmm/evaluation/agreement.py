@@ -128,11 +128,26 @@ def galleries(table: dict, fraction: float) -> dict:
   return {metric: stats.gallery_indices(table[metric], fraction) for metric in TESTED_METRICS}
 
 
+def best_dice_thresholds(images: dict, cases: dict) -> np.ndarray:
+  """The Dice threshold of each case's best-Dice image, the image its case-level Dice comes
+  from (`stats.case_level` takes other columns from a case's first image); the first such image
+  on ties, NaN where all of a case's Dice are NaN. images: per-image table; cases: its
+  case_level table. -> [num cases] (the images' dtype), in the order of cases["case"]."""
+  position = {case: i for i, case in enumerate(np.asarray(cases["case"]).tolist())}
+  case_of_row = np.array([position[c] for c in np.asarray(images["case"]).tolist()], np.int64)
+  dice = np.asarray(images["dice"], np.float64)
+  score = np.where(np.isnan(dice), -np.inf, dice)
+  order = np.lexsort((-score, case_of_row))  # by case, best Dice first; stable on ties
+  firsts = order[np.diff(case_of_row[order], prepend=-1) != 0]
+  return np.asarray(images["dice_threshold"])[firsts]
+
+
 def evaluate_method(data: dict, method: str, class_names, *, which: str = "normalized",
                     fraction: float = 0.1, **bootstrap_kwargs) -> dict:
   """Everything paper 004 reports for one method: tables, summaries, tests, galleries."""
   images = per_image_table(data, method, class_names, which)
   cases = stats.case_level(images, "case", list(metric_names()))
+  cases["dice_threshold"] = best_dice_thresholds(images, cases)
   return {"images": images, "cases": cases,
           "summaries": summaries(cases, method, **bootstrap_kwargs),
           "tests": group_tests(cases, method),

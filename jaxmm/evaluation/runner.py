@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +67,10 @@ def default_config() -> ml_collections.ConfigDict:
               "reference_split": "train", "fractions": (0.05, 0.1, 0.2, 0.25),
               "target": "predicted", "batch_size": 32,
               "max_examples": config_dict.placeholder(int)},
-      "faithfulness": {"num_examples": 32, "steps": 20, "chunk_size": 7},
+      # deletion goes to the normalised black image; insertion starts from a Gaussian blur of
+      # the image, std insertion_blur_sigma pixels (RISE; 0: from black too)
+      "faithfulness": {"num_examples": 32, "steps": 20, "chunk_size": 7,
+                       "insertion_blur_sigma": faithfulness.RISE_BLUR_SIGMA},
       "sanity": {"num_examples": 8, "methods": ("gradcam", "hirescam", "ig_smoothgrad")},
       "confounder": {"field": "confounder", "affected_class": config_dict.placeholder(int),
                      "feature_fraction": 0.1, "method": "hirescam"},
@@ -281,12 +285,30 @@ class UnitStore:
 
 # ------------------------------------------------------------------ ROI agreement
 
+ROI_TABLES = ("summary.csv", "group_tests.csv", "agreement.json")
+
+
+def image_map_methods(data: dict, methods, which: str, stage: str) -> tuple:
+  """The methods whose `which` image maps [N, H, W] the saliency output holds; each other one
+  (multimodal_ig of a model without an image) is left out of `stage`, with a printed line."""
+  kept = tuple(m for m in methods if f"{m}.{which}" in data)
+  for method in methods:
+    if method not in kept:
+      print(f"evaluation: {stage}: skipped {method} (no {which} image maps: the model has no "
+            f"image input)", flush=True)
+  return kept
+
+
 def roi_agreement(units: UnitStore, data: dict, ecfg, class_names, out_dir: str) -> dict:
-  """Paper 004's tables for every method (a unit each); tests adjusted together (Bonferroni)."""
-  if "roi_mask" not in data or not agreement.has_roi(data).any():
+  """Paper 004's tables for every method with image maps (a unit each); tests adjusted
+  together (Bonferroni). Without an ROI or such a method, no tables (older ones removed)."""
+  methods = image_map_methods(data, ecfg.saliency_methods, ecfg.maps, "ROI agreement")
+  if "roi_mask" not in data or not agreement.has_roi(data).any() or not methods:
+    for name in ROI_TABLES:
+      remove_file(os.path.join(out_dir, name))
     return {}
   per_method, summary_rows, tests, galleries = {}, [], [], {}
-  for method in ecfg.saliency_methods:
+  for method in methods:
     settings = {"method": method, "evaluation": {k: ecfg[k] for k in (
         "maps", "gallery_fraction", "bootstrap_resamples", "seed")}}
     result = units.run(f"roi_agreement.{method}", settings, functools.partial(
@@ -529,8 +551,9 @@ def faithfulness_rows(units: UnitStore, run, variables, data: dict, ecfg, split:
     return []
   inputs = functools.cache(functools.partial(faithfulness_inputs, run, variables, data, ecfg,
                                              count, split))
+  methods = image_map_methods(data, ecfg.saliency_methods, "raw", "deletion / insertion")
   rows = []
-  for method in tuple(ecfg.saliency_methods) + ("random",):
+  for method in methods + ("random",):
     seed = {"seed": ecfg.seed} if method == "random" else {}  # random pixel orders only
     settings = {"method": method, "evaluation": {"faithfulness": ecfg.faithfulness, **seed}}
     compute = lambda method=method: (
@@ -542,11 +565,14 @@ def faithfulness_rows(units: UnitStore, run, variables, data: dict, ecfg, split:
 
 def faithfulness_inputs(run, variables, data: dict, ecfg, count: int, split: str) -> tuple:
   """(model function of images, images, targets, curve options) of the first `count` examples,
-  shared by every method's curves."""
+  shared by every method's curves. Deletion goes to the normalised black image, insertion
+  starts from the images blurred with config.evaluation.faithfulness.insertion_blur_sigma."""
   batch = first_examples(run, split, np.asarray(data["index"][:count]))
   apply = model_fns.linen_apply_fn(run.model, variables, train=False)
   targets = jnp.asarray(agreement.first_target(np.asarray(data["targets"][:count]), 1))
   options = {"baseline": saliency_runner.image_baseline(run.config.data),
+             "insertion_baseline": faithfulness.blurred_baseline(
+                 batch["image"], ecfg.faithfulness.insertion_blur_sigma),
              "steps": ecfg.faithfulness.steps,
              "chunk_size": ecfg.faithfulness.chunk_size,
              "multilabel": bool(run.info.multilabel)}
@@ -555,33 +581,78 @@ def faithfulness_inputs(run, variables, data: dict, ecfg, count: int, split: str
 
 def faithfulness_row(method: str, data: dict, ecfg, count: int, f, images, targets,
                      options: dict) -> dict:
-  """Mean deletion / insertion AUCs and curves of one method ("random": random pixel orders)."""
+  """Mean deletion / insertion AUCs and curves of one method ("random": random pixel orders)
+  over the n of the first `count` examples whose map is finite (the others' curves are NaN:
+  they are named in a RuntimeWarning and left out); the insertion baseline's blur sigma."""
   if method == "random":
     c = faithfulness.random_order_auc(f, images, targets, jax.random.key(ecfg.seed), **options)
   else:
     maps = jnp.asarray(agreement.selected_maps(data, method, "raw")[:count])
     c = faithfulness.deletion_insertion(f, images, maps, targets, **options)
-  return {"method": method, "n": count, "steps": ecfg.faithfulness.steps,
-          "deletion_auc": float(np.mean(c["deletion_auc"])),
-          "insertion_auc": float(np.mean(c["insertion_auc"])),
-          "deletion_curve": np.asarray(c["deletion"]).mean(0).round(4).tolist(),
-          "insertion_curve": np.asarray(c["insertion"]).mean(0).round(4).tolist()}
+  kept = ~np.isnan(np.asarray(c["deletion_auc"])) & ~np.isnan(np.asarray(c["insertion_auc"]))
+  if not kept.all():
+    warn_broken_maps(method, data, count, ~kept)
+  mean = {k: kept_mean(c[k], kept) for k in ("deletion_auc", "insertion_auc", "deletion",
+                                              "insertion")}
+  return {"method": method, "n": int(kept.sum()), "steps": ecfg.faithfulness.steps,
+          "insertion_blur_sigma": ecfg.faithfulness.insertion_blur_sigma,
+          "deletion_auc": float(mean["deletion_auc"]),
+          "insertion_auc": float(mean["insertion_auc"]),
+          "deletion_curve": mean["deletion"].round(4).tolist(),
+          "insertion_curve": mean["insertion"].round(4).tolist()}
+
+
+def kept_mean(values, kept: np.ndarray) -> np.ndarray:
+  """Mean over the kept rows of values [N, ...] -> [...]; NaN where none is kept."""
+  values = np.asarray(values)
+  return values[kept].mean(0) if kept.any() else np.full(values.shape[1:], np.nan)
+
+
+def example_names(data: dict, count: int) -> np.ndarray:
+  """The first `count` examples' ids where the split has them, else their indices."""
+  return np.asarray(data["id"] if "id" in data else data["index"])[:count]
+
+
+def warn_broken_maps(method: str, data: dict, count: int, broken: np.ndarray) -> None:
+  """RuntimeWarning naming the examples (of the first `count`) flagged in `broken` [count]."""
+  names = example_names(data, count)[broken]
+  warnings.warn(f"{len(names)} of {count} raw {method} maps of the deletion / insertion "
+                f"examples hold NaN or infinite values (examples "
+                f"{', '.join(map(str, names[:5]))}{', ...' if len(names) > 5 else ''}); their "
+                f"curves are NaN and left out of the means", RuntimeWarning, stacklevel=3)
 
 
 def randomizable(model):
   """The model whose fresh weights replace trained ones in the randomisation test. With
-  zero-initialised last BatchNorm scales a fresh residual block is the identity, so
-  randomising it would change nothing: the fresh weights come without that trick."""
+  zero-initialised last BatchNorm scales a fresh residual block is the identity, and a
+  zero-initialised FiLM Dense a fresh FiLM the identity modulation, so randomising them would
+  ablate, not randomise: the fresh weights come without those tricks."""
   image = getattr(model, "image", None)
   if image is not None and getattr(image, "zero_init_last_bn", False):
-    return model.clone(image=image.clone(zero_init_last_bn=False))
+    model = model.clone(image=image.clone(zero_init_last_bn=False))
+  if getattr(model, "fusion", None) == "film" and getattr(model, "film_zero_init", False):
+    model = model.clone(film_zero_init=False)
   return model
+
+
+def fresh_init(model) -> dict:
+  """How `randomizable` draws the fresh weights (a setting of the sanity units): the
+  zero-initialisations it keeps (None: no such module)."""
+  fresh = randomizable(model)
+  image = getattr(fresh, "image", None)
+  film = getattr(fresh, "fusion", None) == "film"
+  return {"zero_init_last_bn": getattr(image, "zero_init_last_bn", None),
+          "film_zero_init": fresh.film_zero_init if film else None}
 
 
 def sanity_rows(units: UnitStore, run, variables, data: dict, ecfg, scfg, split: str) -> list:
   """The cascading parameter randomisation test of each sanity method (a unit each)."""
   count = min(ecfg.sanity.num_examples, len(data["index"]))
-  if count == 0:
+  if count == 0 or not ecfg.sanity.methods:
+    return []
+  if "image" not in run.model.modalities:  # every method's maps are image maps
+    print(f"evaluation: cascading randomisation: skipped {', '.join(ecfg.sanity.methods)} "
+          f"(no image maps: the model has no image input)", flush=True)
     return []
   context = saliency_runner.context_for(run, scfg)
   inputs = functools.cache(functools.partial(sanity_inputs, run, variables, data, count, split))
@@ -590,7 +661,7 @@ def sanity_rows(units: UnitStore, run, variables, data: dict, ecfg, scfg, split:
     if any(m not in run.model.modalities for m in methods_lib.REQUIRES[method]):
       continue
     settings = {"method": method, "layer": context.layer,
-                "options": scfg.options.get(method, {}),
+                "options": scfg.options.get(method, {}), "fresh_init": fresh_init(run.model),
                 "evaluation": {"sanity": {"num_examples": ecfg.sanity.num_examples},
                                "seed": ecfg.seed}}
     compute = lambda method=method: ({"rows": sanity_method_rows(
@@ -601,30 +672,35 @@ def sanity_rows(units: UnitStore, run, variables, data: dict, ecfg, scfg, split:
 
 
 def sanity_inputs(run, variables, data: dict, count: int, split: str) -> tuple:
-  """(host variables, model inputs, targets) of the first `count` examples. Host copies: the
-  randomised trees mix restored (mesh-sharded) and fresh leaves, and uniform inputs let every
-  cascading step reuse one compiled method."""
+  """(host variables, model inputs, targets, example names) of the first `count` examples.
+  Host copies: the randomised trees mix restored (mesh-sharded) and fresh leaves, and uniform
+  inputs let every cascading step reuse one compiled method."""
   batch = first_examples(run, split, np.asarray(data["index"][:count]))
   targets = jnp.asarray(agreement.first_target(np.asarray(data["targets"][:count]), 1))
-  return jax.device_get(variables), batch, targets
+  return jax.device_get(variables), batch, targets, example_names(data, count)
 
 
 def sanity_method_rows(run, method: str, scfg, context, seed: int, count: int, variables,
-                       batch: dict, targets) -> list:
-  """One method's cascading randomisation rows (top layer down)."""
+                       batch: dict, targets, names=None) -> list:
+  """One method's cascading randomisation rows (top layer down); "n" / "n_abs": how many of
+  the `count` examples' similarities each mean averages (a non-finite map's is NaN, left out
+  with a warning naming the example)."""
   builder = lambda v: model_fns.linen_apply_fn(run.model, v, train=False)
   key = jax.random.key(seed)
   fn = methods_lib.compiled(method, builder, scfg.options.get(method, {}), context)
   method_fn = lambda v, b, t: fn(v, b, t, key)["raw"]
   rows = []
   for row in sanity.cascading_randomization_test(randomizable(run.model), variables, batch,
-                                                 targets, method_fn, key):
+                                                 targets, method_fn, key, names=names):
     row.pop("per_example")
-    rows.append({"method": method, "n": count, **row})
+    rows.append({"method": method, "n": row.pop("n"), "n_abs": row.pop("n_abs"), **row})
   return rows
 
 
 # ------------------------------------------------------------------ the confounder finding
+
+CONFOUNDER_FILES = ("confounder.json", "confounder_examples.npz")
+
 
 def affected_class_of(data: dict, ecfg, num_classes: int) -> int | None:
   """The confounder's affected class (configured, else where it is most frequent)."""
@@ -655,7 +731,7 @@ def confounder_finding(data: dict, ecfg, affected: int, class_names, roi_result:
         row.update({f"{metric}_with": test["mean_with"], f"{metric}_without": test["mean_without"],
                     f"{metric}_t": test["statistic"], f"{metric}_p": test["p"],
                     "n_with": test["n_with"], "n_without": test["n_without"]})
-    if masks.ndim == 3:
+    if masks.ndim == 3 and f"{method}.{ecfg.maps}" in data:
       mass = confounder.mass_on_artefact(agreement.selected_maps(data, method, ecfg.maps),
                                          masks, flags, ecfg.seed)
       row.update({"mass_on_artefact": mass.get("mass"), "control_mass": mass.get("control_mass"),
@@ -683,7 +759,8 @@ def write_confounder_examples(data: dict, ecfg, affected: int, ifa_results: dict
   for key in ("image", "roi_mask", "confounder_mask"):
     if key in data:
       arrays[key] = np.asarray(data[key])[order]
-  for method in ecfg.saliency_methods:
+  for method in image_map_methods(data, ecfg.saliency_methods, ecfg.maps,
+                                  "confounder examples"):
     arrays[f"{method}.normalized"] = agreement.selected_maps(data, method, ecfg.maps)[order]
   result = ifa_results.get(ecfg.confounder.method)
   if result is not None and "group_cam" in result["arrays"]:
@@ -772,12 +849,15 @@ def run_evaluation(config, workdir: str) -> dict:
   result["sanity"] = sanity_rows(units, run, variables, data, ecfg, scfg, ecfg.split)
   write_rows(os.path.join(out_dir, "sanity.csv"), result["sanity"])
   units.remove_unused()
+  confounder_paths = [os.path.join(out_dir, name) for name in CONFOUNDER_FILES]
   if affected is not None:
     result["confounder"] = confounder_finding(data, ecfg, affected, class_names,
                                               result["roi"], result["ifa"])
-    stats.write_json(os.path.join(out_dir, "confounder.json"), result["confounder"])
-    write_confounder_examples(data, ecfg, affected, result["ifa"],
-                              os.path.join(out_dir, "confounder_examples.npz"))
+    stats.write_json(confounder_paths[0], result["confounder"])
+    write_confounder_examples(data, ecfg, affected, result["ifa"], confounder_paths[1])
+  else:  # no finding this run: an older one must not pass for it
+    for path in confounder_paths:
+      remove_file(path)
   summary = headline(result, ecfg)
   summary["saliency_directory"] = os.path.join("analysis", "saliency", scfg.output_name)
   stats.write_json(os.path.join(out_dir, "explanation_evaluation.json"), summary)
@@ -813,10 +893,19 @@ def headline(result: dict, ecfg) -> dict:
                   "overfitting_relative_l2": res["overfitting"]["relative_l2"]}
               for m, res in result["ifa"].items()}
   random_row = next((r for r in result["faithfulness"] if r["method"] == "random"), {})
+  baselines = faithfulness_baselines(ecfg) if result["faithfulness"] else None
   return {"split": result["split"], "checkpoint_step": result["checkpoint_step"],
           "num_examples": result["num_examples"], "methods": methods, "ifa": ifa_rows,
           "random_order": {k: random_row.get(k) for k in ("deletion_auc", "insertion_auc")},
+          "faithfulness_baselines": baselines,
           "confounder": result.get("confounder")}
+
+
+def faithfulness_baselines(ecfg) -> dict:
+  """What the deletion / insertion curves perturb towards (`faithfulness_inputs`)."""
+  sigma = ecfg.faithfulness.insertion_blur_sigma
+  insertion = f"blurred (sigma {sigma} px)" if sigma > 0 else "black"
+  return {"deletion": "black", "insertion": insertion, "insertion_blur_sigma": sigma}
 
 
 def fmt(value, spec: str = ".3f") -> str:

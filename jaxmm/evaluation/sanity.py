@@ -15,6 +15,7 @@ them with sorted keys (e.g. ResNet's "bn1" before "conv1", SmallCNN's
 """
 import functools
 import re
+import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
@@ -139,23 +140,53 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (ra * rb).sum(-1) / np.sqrt((ra ** 2).sum(-1) * (rb ** 2).sum(-1))
 
 
-def randomization_similarity(reference: Any, randomized: Any) -> dict[str, Any]:
+def nonfinite_rows(*maps: np.ndarray) -> np.ndarray:
+  """Examples whose map in any of `maps` [N, P] holds a NaN or an infinity, bool [N]."""
+  return np.any([~np.isfinite(m).all(-1) for m in maps], axis=0)
+
+
+def warn_nonfinite(broken: np.ndarray, names: Sequence | None = None) -> None:
+  """RuntimeWarning naming the examples flagged in `broken` [N] (`names`: default positions)."""
+  names = np.arange(len(broken)) if names is None else np.asarray(names)
+  bad = names[broken]
+  warnings.warn(f"{len(bad)} of {len(broken)} examples have a reference or randomised map "
+                f"holding NaN or infinite values (examples {', '.join(map(str, bad[:5]))}"
+                f"{', ...' if len(bad) > 5 else ''}); their similarity is NaN and left out of "
+                f"the means", RuntimeWarning, stacklevel=3)
+
+
+def finite_mean(values: np.ndarray) -> float:
+  """Mean of the non-NaN values; NaN (no warning) when there is none."""
+  values = values[~np.isnan(values)]
+  return float(values.mean()) if values.size else float("nan")
+
+
+def randomization_similarity(reference: Any, randomized: Any,
+                             names: Sequence | None = None) -> dict[str, Any]:
   """Per-example Spearman rank correlation of two sets of maps, signed and absolute.
 
   reference, randomized [N, H, W] -> {"spearman": [N], "spearman_abs": [N] (float64),
-  "spearman_mean", "spearman_abs_mean" (floats; NaN-ignoring means)}.
+  "spearman_mean", "spearman_abs_mean" (floats; means of the non-NaN values), "n", "n_abs"
+  (how many values each mean averages)}. An example whose map (either one) holds a NaN or an
+  infinity gets NaN similarities, with a RuntimeWarning naming it (`names` [N]: the examples'
+  names, default their positions); a constant map gives NaN too (no ranks to correlate).
   """
   a, b = (np.asarray(m, np.float64).reshape(len(m), -1) for m in (reference, randomized))
+  broken = nonfinite_rows(a, b)
+  if broken.any():
+    warn_nonfinite(broken, names)
   plain, absolute = rank_correlation(a, b), rank_correlation(np.abs(a), np.abs(b))
+  plain[broken], absolute[broken] = np.nan, np.nan
   return {"spearman": plain, "spearman_abs": absolute,
-          "spearman_mean": float(np.nanmean(plain)),
-          "spearman_abs_mean": float(np.nanmean(absolute))}
+          "spearman_mean": finite_mean(plain), "spearman_abs_mean": finite_mean(absolute),
+          "n": int((~np.isnan(plain)).sum()), "n_abs": int((~np.isnan(absolute)).sum())}
 
 
 def cascading_randomization_test(model, variables: Params, batch: Mapping[str, Any],
                                  targets: Any, method_fn: Callable, key: Any,
                                  groups: Iterable[Group] | None = None,
-                                 keep_maps: bool = False) -> list[dict[str, Any]]:
+                                 keep_maps: bool = False,
+                                 names: Sequence | None = None) -> list[dict[str, Any]]:
   """Cascading randomisation of `model` (Adebayo et al. 2018): one row per group, top down.
 
   method_fn(variables, batch, targets) -> maps [N, H, W] (e.g. from
@@ -163,8 +194,10 @@ def cascading_randomization_test(model, variables: Params, batch: Mapping[str, A
   map uses `variables`; row i uses params with groups[0..i] replaced by a fresh
   `model.init(key, batch, train=False)` (`cascading_randomization`). There is no row for the
   unrandomised model (its similarity to the reference is 1 by definition).
-  Rows: {"layer", "step", "spearman", "spearman_abs" (means over examples), "per_example":
-  {"spearman": [N], "spearman_abs": [N]}, and "maps" [N, H, W] if keep_maps}.
+  Rows: {"layer", "step", "spearman", "spearman_abs" (means over the examples with a finite
+  similarity), "n", "n_abs" (how many), "per_example": {"spearman": [N], "spearman_abs": [N]},
+  and "maps" [N, H, W] if keep_maps}. names [N]: the examples' names in the warning about
+  non-finite maps (`randomization_similarity`).
   """
   init_params = jax.jit(functools.partial(model.init, train=False))(key, batch)["params"]
   groups = layer_groups(variables["params"]) if groups is None else list(groups)
@@ -173,9 +206,9 @@ def cascading_randomization_test(model, variables: Params, batch: Mapping[str, A
   for step, (name, params) in enumerate(
       cascading_randomization(init_params, variables["params"], groups)):
     maps = np.asarray(method_fn({**variables, "params": params}, batch, targets))
-    sim = randomization_similarity(reference, maps)
+    sim = randomization_similarity(reference, maps, names)
     rows.append({"layer": name, "step": step, "spearman": sim["spearman_mean"],
-                 "spearman_abs": sim["spearman_abs_mean"],
+                 "spearman_abs": sim["spearman_abs_mean"], "n": sim["n"], "n_abs": sim["n_abs"],
                  "per_example": {"spearman": sim["spearman"],
                                  "spearman_abs": sim["spearman_abs"]},
                  **({"maps": maps} if keep_maps else {})})

@@ -98,17 +98,21 @@ class FiLM(nn.Module):
   """Feature-wise linear modulation of a feature map by a conditioning vector.
 
   gamma, beta = Dense(2C)(condition); modulated = (1 + gamma) * map + beta, broadcast over
-  h, w. The Dense starts at zero, so the modulation is the identity at initialisation.
+  h, w. With zero_init the Dense kernel starts at zero, so the modulation is the identity at
+  initialisation; without it the kernel is Dense's default (LeCun normal), as a randomisation
+  test needs (a zero "random" FiLM would be an ablation).
   feature_map [N, h, w, C], condition [N, D] -> (global average of modulated [N, C],
   {"modulated": [N, h, w, C]}).
   """
   dtype: Any = jnp.float32
+  zero_init: bool = True
 
   @nn.compact
   def __call__(self, feature_map: Array, condition: Array) -> tuple[Array, dict[str, Array]]:
     channels = feature_map.shape[-1]
-    gamma_beta = nn.Dense(2 * channels, kernel_init=nn.initializers.zeros,
-                          dtype=self.dtype, name="dense")(condition)
+    init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
+    gamma_beta = nn.Dense(2 * channels, kernel_init=init, dtype=self.dtype,
+                          name="dense")(condition)
     gamma, beta = jnp.split(gamma_beta[:, None, None, :], 2, axis=-1)
     modulated = self.perturb("modulated", (1 + gamma) * feature_map + beta)
     return jnp.mean(modulated, axis=(1, 2)), {"modulated": modulated}
@@ -152,7 +156,8 @@ def film_fusion(model: "MultimodalModel", features: Mapping[str, Array],
   "image/<last stage>" in `out` stays un-modulated; "film/modulated" is the modulated map.
   """
   feature_map = out[f"image/{model.image.feature_map_name}"]
-  pooled, film_out = FiLM(model.dtype, name="film")(feature_map, features["meta"])
+  film = FiLM(model.dtype, zero_init=model.film_zero_init, name="film")
+  pooled, film_out = film(feature_map, features["meta"])
   logits, fusion_out = mlp_on_concat(model, {**features, "image": pooled}, model.head_hidden,
                                      train)
   return logits, {**prefixed("film", film_out), **fusion_out}
@@ -206,6 +211,7 @@ class MultimodalModel(nn.Module):
   `perturb`, so the "perturbations" collection, flattened with "/", has the same keys.
   Encoders are modules with __call__(x, *, train, ...) -> (features, out); an image encoder
   used with FiLM also has `feature_map_name`. late_weights align with `modalities`.
+  film_zero_init: FiLM's Dense starts at zero (the identity modulation; `FiLM`).
   Training needs rngs={"dropout": key} and mutable=["batch_stats"].
   """
   num_classes: int
@@ -219,6 +225,7 @@ class MultimodalModel(nn.Module):
   late_weights: Sequence[float] | None = None
   multilabel: bool = False
   dtype: Any = jnp.float32
+  film_zero_init: bool = True
 
   @property
   def modalities(self) -> tuple[str, ...]:

@@ -55,8 +55,10 @@ def evaluate_command(config_path: str, workdir) -> list:
 
 
 def final_table(stdout: str) -> str:
-  """The summary the mode prints last (from its first line on)."""
-  return stdout[stdout.index("Explanation evaluation ("):]
+  """The summary the evaluation prints last (from its first line on), without the line the
+  mode's workflow prints after it (where the figures went: only the subprocess draws them)."""
+  table = stdout[stdout.index("Explanation evaluation ("):]
+  return table.split("\nevaluation figures: ")[0].rstrip("\n")
 
 
 def analysis_files(workdir) -> dict:

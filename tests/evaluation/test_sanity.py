@@ -146,3 +146,21 @@ def test_cascading_randomization_test_with_vanilla_gradients():
                                                 jax.random.key(1))
   np.testing.assert_allclose([r["spearman"] for r in control], 1.0)
   np.testing.assert_allclose([r["spearman_abs"] for r in control], 1.0)
+
+
+def test_a_non_finite_map_gets_nan_similarity_a_warning_and_is_not_counted():
+  # One NaN pixel (a failed attribution) makes an example's similarity NaN; the means must say
+  # how many examples they average, and the examples must be named.
+  rng = np.random.default_rng(0)
+  reference = rng.normal(size=(4, 6, 6))
+  randomized = reference.copy()
+  randomized[1:] = rng.normal(size=(3, 6, 6))
+  randomized[2, 0, 0], reference[3, 1, 1] = np.nan, np.inf
+  with pytest.warns(RuntimeWarning, match=r"2 of 4 examples .* \(examples c, d\)"):
+    sim = sanity.randomization_similarity(reference, randomized, names=np.array(list("abcd")))
+  clean = sanity.randomization_similarity(reference[:2], randomized[:2])
+  for key in ("spearman", "spearman_abs"):
+    assert np.isnan(sim[key][2:]).all() and not np.isnan(sim[key][:2]).any(), key
+    assert sim[f"{key}_mean"] == pytest.approx(clean[f"{key}_mean"])
+  assert (sim["n"], sim["n_abs"]) == (2, 2)
+  assert (clean["n"], clean["n_abs"]) == (2, 2)

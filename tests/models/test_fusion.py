@@ -238,3 +238,20 @@ def test_small_cnn_features_are_flattened_and_film_pools_its_last_stage(fusion, 
   assert out["image/stage3"].shape == (N, 4, 4, 128)
   if fusion == "film":
     assert out["film/modulated"].shape == (N, 4, 4, 128)
+
+
+def test_film_without_zero_init_starts_from_a_random_modulation():
+  # What the cascading randomisation test needs (evaluation.runner.randomizable): a fresh FiLM
+  # layer that modulates, not the identity.
+  model, variables = initialised(("image", "meta"), "film")
+  assert model.film_zero_init and not np.any(variables["params"]["film"]["dense"]["kernel"])
+  random_model = model.clone(film_zero_init=False)
+  given = {c: {m: v for m, v in variables[c].items() if m != "film"}
+           for c in ("params", "batch_stats")}
+  batch = make_batch(("image", "meta"))
+  _, fresh = random_model.apply(given, batch, train=False, rngs={"params": KEY}, mutable=True)
+  kernel = np.asarray(fresh["params"]["film"]["dense"]["kernel"])
+  assert kernel.shape == (DIMS["meta"], 128)
+  assert kernel.std() == pytest.approx(DIMS["meta"] ** -0.5, rel=0.15)  # LeCun normal
+  _, out = apply(random_model, fresh, batch)
+  assert np.abs(np.asarray(out["film/modulated"] - out["image/stage4"])).max() > 0.1
