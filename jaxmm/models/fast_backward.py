@@ -104,7 +104,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
   stride = int(window_strides[0]) if plain else 0
   padding = tuple(map(tuple, padding)) if plain else padding
-  if plain and min(min(pair) for pair in padding) >= 0 and onednn_conv.usable(lhs, rhs):
+  plain = plain and min(min(pair) for pair in padding) >= 0  # negative padding crops: XLA's
+  if plain and onednn_conv.usable(lhs, rhs):
     return onednn_conv.conv(lhs, rhs, stride, padding)
   # Only kernels wider than stride + 1 (the 7x7/2 stem): for 3x3/2 and 1x1/2 XLA's own
   # gradient is as fast or faster (measured on a 2-core CPU).
@@ -138,24 +139,36 @@ def _window_slice(xp, a, b, out_hw, stride):
 
 
 def _first_max(x, window, stride, padding):
-  """-inf-padded x, the pool's value y and, per window, the row-major offset of its first
-  maximum (found in one pass)."""
-  y = _pool_max(x, window=window, stride=stride, padding=padding)
+  """-inf-padded x and, per window, the row-major offset of its first maximum: a running
+  strict `>` over the window's positions, as max_pool.cc (a window of -inf values: 0; a window
+  holding NaN: its last position).
+
+  The maximum is never compared with a separately computed pool value: XLA may compute the
+  same max of a fused producer (BatchNorm + ReLU in the same jit) with different rounding, and
+  then no position equals it (119 of 2,304 windows of a ResNet stem sent their gradient to the
+  last position)."""
   xp = jnp.pad(x, ((0, 0), padding, padding, (0, 0)), constant_values=-jnp.inf)
+  out_hw = tuple((xp.shape[i] - window) // stride + 1 for i in (1, 2))
   offsets = [(a, b) for a in range(window) for b in range(window)]
-  first = jnp.full(y.shape, len(offsets) - 1, jnp.int32)
-  for k, (a, b) in reversed(list(enumerate(offsets))):
-    first = jnp.where(_window_slice(xp, a, b, y.shape[1:3], stride) == y, k, first)
-  return xp, y, first
+  best = _window_slice(xp, 0, 0, out_hw, stride)
+  first = jnp.zeros(best.shape, jnp.int32)
+  has_nan = jnp.isnan(best)
+  for k, (a, b) in enumerate(offsets[1:], start=1):
+    value = _window_slice(xp, a, b, out_hw, stride)
+    above = value > best
+    best = jnp.where(above, value, best)
+    first = jnp.where(above, k, first)
+    has_nan = has_nan | jnp.isnan(value)
+  return xp, jnp.where(has_nan, len(offsets) - 1, first)
 
 
 def _gather_first_max(t, x, *, window, stride, padding):
   """The tangent of the pool: t at each window's first maximum."""
-  xp, y, first = _first_max(x, window, stride, padding)
+  _, first = _first_max(x, window, stride, padding)
   tp = jnp.pad(t, ((0, 0), padding, padding, (0, 0)))
-  out = jnp.zeros(y.shape, t.dtype)
+  out = jnp.zeros(first.shape, t.dtype)
   for k, (a, b) in enumerate((a, b) for a in range(window) for b in range(window)):
-    out = jnp.where(first == k, _window_slice(tp, a, b, y.shape[1:3], stride), out)
+    out = jnp.where(first == k, _window_slice(tp, a, b, first.shape[1:3], stride), out)
   return out
 
 
@@ -165,9 +178,9 @@ def _scatter_to_first_max(g, x, *, window, stride, padding):
   gathers the gradients of the windows whose maximum it holds (XLA's select-and-scatter takes
   253 ms vs 23 ms forward for 3x3/2 on 16 x 112^2 x 64, 2-core CPU; this is a few elementwise
   passes)."""
-  xp, y, first = _first_max(x, window, stride, padding)
+  xp, first = _first_max(x, window, stride, padding)
   n, h, w, c = x.shape
-  oh, ow = y.shape[1:3]
+  oh, ow = first.shape[1:3]
   qh, qw = -(-xp.shape[1] // stride), -(-xp.shape[2] // stride)
   offsets = [(a, b) for a in range(window) for b in range(window)]
   # Plane position q receives window q - a // stride of offset a: read shifted windows from

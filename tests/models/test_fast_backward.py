@@ -64,6 +64,45 @@ def test_max_pool_values_and_gradient_match_lax_without_ties(window, stride, pad
                              jax.grad(lambda x: jnp.sum(ref(x) * g))(x), rtol=1e-6, atol=1e-6)
 
 
+def test_xla_max_pool_gradient_of_a_fused_batch_norm_relu_goes_to_the_first_maximum(
+    monkeypatch):
+  """The XLA path (GPU/TPU, bfloat16, several devices, JAXMM_ONEDNN=0) with the pool's input
+  made in the same jit, as in a ResNet stem: the first maximum was found by comparing each
+  position with a separately computed pool value, which XLA rounded differently, so 119 of
+  2,304 windows sent their gradient to their last position."""
+  from jaxmm.models import onednn_conv
+  monkeypatch.setenv(onednn_conv.ENV, "0")
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 17, 16, 8)), jnp.float32)
+  scale = jnp.asarray(1 + 0.3 * rng.normal(size=8), jnp.float32)
+  bias = jnp.asarray(0.3 * rng.normal(size=8), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(4, 9, 8, 8)), jnp.float32)
+  bn_relu = lambda x: jax.nn.relu((x - x.mean((0, 1, 2))) * lax.rsqrt(x.var((0, 1, 2)) + 1e-5)
+                                  * scale + bias)
+  ours = jax.jit(jax.grad(lambda x: jnp.sum(
+      fast_backward.max_pool(bn_relu(x), 3, 2, (1, 1)) * g)))(x)
+  # The reference: each window's cotangent at its first maximum (numpy), then bn_relu's VJP.
+  y = np.pad(np.asarray(jax.jit(bn_relu)(x)), ((0, 0), (1, 1), (1, 1), (0, 0)),
+             constant_values=-np.inf)
+  dy = np.zeros_like(y)
+  for n, p, q, c in np.ndindex(*g.shape):
+    k = int(np.argmax(y[n, 2 * p:2 * p + 3, 2 * q:2 * q + 3, c]))
+    dy[n, 2 * p + k // 3, 2 * q + k % 3, c] += g[n, p, q, c]
+  expected = jax.vjp(bn_relu, x)[1](jnp.asarray(dy[:, 1:-1, 1:-1]))[0]
+  np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_negative_padding_stays_with_xla(monkeypatch):
+  from jaxmm.models import onednn_conv
+  monkeypatch.setenv(onednn_conv.ENV, "0")
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 20, 19, 3)), jnp.float32)
+  w = jnp.asarray(np.random.default_rng(2).normal(size=(5, 5, 3, 4)), jnp.float32)
+  kw = dict(window_strides=(2, 2), padding=((-1, -1), (0, 0)), dimension_numbers=fast_backward.NHWC)
+  loss = lambda conv: (lambda x: jnp.sum(conv(x, w, **kw) ** 2))
+  np.testing.assert_allclose(jax.grad(loss(fast_backward.conv_general_dilated))(x),
+                             jax.grad(loss(lax.conv_general_dilated))(x), rtol=1e-4, atol=1e-4)
+
+
 def test_max_pool_ties_send_the_gradient_to_one_maximum():
   x = jnp.zeros((1, 4, 4, 1))
   dx = jax.grad(lambda x: fast_backward.max_pool(x, 2, 2, (0, 0)).sum())(x)
