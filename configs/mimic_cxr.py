@@ -40,9 +40,7 @@ FROZEN_BY_PAPER_001 = ("image/(conv1|bn1|layer1|layer2)/", "text/")
 
 def frozen_patterns(modalities, freeze: bool) -> tuple:
   """Paper 001's frozen parameters, restricted to the modalities the model has."""
-  if not freeze:
-    return ()
-  return tuple(p for p in FROZEN_BY_PAPER_001 if p.split("/")[0] in modalities)
+  return config_lib.patterns_of(FROZEN_BY_PAPER_001, modalities) if freeze else ()
 
 
 def variants(freeze: bool) -> ml_collections.ConfigDict:

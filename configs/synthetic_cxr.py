@@ -22,12 +22,14 @@ CHEXPERT_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
 FROZEN_BY_PAPER_001 = ("image/(conv1|bn1|layer1|layer2)/", "text/")
 
 
-def variants() -> ml_collections.ConfigDict:
+def variants(freeze: bool) -> ml_collections.ConfigDict:
+  """Each variant also sets optimizer.freeze (config_lib.select_variant) to its modalities'
+  share of paper 001's frozen layers, so `freeze` holds for every variant of the pipeline."""
+  out = {"image": ("image",), "text": ("text",), "joint": ("image", "text")}
   return ml_collections.ConfigDict({
-      "image": {"modalities": ("image",), "fusion": "joint"},
-      "text": {"modalities": ("text",), "fusion": "joint"},
-      "joint": {"modalities": ("image", "text"), "fusion": "joint"},
-  })
+      name: {"modalities": modalities, "fusion": "joint",
+             "freeze": config_lib.patterns_of(FROZEN_BY_PAPER_001, modalities) if freeze else ()}
+      for name, modalities in out.items()})
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -75,12 +77,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, model="joint", smoke=False, freeze=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.variants = variants()
+  config.variants = variants(arg.freeze)
   config.data = data_config()
   config.model = model_config()
   config.optimizer = {"name": "adamw", "learning_rate": 1e-3, "weight_decay": 1e-4,
                       "schedule": "cosine", "grad_clip_norm": 1.0,
-                      "freeze": FROZEN_BY_PAPER_001 if arg.freeze else ()}
+                      "freeze": ()}
   config.train = config_lib.train_defaults()
   config.train.update({
       "num_epochs": 10.0, "warmup_epochs": 0.5, "log_every_steps": 20,
@@ -99,10 +101,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      "baselines": False, "shap": True, "fairness": False, "report": True}
   workflow.add_analysis_sections(config)
   config_lib.select_variant(config, arg.model)
-  if arg.freeze and "text" not in config.model.modalities:
-    config.optimizer.freeze = tuple(p for p in FROZEN_BY_PAPER_001 if not p.startswith("text"))
-  if arg.freeze and "image" not in config.model.modalities:
-    config.optimizer.freeze = tuple(p for p in FROZEN_BY_PAPER_001 if p.startswith("text"))
   if arg.smoke:
     workflow.shrink_analysis_sections(config)
     config.data.builder_config = "small"
