@@ -22,7 +22,9 @@ command resumes the sweep. `--print` prints the commands instead, for a cluster;
 The replicate axis (`seed`) is averaged over and the other axes make the rows of
 `sweep_summary.{csv,json,md}`: per row and metric, n, mean, standard deviation and the
 Student-t interval. `sweep_points.csv` holds every point's metrics, `sweep.json` the sweep itself
-(what `--summarize` reads back) and `logs/<point>.log` each run's output. The metrics are those
+(what `--summarize` reads back), `sweep_status.json` each point's status in the last run of
+each mode (a later `--summarize` leaves out the points that failed) and `logs/<point>.log` each
+run's output. The metrics are those
 the mode wrote: `--mode=train`'s results.json, `--mode=eval`'s eval_<split>.json; a point that
 failed has none, and the points of other modes run without a summary.
 """
@@ -61,6 +63,9 @@ DONE_FILE = {"train": RESULTS_FILE}
 # metrics) for each of config.eval.splits. Other modes' points run but are not summarised.
 RESULTS_FILES = {"train": RESULTS_FILE, "eval": "eval_{split}.json"}
 MANIFEST_FILE = "sweep.json"
+# Each point's status in the last run of each mode ({mode: {point: record}}), written after
+# every point, so a later --summarize leaves out the points that failed there.
+STATUS_FILE = "sweep_status.json"
 ARG = ":"  # an axis ":name" sets `name` in the config file's argument (configs/x.py:name=v)
 # ml_collections' parsers for `--config.path=value`, by the type of the field (config_flags'
 # _FIELD_TYPE_TO_PARSER), so a grid value is typed exactly as the run will type it.
@@ -459,6 +464,7 @@ def run_sweep(plan: Plan, options: Options, out=None) -> int:
   for index, point in enumerate(plan.points):
     label = f"{index + 1}/{len(plan.points)} {point.name}"
     statuses[point.name] = run_or_skip(plan, point, options, label, out)
+    write_statuses(plan, options.mode, statuses)
   if summarised:
     summarize(plan, options, statuses, out)
   else:
@@ -651,14 +657,38 @@ def point_rows(plan: Plan, records, statuses: dict) -> list[dict]:
   return rows
 
 
+def read_statuses(plan: Plan, mode: str) -> dict:
+  """{point: status record} of the last sweep run in `mode` (STATUS_FILE), {} if none."""
+  path = os.path.join(plan.workdir, STATUS_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f).get(mode, {})
+
+
+def write_statuses(plan: Plan, mode: str, statuses: dict) -> None:
+  """Records the points' statuses of this run (the points it has reached) under `mode`,
+  keeping the earlier runs' records of the points it has not reached yet."""
+  path = os.path.join(plan.workdir, STATUS_FILE)
+  recorded = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      recorded = json.load(f)
+  recorded[mode] = {**recorded.get(mode, {}), **statuses}
+  write_text_atomic(path, json.dumps(recorded, indent=2) + "\n")
+
+
 def summarize(plan: Plan, options: Options, statuses: dict | None = None, out=None) -> list:
-  """Collects the points' results (none from a point `statuses` says failed), writes
-  sweep_points.csv and sweep_summary.{csv,json,md} (atomically) and prints the table; returns
-  the long summary rows. A mode whose results the sweep does not read raises ValueError."""
+  """Collects the points' results (none from a point that failed: `statuses`, by default the
+  last run's, STATUS_FILE), writes sweep_points.csv and sweep_summary.{csv,json,md}
+  (atomically) and prints the table; returns the long summary rows. A mode whose results the
+  sweep does not read raises ValueError."""
   out = out or sys.stdout
   if options.mode not in RESULTS_FILES:
     raise ValueError(f"cannot summarise: {not_summarised(options.mode)}")
-  records = collect(plan, options, statuses or {})
+  if statuses is None:
+    statuses = read_statuses(plan, options.mode)
+  records = collect(plan, options, statuses)
   rows = summary_rows(plan, records, options)
   axes = row_axes(plan, options.replicate_axis)
   lines = wide_rows(rows, axes, options.metrics)

@@ -262,6 +262,10 @@ def test_an_eval_sweep_summarises_eval_results_not_training_ones(tmp_path, monke
   argv = [f"--config={SMOKE}", f"--workdir={workdir}", "--grid", "seed=0,1,2",
           "--module=fake_eval_main", "--metric", "test.accuracy", "test.macro_f1"]
   assert sweep.main(argv, out=io.StringIO()) == 0
+  # An earlier eval of seed=1 left its file: this run's failure of that point must win, in the
+  # run's own summary and in a later --summarize (sweep_status.json).
+  (workdir / "seed=1" / "eval_test.json").write_text(json.dumps({"accuracy": 0.1,
+                                                                 "macro_f1": 0.1}))
   out = io.StringIO()
   assert sweep.main([*argv, "--mode=eval"], out=out) == 1
   text = out.getvalue()
