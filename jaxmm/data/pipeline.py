@@ -73,8 +73,9 @@ def load_builder(data_config):
 
 def configured_fields(data_config) -> list[tuple[str, str]]:
   """(config key, record field) of every field the data config names: label_key, meta_fields
-  (with use_meta), text_key (with use_text) and keep_fields."""
-  named = [("label_key", data_config.label_key)]
+  (with use_meta), text_key (with use_text) and keep_fields (a config that only names the
+  dataset, to build or read it, names none)."""
+  named = [("label_key", data_config.label_key)] if data_config.get("label_key") else []
   if data_config.get("use_meta", False):
     named += [("meta_fields", f) for f in data_config.get("meta_fields", ()) or ()]
   if data_config.get("use_text", False):
