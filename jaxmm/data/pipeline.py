@@ -6,7 +6,6 @@ reads only its share of every global batch (interleaved by process index), so th
 batch assembled across processes is the same as one process would see.
 """
 import dataclasses
-import difflib
 import json
 import os
 from typing import Callable, Iterator, Optional
@@ -19,6 +18,7 @@ from jaxmm.data.atomic import write_text_atomic
 from jaxmm.data import metadata as metadata_lib
 from jaxmm.data import saved_statistics
 from jaxmm.data import tokenizer as tokenizer_lib
+from jaxmm.train import config_lib
 
 MODEL_KEYS = ("image", "meta", "text_ids", "text_mask")
 DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), "jaxmm_datasets")
@@ -90,10 +90,9 @@ def check_fields(data_config, builder) -> None:
   features = list(builder.info.features)
   for key, field in configured_fields(data_config):
     if field not in features:
-      match = difflib.get_close_matches(str(field), features, n=1, cutoff=0.5)
-      hint = f" Did you mean {match[0]!r}?" if match else ""
       raise ValueError(f"config.data.{key} names {field!r}, which is not a field of "
-                       f"{builder.name}'s records; its fields: {sorted(features)}.{hint}")
+                       f"{builder.name}'s records; its fields: {sorted(features)}."
+                       f"{config_lib.closest(str(field), features)}")
 
 
 def _decode(value):
