@@ -5,7 +5,6 @@ grouping columns), its case-level version (the best image of each case, per metr
 stratified by class x correctness and by demographic group with bootstrap 95% intervals, the
 tests between groups with a Bonferroni-adjusted alpha, and the top / bottom gallery indices.
 """
-import warnings
 
 import numpy as np
 
@@ -78,13 +77,11 @@ def per_image_table(data: dict, method: str, class_names, which: str = "normaliz
   maps = selected_maps(data, method, which)[keep]
   masks = np.asarray(data["roi_mask"])[keep].astype(bool)
   table = {k: v[keep] for k, v in grouping_columns(data, class_names).items()}
-  broken = ~np.isfinite(maps.reshape(maps.shape[0], -1)).all(1)
+  broken = roi.nonfinite_maps(maps)
   if broken.any():
-    names = table.get("id", table["index"])[broken]
-    warnings.warn(f"{broken.sum()} of {len(maps)} {which} {method} maps with an ROI hold NaN or "
-                  f"infinite values (examples {', '.join(map(str, names[:5]))}"
-                  f"{', ...' if len(names) > 5 else ''}); every ROI metric of those images is "
-                  f"NaN and left out of the summaries", RuntimeWarning, stacklevel=2)
+    roi.warn_nonfinite(broken, table.get("id", table["index"]),
+                       f"{which} {method} maps with an ROI hold",
+                       "every ROI metric of those images is NaN and left out of the summaries")
   table.update(roi.roi_metrics(maps, masks, batch_size=batch_size))
   return table
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmm.evaluation.roi import nonfinite_maps
 from jaxmm.saliency.targets import target_scores
 
 MODES = ("deletion", "insertion")
@@ -42,11 +43,6 @@ def pixel_order(maps: jax.Array) -> jax.Array:
 
   Meaningless for a map with a NaN (sorted first); `perturbation_curve` gives such maps NaN."""
   return jnp.argsort(maps.reshape(maps.shape[0], -1), axis=-1, descending=True, stable=True)
-
-
-def nonfinite_maps(maps: jax.Array) -> jax.Array:
-  """Maps holding a NaN or an infinity. [N, H, W] -> bool [N]."""
-  return ~jnp.isfinite(maps.reshape(maps.shape[0], -1)).all(1)
 
 
 def pixel_ranks(maps: jax.Array) -> jax.Array:

@@ -20,6 +20,7 @@ with a NaN or infinite value (a failed attribution: its ranks, maximum and mass 
 and a score for it would be counted as a real one).
 """
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -45,9 +46,23 @@ def _nan_where(invalid: jax.Array, values: jax.Array) -> jax.Array:
   return jnp.where(invalid, jnp.nan, values)
 
 
-def _nonfinite(x: jax.Array) -> jax.Array:
-  """Rows of flat maps [N, P] holding a NaN or an infinity, bool [N]."""
-  return ~jnp.isfinite(x).all(1)
+def nonfinite_maps(maps) -> jax.Array | np.ndarray:
+  """Maps [N, ...] holding a NaN or an infinity, bool [N]: jax in, jax out (jittable);
+  NumPy in, NumPy out (float64 maps are checked as they are). The ROI metrics, the
+  faithfulness curves and the sanity similarities of such a map are NaN."""
+  xp = jnp if isinstance(maps, jax.Array) else np
+  return ~xp.isfinite(maps.reshape(maps.shape[0], -1)).all(1)
+
+
+def warn_nonfinite(broken, names, subject: str, consequence: str, stacklevel: int = 2) -> None:
+  """RuntimeWarning '<k> of <n> <subject> NaN or infinite values (examples <the first five of
+  `names` [n] flagged in `broken` [n]>); <consequence>'. stacklevel: as warnings.warn's,
+  counted from the caller."""
+  broken = np.asarray(broken)
+  bad = np.asarray(names)[broken]
+  warnings.warn(f"{len(bad)} of {len(broken)} {subject} NaN or infinite values (examples "
+                f"{', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}); "
+                f"{consequence}", RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 def _threshold_counts(maps: jax.Array, masks: jax.Array,
@@ -82,7 +97,7 @@ def dice_curve(maps: jax.Array, masks: jax.Array, thresholds=THRESHOLDS) -> jax.
   x, roi = _flat(maps, masks)
   roi_size = roi.sum(1, keepdims=True)
   dice = (2 * tp).astype(jnp.float32) / (salient + roi_size).astype(jnp.float32)
-  return _nan_where((roi_size == 0) | _nonfinite(x)[:, None], dice)
+  return _nan_where((roi_size == 0) | nonfinite_maps(x)[:, None], dice)
 
 
 def best_threshold_dice(maps: jax.Array, masks: jax.Array,
@@ -143,7 +158,7 @@ def spearman_with_mask(maps: jax.Array, masks: jax.Array) -> jax.Array:
   finite.
   """
   x, roi = _flat(maps, masks)
-  return _nan_where(_nonfinite(x),
+  return _nan_where(nonfinite_maps(x),
                     _rank_correlation(average_ranks(x), binary_average_ranks(roi)))
 
 
@@ -157,7 +172,7 @@ def roc_auc_with_mask(maps: jax.Array, masks: jax.Array) -> jax.Array:
   x, roi = _flat(maps, masks)
   n1 = roi.sum(1).astype(jnp.float32)
   n0 = x.shape[1] - n1
-  invalid = (n1 == 0) | (n0 == 0) | _nonfinite(x)
+  invalid = (n1 == 0) | (n0 == 0) | nonfinite_maps(x)
   # The same sum as the formula, spread over the ROI pixels so each term is O(1) in float32.
   terms = (average_ranks(x) - (n1[:, None] + 1) / 2) / jnp.where(invalid, 1.0, n0)[:, None]
   return _nan_where(invalid, jnp.where(roi, terms, 0.0).sum(1) / jnp.where(invalid, 1.0, n1))
@@ -180,7 +195,7 @@ def pointing_game(maps: jax.Array, masks: jax.Array, tolerance: int = 0) -> jax.
   x, roi = _flat(maps, masks)
   near_roi = dilate(masks, tolerance).reshape(x.shape[0], -1)
   hit = jnp.take_along_axis(near_roi, jnp.argmax(x, axis=1)[:, None], axis=1)[:, 0]
-  return _nan_where(~roi.any(1) | _nonfinite(x), hit.astype(jnp.float32))
+  return _nan_where(~roi.any(1) | nonfinite_maps(x), hit.astype(jnp.float32))
 
 
 def mass_fraction(maps: jax.Array, region: jax.Array) -> jax.Array:
@@ -193,7 +208,7 @@ def mass_fraction(maps: jax.Array, region: jax.Array) -> jax.Array:
   x, inside = _flat(maps, region)
   positive = jnp.maximum(x, 0.0)
   total = positive.sum(1)
-  invalid = (total == 0) | ~inside.any(1) | _nonfinite(x)
+  invalid = (total == 0) | ~inside.any(1) | nonfinite_maps(x)
   mass_inside = jnp.where(inside, positive, 0.0).sum(1)
   return _nan_where(invalid, mass_inside / jnp.where(invalid, 1.0, total))
 
@@ -215,7 +230,7 @@ def relevance_rank(maps: jax.Array, masks: jax.Array) -> jax.Array:
   order = jnp.argsort(x, axis=1, descending=True, stable=True)
   in_top_k = jnp.arange(x.shape[1])[None, :] < k[:, None]
   hits = (jnp.take_along_axis(roi, order, axis=1) & in_top_k).sum(1)
-  return _nan_where((k == 0) | _nonfinite(x), hits / jnp.maximum(k, 1))
+  return _nan_where((k == 0) | nonfinite_maps(x), hits / jnp.maximum(k, 1))
 
 
 @functools.partial(jax.jit, static_argnames="tolerance")

@@ -28,7 +28,6 @@ import functools
 import json
 import os
 import time
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +37,8 @@ from ml_collections import config_dict
 
 from jaxmm.data import pipeline
 from jaxmm.data.atomic import write_npz_atomic, write_text_atomic
-from jaxmm.evaluation import agreement, confounder, faithfulness, ifa, ifa_dataset, sanity, stats
+from jaxmm.evaluation import (agreement, confounder, faithfulness, ifa, ifa_dataset, roi,
+                              sanity, stats)
 from jaxmm.saliency import methods as methods_lib
 from jaxmm.saliency import model_fns, normalize
 from jaxmm.saliency import runner as saliency_runner
@@ -591,7 +591,9 @@ def faithfulness_row(method: str, data: dict, ecfg, count: int, f, images, targe
     c = faithfulness.deletion_insertion(f, images, maps, targets, **options)
   kept = ~np.isnan(np.asarray(c["deletion_auc"])) & ~np.isnan(np.asarray(c["insertion_auc"]))
   if not kept.all():
-    warn_broken_maps(method, data, count, ~kept)
+    roi.warn_nonfinite(~kept, example_names(data, count),
+                       f"raw {method} maps of the deletion / insertion examples hold",
+                       "their curves are NaN and left out of the means")
   mean = {k: kept_mean(c[k], kept) for k in ("deletion_auc", "insertion_auc", "deletion",
                                               "insertion")}
   return {"method": method, "n": int(kept.sum()), "steps": ecfg.faithfulness.steps,
@@ -611,15 +613,6 @@ def kept_mean(values, kept: np.ndarray) -> np.ndarray:
 def example_names(data: dict, count: int) -> np.ndarray:
   """The first `count` examples' ids where the split has them, else their indices."""
   return np.asarray(data["id"] if "id" in data else data["index"])[:count]
-
-
-def warn_broken_maps(method: str, data: dict, count: int, broken: np.ndarray) -> None:
-  """RuntimeWarning naming the examples (of the first `count`) flagged in `broken` [count]."""
-  names = example_names(data, count)[broken]
-  warnings.warn(f"{len(names)} of {count} raw {method} maps of the deletion / insertion "
-                f"examples hold NaN or infinite values (examples "
-                f"{', '.join(map(str, names[:5]))}{', ...' if len(names) > 5 else ''}); their "
-                f"curves are NaN and left out of the means", RuntimeWarning, stacklevel=3)
 
 
 def randomizable(model):

@@ -15,13 +15,14 @@ them with sorted keys (e.g. ResNet's "bn1" before "conv1", SmallCNN's
 """
 import functools
 import re
-import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
 import scipy.stats
 from flax import traverse_util
+
+from jaxmm.evaluation import roi
 
 Params = Mapping[str, Any]
 Path = tuple[str, ...]
@@ -140,21 +141,6 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (ra * rb).sum(-1) / np.sqrt((ra ** 2).sum(-1) * (rb ** 2).sum(-1))
 
 
-def nonfinite_rows(*maps: np.ndarray) -> np.ndarray:
-  """Examples whose map in any of `maps` [N, P] holds a NaN or an infinity, bool [N]."""
-  return np.any([~np.isfinite(m).all(-1) for m in maps], axis=0)
-
-
-def warn_nonfinite(broken: np.ndarray, names: Sequence | None = None) -> None:
-  """RuntimeWarning naming the examples flagged in `broken` [N] (`names`: default positions)."""
-  names = np.arange(len(broken)) if names is None else np.asarray(names)
-  bad = names[broken]
-  warnings.warn(f"{len(bad)} of {len(broken)} examples have a reference or randomised map "
-                f"holding NaN or infinite values (examples {', '.join(map(str, bad[:5]))}"
-                f"{', ...' if len(bad) > 5 else ''}); their similarity is NaN and left out of "
-                f"the means", RuntimeWarning, stacklevel=3)
-
-
 def finite_mean(values: np.ndarray) -> float:
   """Mean of the non-NaN values; NaN (no warning) when there is none."""
   values = values[~np.isnan(values)]
@@ -172,9 +158,11 @@ def randomization_similarity(reference: Any, randomized: Any,
   names, default their positions); a constant map gives NaN too (no ranks to correlate).
   """
   a, b = (np.asarray(m, np.float64).reshape(len(m), -1) for m in (reference, randomized))
-  broken = nonfinite_rows(a, b)
+  broken = roi.nonfinite_maps(a) | roi.nonfinite_maps(b)
   if broken.any():
-    warn_nonfinite(broken, names)
+    roi.warn_nonfinite(broken, np.arange(len(a)) if names is None else names,
+                       "examples have a reference or randomised map holding",
+                       "their similarity is NaN and left out of the means")
   plain, absolute = rank_correlation(a, b), rank_correlation(np.abs(a), np.abs(b))
   plain[broken], absolute[broken] = np.nan, np.nan
   return {"spearman": plain, "spearman_abs": absolute,
