@@ -4,13 +4,16 @@
 # captum, ResNet-50 (bfloat16) / ResNet-18 (float32) / BERT-base (bfloat16) training vs
 # transformers' PyTorch classes, ResNet-50 with XLA's own conv / max-pool gradients.
 # Numbers go to OUTDIR/<part>.json, the whole log to OUTDIR/log.txt (about 8 minutes on an
-# H200, most of it compilation; docs/benchmarks/ has a run).
+# H200, most of it compilation; docs/benchmarks/ has a run); the exit status is 1 if any part
+# failed or ran over.
 #
 #   launch/benchmarks_gpu.sh [OUTDIR]     (needs the test extra: torch, transformers, captum)
 set -uo pipefail
-cd "$(dirname "$0")/.."
 out=${1:-bench_out}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # OUTDIR is relative to where this is run, not to the checkout
+cd "$(dirname "$0")/.."
+failed=()
 exec > >(tee -a "$out/log.txt") 2>&1
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
@@ -19,7 +22,7 @@ part() {  # part LIMIT_S NAME BENCHMARK_ARGS...
   shift 2
   echo "=== [$(( $(date +%s) - start )) s] $name: $*"
   timeout "$limit" python -m jaxmm.benchmark "$@" --no-xla_cpu_flags --json="$out/$name.json" \
-    || echo "!!! $name failed or ran over ${limit}s (exit $?)"
+    || { echo "!!! $name failed or ran over ${limit}s (exit $?)"; failed+=("$name"); }
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 part 150 saliency saliency --batch=32 --steps=50 --samples=2 --path_chunk=25 --sample_chunk=1 \
@@ -30,3 +33,7 @@ part 200 bert train --models=bert --repeats=20 --warmup=3
 part 100 r50_xla_grads train --models=resnet50 --torch_compile=off --no-fast_backward \
   --repeats=20 --warmup=3
 echo "=== [$(( $(date +%s) - start )) s] done; numbers in $out/"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "!!! failed or ran over: ${failed[*]}"
+  exit 1
+fi

@@ -3,11 +3,13 @@
 # mesh of all local devices by itself, so one process is all it takes.
 #
 #   launch/local.sh configs/synthetic_derm.py:model=film runs/derm_film [--mode=train] [--config.x=y ...]
+#
+# The same as `python -m jaxmm.main --config=CONFIG --workdir=WORKDIR [flags]` run from the
+# current directory (relative paths are its), with this checkout importable.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 CONFIG[:ARG] WORKDIR [extra flags...]" >&2
   exit 2
 fi
-config=$1; workdir=$2; shift 2
-cd "$(dirname "$0")/.."
-exec python -m jaxmm.main --config="$config" --workdir="$workdir" "$@"
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+exec python -m jaxmm.main --config="$1" --workdir="$2" "${@:3}"
