@@ -8,6 +8,7 @@ training mesh spans all of them, each process feeds only its share of every glob
 files are written by process 0 (orbax checkpoints by all processes together).
 """
 import os
+import re
 from typing import Optional
 
 import jax
@@ -16,20 +17,69 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 MODES = ("auto", "on", "off")
-# Set inside a SLURM job step (srun) with more than one task, or on a multi-worker TPU VM slice.
+# Set inside a SLURM job step (srun) with more than one task, under Open MPI's mpirun with more
+# than one process, or on a multi-worker TPU VM slice.
 CLUSTER_HINTS = (("SLURM_STEP_NUM_TASKS", lambda v: int(v) > 1),
+                 ("OMPI_COMM_WORLD_SIZE", lambda v: int(v) > 1),
                  ("TPU_WORKER_HOSTNAMES", lambda v: "," in v))
 
 
-def wanted(mode: str, num_processes: Optional[int], environ=os.environ) -> bool:
-  """Whether to start jax.distributed: `on`, or `auto` with a multi-process setting or cluster."""
+def wanted(mode: str, num_processes: Optional[int], environ=os.environ,
+           coordinator_address: Optional[str] = None,
+           process_id: Optional[int] = None) -> bool:
+  """Whether to start jax.distributed: `on`, or `auto` with a multi-process flag (a process
+  count above 1, a coordinator address or a process id), $JAX_COORDINATOR_ADDRESS, or a
+  cluster's multi-process environment (CLUSTER_HINTS)."""
   if mode not in MODES:
     raise ValueError(f"--distributed={mode!r}; valid: {list(MODES)}")
   if mode != "auto":
     return mode == "on"
-  if (num_processes or 1) > 1 or environ.get("JAX_COORDINATOR_ADDRESS"):
+  if ((num_processes or 1) > 1 or coordinator_address or process_id is not None
+      or environ.get("JAX_COORDINATOR_ADDRESS")):
     return True
   return any(name in environ and is_multi(environ[name]) for name, is_multi in CLUSTER_HINTS)
+
+
+def _tasks_on_node(environ) -> int:
+  """This SLURM task's node's task count, from SLURM_STEP_TASKS_PER_NODE ("8(x2),4")."""
+  counts = []
+  for entry in environ.get("SLURM_STEP_TASKS_PER_NODE", "").split(","):
+    match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", entry.strip())
+    if match:
+      counts += [int(match.group(1))] * int(match.group(2) or 1)
+  node = int(environ.get("SLURM_NODEID", 0))
+  if node < len(counts):
+    return counts[node]
+  tasks, nodes = (int(environ.get(k, 1)) for k in ("SLURM_STEP_NUM_TASKS", "SLURM_STEP_NUM_NODES"))
+  return max(tasks // max(nodes, 1), 1)
+
+
+def slurm_local_device_ids(environ=os.environ) -> Optional[list[int]]:
+  """The GPUs (indices among those the process sees) a SLURM task drives; None leaves the
+  choice to JAX (no SLURM step, no GPUs, or $JAX_LOCAL_DEVICE_IDS set).
+
+  JAX alone gives task SLURM_LOCALID the one GPU of that index, which is right only when each
+  of a node's tasks sees all its GPUs and there is one task per GPU. Here: a task that sees
+  only its own GPUs (SLURM bound them, e.g. --gpus-per-task) drives all it sees; tasks that
+  share a node's G GPUs split them, T tasks taking G/T each (all G with one task per node).
+  """
+  if "SLURM_STEP_NUM_TASKS" not in environ or environ.get("JAX_LOCAL_DEVICE_IDS"):
+    return None
+  on_node = int(environ.get("SLURM_GPUS_ON_NODE") or 0)
+  visible_text = environ.get("CUDA_VISIBLE_DEVICES")
+  visible = len([d for d in visible_text.split(",") if d.strip()]) if visible_text else on_node
+  if visible == 0:
+    return None
+  tasks = _tasks_on_node(environ)
+  if tasks == 1 or visible < on_node:  # the node's only task, or SLURM bound this task's GPUs
+    return list(range(visible))
+  if visible % tasks:
+    raise ValueError(f"SLURM node {environ.get('SLURMD_NODENAME', '?')}: {tasks} tasks cannot "
+                     f"share its {visible} GPUs evenly; use --ntasks-per-node=1 or one task "
+                     f"per GPU (or set $JAX_LOCAL_DEVICE_IDS)")
+  share = visible // tasks
+  local = int(environ.get("SLURM_LOCALID", 0))
+  return list(range(local * share, (local + 1) * share))
 
 
 def initialize(mode: str = "auto", coordinator_address: Optional[str] = None,
@@ -37,12 +87,20 @@ def initialize(mode: str = "auto", coordinator_address: Optional[str] = None,
   """Joins the processes of a multi-process run (see module doc); True if it did.
 
   Must run before any JAX computation. Unset arguments are auto-detected by JAX on SLURM,
-  Open MPI, Kubernetes and Cloud TPU.
+  Open MPI and Cloud TPU; under SLURM the task's GPUs come from `slurm_local_device_ids`.
   """
-  if not wanted(mode, num_processes):
+  if not wanted(mode, num_processes, coordinator_address=coordinator_address,
+                process_id=process_id):
     return False
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               local_device_ids=slurm_local_device_ids())
+  except ValueError as e:  # JAX names its arguments, not jaxmm's flags
+    raise ValueError(
+        f"--distributed={mode}: cannot join a multi-process run ({e}). Outside SLURM, Open MPI "
+        f"and Cloud TPU give every process --coordinator_address=HOST:PORT (or set "
+        f"$JAX_COORDINATOR_ADDRESS), --num_processes and its own --process_id") from e
   logging.warning("process %d of %d: %d local / %d global devices", jax.process_index(),
                   jax.process_count(), jax.local_device_count(), jax.device_count())
   return True

@@ -36,7 +36,8 @@ def main(argv):
   for rank in range(ntasks):
     env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
                SLURM_STEP_NODELIST="localhost", SLURM_STEP_NUM_NODES="1",
-               SLURM_STEP_NUM_TASKS=str(ntasks), SLURM_NTASKS_PER_NODE=str(ntasks))
+               SLURM_STEP_NUM_TASKS=str(ntasks), SLURM_STEP_TASKS_PER_NODE=str(ntasks),
+               SLURM_NODEID="0")
     procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT))
     relays.append(threading.Thread(target=_relay, args=(rank, procs[-1].stdout)))

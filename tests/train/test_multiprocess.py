@@ -99,6 +99,43 @@ def test_gather_rows_is_identity_on_one_process():
     distributed.wanted("yes", None)
 
 
+def test_explicit_flags_and_open_mpi_ask_to_join():
+  """--coordinator_address or --process_id alone were ignored under --distributed=auto, and
+  `mpirun -n 4` ran four separate trainings."""
+  assert distributed.wanted("auto", None, environ={}, coordinator_address="10.0.0.1:1234")
+  assert distributed.wanted("auto", None, environ={}, process_id=0)
+  assert distributed.wanted("auto", None, environ={"OMPI_COMM_WORLD_SIZE": "4"})
+  assert not distributed.wanted("auto", None, environ={"OMPI_COMM_WORLD_SIZE": "1"})
+  assert not distributed.wanted("off", 2, environ={}, coordinator_address="10.0.0.1:1234")
+
+
+STEP = {"SLURM_STEP_NUM_TASKS": "16", "SLURM_STEP_NUM_NODES": "2", "SLURM_NODEID": "1",
+        "SLURM_STEP_TASKS_PER_NODE": "8(x2)", "SLURM_LOCALID": "3", "SLURM_GPUS_ON_NODE": "8"}
+
+
+@pytest.mark.parametrize("changes,ids", [
+    ({}, [3]),  # a task per GPU, each seeing all 8: GPU SLURM_LOCALID, as JAX's default
+    ({"SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_LOCALID": "0"}, list(range(8))),  # per node
+    # without --ntasks-per-node SLURM sets no SLURM_NTASKS_PER_NODE; the step's layout counts
+    ({"SLURM_STEP_TASKS_PER_NODE": "", "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": "0"},
+     list(range(8))),
+    ({"SLURM_STEP_TASKS_PER_NODE": "2,4", "SLURM_NODEID": "0", "SLURM_LOCALID": "1"},
+     [4, 5, 6, 7]),  # two tasks on this node share its 8 GPUs
+    ({"CUDA_VISIBLE_DEVICES": "5"}, [0]),  # --gpus-per-task=1: the one GPU SLURM bound
+    ({"CUDA_VISIBLE_DEVICES": "4,5"}, [0, 1]),
+    ({"SLURM_GPUS_ON_NODE": "0"}, None),  # CPU nodes
+    ({"JAX_LOCAL_DEVICE_IDS": "1"}, None),  # the user's choice stands
+])
+def test_each_slurm_task_drives_its_share_of_the_node_gpus(changes, ids):
+  assert distributed.slurm_local_device_ids({**STEP, **changes}) == ids
+  assert distributed.slurm_local_device_ids({"SLURM_GPUS_ON_NODE": "8"}) is None  # no step
+
+
+def test_tasks_that_cannot_share_the_gpus_evenly_are_refused():
+  with pytest.raises(ValueError, match="3 tasks cannot share its 8 GPUs evenly"):
+    distributed.slurm_local_device_ids({**STEP, "SLURM_STEP_TASKS_PER_NODE": "3(x2)"})
+
+
 def test_two_processes_train_like_one_and_share_saliency(data_dir, tmp_path):
   two = str(tmp_path / "two")
   log = slurm_launch(two, data_dir, tmp_path)
@@ -173,3 +210,16 @@ def test_prefetch_keeps_order_and_raises_at_the_bad_batch():
     assert set(batch) == {"x"} and float(batch["x"][0, 0]) == i
   with pytest.raises(pipeline.BadBatch, match="batch 3 is bad"):
     next(got)
+
+
+def test_joining_without_a_coordinator_names_the_flags():
+  """JAX's own error ("coordinator_address should be defined.") names none of jaxmm's flags."""
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("SLURM_", "OMPI_", "TPU_", "JAX_COORDINATOR"))}
+  done = subprocess.run([sys.executable, "-c", "from jaxmm.train import distributed\n"
+                         "distributed.initialize('on')"], env=env, capture_output=True,
+                        text=True, timeout=120, check=False)
+  assert done.returncode == 1
+  assert ("--distributed=on: cannot join a multi-process run (coordinator_address should be "
+          "defined.). Outside SLURM, Open MPI and Cloud TPU give every process "
+          "--coordinator_address=HOST:PORT") in done.stderr
