@@ -478,13 +478,22 @@ def run_sweep(plan: Plan, options: Options, out=None) -> int:
   return 1 if failed else 0
 
 
-def print_commands(plan: Plan, options: Options, out=None) -> int:
-  """Prints one shell command per point (for a cluster's queue) and records the sweep so that
-  `--summarize` collects it once the runs are done."""
-  out = out or sys.stdout
+def print_commands(plan: Plan, options: Options, out=None, notes=None) -> int:
+  """Prints one shell command per point that is not done (for a cluster's queue; the points
+  skipped are named on `notes`, stderr) and records the sweep so that `--summarize` collects
+  it once the runs are done: the printed points' status becomes "printed", so an earlier
+  local run's "failed" no longer hides the results the cluster writes."""
+  out, notes = out or sys.stdout, notes or sys.stderr
   write_manifest(plan, options)
+  statuses = {}
   for point in plan.points:
-    out.write(shlex.join(point_command(plan, point, options)) + "\n")
+    if is_done(plan, point, options.mode):
+      notes.write(f"skipped {point.name}: {DONE_FILE[options.mode]} exists\n")
+      statuses[point.name] = {"status": "skipped"}
+    else:
+      out.write(shlex.join(point_command(plan, point, options)) + "\n")
+      statuses[point.name] = {"status": "printed"}
+  write_statuses(plan, options.mode, statuses)
   out.flush()
   return 0
 
@@ -805,7 +814,11 @@ def main(argv: Sequence[str], out=None) -> int:
   try:
     plan, options = plan_and_options(args)
     if args.print:
-      return print_commands(plan, options, out)
+      try:
+        return print_commands(plan, options, out)
+      except BrokenPipeError:  # `--print | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     if args.summarize:
       summarize(plan, options, out=out)
       return 0

@@ -321,7 +321,7 @@ def test_print_writes_one_launcher_command_per_point(tmp_path, capsys):
       "--mode=train", "--config.train.num_steps=1", "--config.model.fusion=concat",
       "--config.seed=1"]
   assert lines[3].endswith("--config.model.fusion=late --config.seed=1")
-  assert os.listdir(workdir) == ["sweep.json"]
+  assert sorted(os.listdir(workdir)) == ["sweep.json", "sweep_status.json"]
 
 
 def test_print_without_launcher_gives_python_commands_after_the_prefix(tmp_path, capsys):
@@ -376,6 +376,23 @@ def test_a_failing_point_is_reported_and_the_others_still_run(tmp_path, monkeypa
   summary = json.loads((workdir / "sweep_summary.json").read_text())["rows"]
   assert [(r["model.fusion"], r["n"]) for r in summary] == [("late", 0), ("concat", 2)]
   assert summary[1]["mean"] == pytest.approx(0.55)
+
+  # --print for a cluster: only the points not done; once the cluster has run them, their
+  # results count (the local run's "failed" records no longer hide them)
+  capsys.readouterr()
+  assert sweep.main([*argv, "--print"]) == 0
+  printed = capsys.readouterr()
+  assert [[a for a in shlex.split(line) if a.startswith("--workdir=")]
+          for line in printed.out.splitlines()] == [
+      [f"--workdir={workdir}/model.fusion=late,seed={seed}"] for seed in (0, 1)]
+  assert "skipped model.fusion=concat,seed=0: results.json exists" in printed.err
+  for seed in (0, 1):
+    (workdir / f"model.fusion=late,seed={seed}").mkdir()
+    (workdir / f"model.fusion=late,seed={seed}" / "results.json").write_text(json.dumps(
+        {"best_step": 3, "test": {"accuracy": 0.7 + 0.1 * seed}}))
+  assert sweep.main([f"--workdir={workdir}", "--summarize", "--metric=test.accuracy"]) == 0
+  summary = json.loads((workdir / "sweep_summary.json").read_text())["rows"]
+  assert [(r["model.fusion"], r["n"]) for r in summary] == [("late", 2), ("concat", 2)]
 
 
 def test_real_sweep_on_the_smoke_config_then_rerun_skips(data_dir, tmp_path, monkeypatch):
