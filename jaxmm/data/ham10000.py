@@ -9,17 +9,20 @@ Kaggle's "skin-cancer-mnist-ham10000" has the same names), archives unzipped in 
   HAM10000_segmentations_lesion_tschandl/   <image_id>_segmentation.png (optional)
 
 One example per CSV row: the image resized to image_size (RGB uint8), the lesion mask as
-`roi_mask` (nearest-resized, {0, 1}; all zeros and `has_roi_mask` 0 when the segmentation
-folder is absent), the 7-class `label` (synthetic_derm's class names and order, so configs and
-models are shared), `malignant` (mel, bcc, akiec), and the raw metadata: `age` (NaN when
-blank), `sex`, `localization`, `dx_type` lower-cased with blanks as "unknown". Splits are
+`roi_mask` (nearest-resized, {0, 1}, `has_roi_mask` 1; all zeros and `has_roi_mask` 0 when the
+segmentation folder is absent; an all-zero mask file is an empty ROI, `has_roi_mask` 1), the
+7-class `label` (synthetic_derm's class names and order, so configs and models are shared),
+`malignant` (mel, bcc, akiec), and the raw metadata: `age` (NaN when blank), `sex`,
+`localization`, `dx_type` lower-cased with blanks as "unknown". Splits are
 64/16/20 grouped by lesion_id and stratified by dx (section 3 of paper 000). The metadata
 encoding statistics (training-median age imputation, z-score) are fitted on the train split
 when the dataset is prepared and saved next to the records (jaxmm.data.saved_statistics).
 
-Bad rows (unknown dx/sex/localization/dx_type, non-numeric age, a missing or undecodable image
-or mask, a repeated image_id, an empty id) stop the build with the CSV line, or are skipped
-and counted with `skip_bad_rows=True` (see manual_base).
+Bad rows (unknown dx/sex/localization/dx_type, non-numeric age, a missing, empty or
+undecodable image or mask, a 16-bit or float file, a mask whose size differs from its image's
+or whose pixels are non-zero but all below 128 (image_files), a repeated image_id, an empty id)
+stop the build with the CSV line, or are skipped and counted with `skip_bad_rows=True` (see
+manual_base).
 """
 import os
 
@@ -52,13 +55,7 @@ LAYOUT = manual_dir.Layout(
 
 def image_index(root: str) -> dict[str, str]:
   """image_id -> path of its JPEG in either image folder."""
-  index = {}
-  for folder in IMAGE_DIRS:
-    for name in sorted(os.listdir(os.path.join(root, folder))):
-      stem, ext = os.path.splitext(name)
-      if ext.lower() == ".jpg":
-        index.setdefault(stem, os.path.join(root, folder, name))
-  return index
+  return manual_base.jpeg_index(os.path.join(root, folder) for folder in IMAGE_DIRS)
 
 
 def parse_row(fields: dict, images: dict, mask_dir: str | None) -> dict:
@@ -79,10 +76,10 @@ def parse_row(fields: dict, images: dict, mask_dir: str | None) -> dict:
   if out["image_path"] is None:
     raise bad_rows.BadInput("missing_image", f"{image_id}.jpg is in neither {IMAGE_DIRS[0]}/ "
                                              f"nor {IMAGE_DIRS[1]}/")
+  manual_base.existing_file(out["image_path"], "image")
   if mask_dir is not None:
-    out["mask_path"] = os.path.join(mask_dir, f"{image_id}_segmentation.png")
-    if not os.path.exists(out["mask_path"]):
-      raise bad_rows.BadInput("missing_mask", f"mask file {out['mask_path']} not found")
+    out["mask_path"] = manual_base.existing_file(
+        os.path.join(mask_dir, f"{image_id}_segmentation.png"), "mask")
   return out
 
 
@@ -125,11 +122,12 @@ class Ham10000(manual_base.ManualBuilder):
   def make_example(self, root, entry):
     del root  # the entry holds absolute paths
     values, size = entry.fields, self.builder_config.image_size
+    image = image_files.load_image(values["image_path"], size, "RGB")
     mask = np.zeros((size, size), np.uint8)
     if values["mask_path"] is not None:
-      mask = image_files.load_mask(values["mask_path"], size)
+      mask = image_files.load_mask(values["mask_path"], size, values["image_path"])
     return {
-        "image": image_files.load_image(values["image_path"], size, "RGB"),
+        "image": image,
         "roi_mask": mask,
         "has_roi_mask": int(values["mask_path"] is not None),
         "label": CLASS_NAMES.index(values["dx"]),

@@ -5,7 +5,7 @@ from https://challenge2020.isic-archive.com/ or Kaggle's "siim-isic-melanoma-cla
 
   train.csv          image_name,patient_id,sex,age_approx,anatom_site_general_challenge,
                      diagnosis,benign_malignant,target
-  jpeg/train/        <image_name>.jpg
+  jpeg/train/        <image_name>.jpg    (.JPG too, as HAM10000's images)
 
 One example per CSV row: the image resized to image_size (RGB uint8), the binary `label`
 (`target`: 0 benign, 1 malignant, checked against `benign_malignant`), and the metadata under
@@ -55,8 +55,9 @@ def parse_target(target: str, benign_malignant: str) -> int:
   return int(target)
 
 
-def parse_row(fields: dict, image_dir: str) -> dict:
-  """Validated values and the image path of one CSV row; raises bad_rows.BadInput."""
+def parse_row(fields: dict, image_dir: str, images: dict) -> dict:
+  """Validated values and the image path (from `images`, image_name -> path) of one CSV row;
+  raises bad_rows.BadInput."""
   image_id = manual_base.nonempty("image_name", fields["image_name"])
   out = {
       "image_id": image_id,
@@ -67,10 +68,9 @@ def parse_row(fields: dict, image_dir: str) -> dict:
       "localization": manual_base.category("anatom_site_general_challenge",
                                            fields["anatom_site_general_challenge"], SITES),
       "diagnosis": fields["diagnosis"].lower(),
-      "image_path": os.path.join(image_dir, f"{image_id}.jpg"),
+      "image_path": images.get(image_id, os.path.join(image_dir, f"{image_id}.jpg")),
   }
-  if not os.path.exists(out["image_path"]):
-    raise bad_rows.BadInput("missing_image", f"image file {out['image_path']} not found")
+  manual_base.existing_file(out["image_path"], "image")
   return out
 
 
@@ -89,9 +89,11 @@ class Isic2020(manual_base.ManualBuilder):
   CSV_FILE = TRAIN_CSV
   MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
   META_VOCABULARIES = VOCABULARIES
+  META_COLUMNS = {"age": "age_approx", "localization": "anatom_site_general_challenge"}
 
   def read_entries(self, root, log):
     image_dir = os.path.join(root, IMAGE_DIR)
+    images = manual_base.jpeg_index([image_dir])
     entries, seen, rows = [], {}, 0
     for row in release_csv.read_rows(os.path.join(root, TRAIN_CSV), COLUMNS):
       rows += 1
@@ -99,7 +101,7 @@ class Isic2020(manual_base.ManualBuilder):
       if manual_base.log_table_problem(log, TRAIN_CSV, row, key):
         continue
       try:
-        values = parse_row(row.fields, image_dir)
+        values = parse_row(row.fields, image_dir, images)
         manual_base.first_seen(seen, values["image_id"], row.line, "image_name")
       except bad_rows.BadInput as problem:
         log.add(TRAIN_CSV, row.line, key, problem)

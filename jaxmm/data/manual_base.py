@@ -1,11 +1,20 @@
 """What the builders of manually downloaded releases share: config, layout check, bad rows, splits.
 
-A builder reads its release in two passes. `read_entries` walks the CSV tables (text and
-file-existence checks only) and returns one `Entry` per example with the counts of the build;
-splits are assigned on the entries; then `make_example` decodes pixels and text entry by entry
-while each split is written, so even MIMIC-CXR's 377k images never sit in memory. A problem
-found in either pass goes through `bad_rows.BadRowLog`: a strict build stops with the CSV file
-and line, a `skip_bad_rows=True` build leaves the row out and counts it.
+A builder reads its release in two passes. `read_entries` walks the CSV tables (text checks,
+and a cheap os.stat of every file: missing or empty files) and returns one `Entry` per example
+with the counts of the build; splits are assigned on the entries; then `make_example` decodes
+pixels and text entry by entry while each split is written, so even MIMIC-CXR's 377k images
+never sit in memory. A problem found in either pass goes through `bad_rows.BadRowLog`: a
+`skip_bad_rows=True` build leaves the row out and counts it; a strict build stops with every
+bad row of the pass (CSV file and line, the first bad_rows.MAX_IN_ERROR listed, then a count):
+after the first pass, or, for files that only fail to decode, once the second pass has read
+every file (so one build finds them all; a split left empty stops it early). Either way the
+build fails inside tfds' temporary folder, so nothing counts as prepared.
+
+A builder with metadata (META_VOCABULARIES) checks that the metadata encoder (saved_statistics)
+can be fitted on its train split (e.g. not every training age is blank) before decoding, and
+again on the examples kept once the train split is decoded, before it is written; such a
+release fails to build instead of leaving a prepared dataset that every later run refuses.
 
 `info.metadata["build"]` (saved as metadata.json next to the records) records the build:
 `csv_file`, `csv_rows`, `filtered` ({reason: rows left out by design, e.g. a view filter}),
@@ -17,14 +26,16 @@ Subclasses define `LAYOUT`, `CSV_FILE`, `MANUAL_DOWNLOAD_INSTRUCTIONS`, `_info`,
 import collections
 import dataclasses
 import os
-from typing import ClassVar
+from typing import ClassVar, Iterable
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxmm.data import bad_rows
 from jaxmm.data import manual_dir as manual_dir_lib
 from jaxmm.data import metadata
+from jaxmm.data import saved_statistics
 from jaxmm.data import splits
 
 SPLIT_FRACTIONS = (0.64, 0.16, 0.20)
@@ -97,6 +108,8 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
   CSV_FILE: ClassVar[str]
   # Vocabularies of the metadata encoder fitted on the train split (None: no metadata).
   META_VOCABULARIES: ClassVar[dict | None] = None
+  # The CSV column of each metadata field whose column has another name (errors name it).
+  META_COLUMNS: ClassVar[dict] = {}
 
   def __init__(self, *, manual_dir: str | None = None, file_format: str = "array_record",
                **kwargs):
@@ -123,13 +136,21 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
                        f"splits: {e}") from None
     return {name: [entries[i] for i in idx] for name, idx in parts.items()}
 
+  def layout(self) -> manual_dir_lib.Layout:
+    """The files the builder's config reads (LAYOUT, unless a config needs fewer)."""
+    return self.LAYOUT
+
   def checked_root(self, dl_manager) -> str:
-    """The manual folder, with every required file of LAYOUT present."""
+    """The manual folder, with every required file of `layout()` present."""
     try:
       root = os.fspath(dl_manager.manual_dir)
     except AssertionError as e:  # tfds: the folder is missing or empty
       raise FileNotFoundError(f"{self.name}: {e}") from None
-    manual_dir_lib.check(root, self.LAYOUT)
+    except NotADirectoryError as e:  # tfds lists the folder's files: it is a file
+      if e.filename:
+        manual_dir_lib.check(os.fspath(e.filename), self.layout())
+      raise
+    manual_dir_lib.check(root, self.layout())
     return root
 
   def _split_generators(self, dl_manager):
@@ -138,7 +159,9 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
     entries, build = self.read_entries(root, log)
     log.check()
     if not entries:
-      raise ValueError(f"{self.name}: no usable rows in {os.path.join(root, self.CSV_FILE)}")
+      raise ValueError(f"{self.name}: no usable rows in {os.path.join(root, self.CSV_FILE)}: "
+                       f"{unusable_note(build, log.rows)}.\nIs the release laid out as "
+                       f"expected?\n{self.layout().instructions()}")
     parts = self.assign_splits(entries)
     empty = [name for name, part in parts.items() if not part]
     if empty:
@@ -146,37 +169,84 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
                        f"{ {k: len(v) for k, v in parts.items()} } from {len(entries)} usable "
                        f"rows of {os.path.join(root, self.CSV_FILE)}"
                        f"{'; ' + skipped_note(log.rows) if log.rows else ''})")
+    # Fails fast, before any file is decoded: leaving rows out (bad files) cannot fix it.
+    self.check_metadata(root, parts["train"])
     self.info.metadata["build"] = {"csv_file": self.CSV_FILE, "filtered": {}, **build,
                                    "skipped": log.summary()}
+    self._splits_left = len(parts)  # a strict build reports its bad files after the last
     return {name: self._generate_examples(root, name, part, log) for name, part in parts.items()}
 
   def _generate_examples(self, root: str, split: str, entries: list[Entry],
                          log: bad_rows.BadRowLog):
-    """(key, example) of each entry of `split`, a bad file logged (and skipped, or an error).
+    """(key, example) of each entry of `split`; a bad file is logged and left out (a strict
+    build fails once every split is read, see `_finish_split`).
 
-    A split whose every file is bad is an error raised here, before tfds finalises the split
-    (which would fail with a bare AssertionError) and while the build is still in tfds'
-    temporary folder, so no half-written dataset counts as prepared.
+    Errors are raised here, before tfds finalises the split (which would fail with a bare
+    AssertionError on an empty one) and while the build is still in tfds' temporary folder,
+    so no half-written dataset counts as prepared.
     """
-    yielded, skipped = 0, []
+    kept, skipped = [], []
     for entry in entries:
       try:
         example = self.make_example(root, entry)
       except bad_rows.BadInput as problem:
         log.add(self.CSV_FILE, entry.line, entry.key, problem)
-        log.check()
         skipped.append(log.rows[-1])
+        if log.strict and len(log.rows) <= bad_rows.MAX_LOGGED:
+          logging.warning("%s: bad row %s; the build reads every file, then fails listing "
+                          "them all", self.name, log.rows[-1].describe())
         self.info.metadata["build"] = {**self.info.metadata["build"], "skipped": log.summary()}
         continue
-      yielded += 1
+      kept.append(entry)
       yield entry.key, example
-    if not yielded:
+    self._finish_split(root, split, entries, kept, skipped, log)
+
+  def _finish_split(self, root: str, split: str, entries: list[Entry], kept: list[Entry],
+                    skipped: list[bad_rows.BadRow], log: bad_rows.BadRowLog) -> None:
+    """Raises, once `split` is read, when it is empty (a strict build: BadRowsError with the
+    bad rows found so far), when the metadata encoder cannot be fitted on the train split, or
+    (a strict build) after the last split when any file was bad."""
+    if not kept:
+      log.check()
       raise ValueError(f"{self.name}: split(s) ['{split}'] would be empty: all its "
                        f"{len(entries)} rows of {os.path.join(root, self.CSV_FILE)} were "
                        f"skipped as bad: {skipped_note(skipped)}; fix those files")
+    if split == "train" and not (log.strict and log.rows):  # else bad rows first: they fail it
+      self.check_metadata(root, kept)
+    self._splits_left -= 1
+    if not self._splits_left:
+      log.check()
+
+  def check_metadata(self, root: str, train: list[Entry]) -> None:
+    """ValueError naming the dataset, where the encoder would be saved, and the field and CSV
+    column, when the metadata encoder cannot be fitted on the `train` entries (the examples of
+    the train split, whose records saved_statistics fits it on once they are written)."""
+    if self.META_VOCABULARIES is None:
+      return
+    fields = (metadata.AGE_FIELD,) + tuple(self.META_VOCABULARIES)
+    try:
+      metadata.MetadataEncoder.fit({f: [e.fields[f] for e in train] for f in fields},
+                                   vocabularies=self.META_VOCABULARIES, strict=True)
+    except metadata.FieldError as error:
+      data_dir = os.path.join(os.fspath(self.data_dir_root), self.info.full_name)
+      raise ValueError(saved_statistics.fit_error_message(
+          self, error, len(train), data_dir, os.path.join(root, self.CSV_FILE),
+          "fix the release and build again (nothing was saved)")) from None
 
   def _post_download_and_prepare_hook(self) -> None:
     print(build_summary(self.name, self.builder_config.name, self.info), flush=True)
+
+
+def unusable_note(build: dict, rows: list[bad_rows.BadRow]) -> str:
+  """Why a table gave no usable rows: its row count, then its bad rows skipped and the rows
+  filtered out by design, if any."""
+  notes = [f"it has {build['csv_rows']} data row(s)"]
+  if rows:
+    notes.append(skipped_note(rows))
+  filtered = {reason: count for reason, count in build.get("filtered", {}).items() if count}
+  if filtered:
+    notes.append(f"filtered out {filtered}")
+  return "; ".join(notes)
 
 
 def skipped_note(rows: list[bad_rows.BadRow]) -> str:
@@ -202,6 +272,32 @@ def first_seen(seen: dict, key: str, line: int, what: str) -> None:
   seen[key] = line
 
 
+def existing_file(path: str, what: str, empty_kind: str | None = None) -> str:
+  """`path`, checked cheaply (one os.stat) in the first pass so that missing and empty files
+  are reported together with the other bad rows; BadInput "missing_<what>" when it does not
+  exist, `empty_kind` (default "corrupt_<what>") when it is empty (0 bytes)."""
+  try:
+    size = os.stat(path).st_size
+  except OSError:
+    raise bad_rows.BadInput(f"missing_{what}", f"{what} file {path} not found") from None
+  if size == 0:
+    raise bad_rows.BadInput(empty_kind or f"corrupt_{what}",
+                            f"{what} file {path} is empty (0 bytes)")
+  return path
+
+
+def jpeg_index(folders: Iterable[str]) -> dict[str, str]:
+  """File name without extension -> path of each JPEG (".jpg" in any case, as released) in
+  `folders`; a name found twice keeps the first folder's file."""
+  index = {}
+  for folder in folders:
+    for name in sorted(os.listdir(folder)):
+      stem, ext = os.path.splitext(name)
+      if ext.lower() == ".jpg":
+        index.setdefault(stem, os.path.join(folder, name))
+  return index
+
+
 def nonempty(field: str, value: str) -> str:
   """`value`, or BadInput("missing_id") when the id field is blank."""
   if not value:
@@ -210,15 +306,14 @@ def nonempty(field: str, value: str) -> str:
 
 
 def parse_age(field: str, text: str) -> float:
-  """Age in years (NaN when blank); BadInput "non_numeric_age" for text that is not a number,
-  "age_out_of_range" for a number that is not an age (infinite, negative, above MAX_AGE)."""
+  """Age in years (NaN when blank); BadInput "non_numeric_age" for text that is not an ASCII
+  decimal number (metadata.DECIMAL: "4_5" and "４５" are not), "age_out_of_range" for a
+  number that is not an age (infinite, negative, above MAX_AGE)."""
   try:
     return metadata.parse_age(text)
   except ValueError:
     pass
-  try:
-    float(text)
-  except ValueError:
-    raise bad_rows.BadInput("non_numeric_age", f"{field} {text!r} is not a number") from None
+  if not metadata.DECIMAL.fullmatch(text.strip()):
+    raise bad_rows.BadInput("non_numeric_age", f"{field} {text!r} is not a number")
   raise bad_rows.BadInput("age_out_of_range", f"{field} {text!r} is not an age in years "
                                               f"(0 to {metadata.MAX_AGE})")

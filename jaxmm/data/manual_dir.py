@@ -65,7 +65,12 @@ def missing_files(root: str, layout: Layout) -> list[str]:
 
 
 def check(root: str, layout: Layout) -> None:
-  """FileNotFoundError naming the folder, what is missing there and the expected layout."""
+  """FileNotFoundError naming the folder, what is missing there and the expected layout
+  (NotADirectoryError when `root` is a file, e.g. the release's CSV instead of its folder)."""
+  if os.path.exists(root) and not os.path.isdir(root):
+    raise NotADirectoryError(f"{layout.dataset}: manual download folder {root} is a file, not a "
+                             f"folder; give the folder the release was unzipped into.\n"
+                             f"{layout.instructions()}")
   if not os.path.isdir(root):
     raise FileNotFoundError(f"{layout.dataset}: manual download folder {root} does not exist.\n"
                             f"{layout.instructions()}")

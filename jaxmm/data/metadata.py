@@ -23,6 +23,7 @@ column.
 import dataclasses
 import json
 import math
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -43,7 +44,19 @@ HAM10000_VOCABULARIES = {
 AGE_FIELD = "age"
 MAX_AGE = 150  # years; larger (or negative, infinite) ages are data errors
 FIELD_NAMES = (AGE_FIELD, "sex", "localization", "dx_type")
+# A number as release tables write one: ASCII digits, optional sign, decimals and exponent.
+# float() alone would also take "4_5" (45) and non-ASCII digits ("４５", "٤٥").
+DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+MISSING_TEXTS = ("", "nan", "none", "null")  # lower-cased, stripped: a missing value
 _FORMAT_VERSION = 1
+
+
+class FieldError(ValueError):
+  """A metadata value or column that cannot be encoded; `field` names the record field."""
+
+  def __init__(self, field: str, message: str):
+    super().__init__(message)
+    self.field = field
 
 
 def _as_text(value: Any) -> str:
@@ -58,8 +71,9 @@ def _as_text(value: Any) -> str:
 
 
 def parse_age(value: Any, row: int | None = None) -> float:
-  """Returns an age in years as float, NaN when missing; ValueError on non-numeric text and
-  on numbers that are not an age (infinite, negative or above MAX_AGE)."""
+  """Returns an age in years as float, NaN when missing (None, NaN, MISSING_TEXTS); FieldError
+  (a ValueError) on text that is not a DECIMAL number and on numbers that are not an age
+  (infinite, negative or above MAX_AGE)."""
   where = f" at row {row}" if row is not None else ""
   if value is None:
     return math.nan
@@ -67,17 +81,16 @@ def parse_age(value: Any, row: int | None = None) -> float:
     value = value.decode("utf-8")
   if isinstance(value, str):
     text = value.strip()
-    if not text or text.lower() in ("nan", "none", "null"):
+    if text.lower() in MISSING_TEXTS:
       return math.nan
-    try:
-      age = float(text)
-    except ValueError:
-      raise ValueError(f"metadata field 'age'{where}: non-numeric value {value!r}") from None
+    if not DECIMAL.fullmatch(text):
+      raise FieldError(AGE_FIELD, f"metadata field 'age'{where}: non-numeric value {value!r}")
+    age = float(text)
   else:
     age = float(value)
   if not math.isnan(age) and not 0 <= age <= MAX_AGE:
-    raise ValueError(f"metadata field 'age'{where}: {value!r} is not an age in years "
-                     f"(0 to {MAX_AGE})")
+    raise FieldError(AGE_FIELD, f"metadata field 'age'{where}: {value!r} is not an age in years "
+                                f"(0 to {MAX_AGE})")
   return age
 
 
@@ -131,7 +144,8 @@ class MetadataEncoder:
     ages = np.array([parse_age(v, i) for i, v in enumerate(columns[AGE_FIELD])], np.float64)
     missing = np.isnan(ages)
     if missing.all():
-      raise ValueError("metadata field 'age': every training value is missing")
+      raise FieldError(AGE_FIELD, f"metadata field 'age': every training value is missing "
+                                  f"({len(ages)} record(s)), so there is no median to impute")
     median = float(np.median(ages[~missing]))
     imputed = np.where(missing, median, ages)
     std = float(imputed.std())
@@ -175,8 +189,8 @@ class MetadataEncoder:
       return vocab.index(text)
     if (text and self.strict) or UNKNOWN not in vocab:
       where = f" at row {row}" if row is not None else ""
-      raise ValueError(f"metadata field {field!r}{where}: value {value!r} is not one of "
-                       f"{list(vocab)}")
+      raise FieldError(field, f"metadata field {field!r}{where}: value {value!r} is not one of "
+                              f"{list(vocab)}")
     return vocab.index(UNKNOWN)
 
   def _check_categories(self, columns: dict) -> None:

@@ -6,7 +6,7 @@ MIMIC-CXR 2.0 https://physionet.org/content/mimic-cxr/ unzipped into the same fo
 
   mimic-cxr-2.0.0-metadata.csv   dicom_id,subject_id,study_id,...,ViewPosition,...
   mimic-cxr-2.0.0-chexpert.csv   subject_id,study_id,<the 14 CheXpert labels>
-  mimic-cxr-2.0.0-split.csv      dicom_id,study_id,subject_id,split
+  mimic-cxr-2.0.0-split.csv      dicom_id,study_id,subject_id,split   (split="official" only)
   files/pNN/p<subject_id>/s<study_id>/<dicom_id>.jpg    (pNN: first two digits of subject_id)
   files/pNN/p<subject_id>/s<study_id>.txt               the study's report
 (the three tables may stay gzipped, `.csv.gz`, as PhysioNet ships them).
@@ -16,7 +16,8 @@ other views are counted as filtered): the grayscale image resized to image_size 
 [S, S, 1]), the study's 14 CheXpert labels in configs/synthetic_cxr.CHEXPERT_LABELS order as
 int32 (1 positive, 0 negative, -1 uncertain, blank -> -2 not mentioned), the report cleaned as
 section 2 of paper 001 does (tokenizer.clean_report: FINDINGS + IMPRESSION, lower-cased,
-punctuation removed; a report with neither section is cleaned whole), and the ids
+punctuation removed; a report with neither section is cleaned whole; a report whose FINDINGS
+and IMPRESSION are empty is a bad row, `empty_report`), and the ids
 (`patient_id` "p<subject_id>", `study_id` "s<study_id>", `dicom_id`, `view_position`).
 These mirror synthetic_cxr's features, so its model configs run unchanged. MIMIC-CXR-JPG has no
 sex or age (they are in MIMIC-IV), so there are none here.
@@ -28,9 +29,10 @@ labels or split would belong to another patient or study.
 Splits: `split="official"` (default) uses mimic-cxr-2.0.0-split.csv (train / validate ->
 validation / test), which must keep each subject in one split (the official table does; one
 that does not is an error: patient leakage); `split="grouped"` makes a 64/16/20 split grouped
-by subject_id and stratified by a label summary (`stratum`). When prepared, the WordPiece
-vocabulary of the training reports is written next to the records (builders.SIDE_FILE_WRITERS),
-as for synthetic_cxr; pretrained text encoders bring their own tokenizer instead.
+by subject_id and stratified by a label summary (`stratum`), and neither reads nor needs
+mimic-cxr-2.0.0-split.csv. When prepared, the WordPiece vocabulary of the training reports is
+written next to the records (builders.SIDE_FILE_WRITERS), as for synthetic_cxr; pretrained text
+encoders bring their own tokenizer instead.
 """
 import dataclasses
 import os
@@ -59,16 +61,20 @@ MAX_LEAKS_NAMED = 5  # subjects (and split.csv lines per split) named in a leaka
 OFFICIAL_SPLITS = {"train": "train", "validate": "validation", "test": "test"}
 SPLIT_CHOICES = ("official", "grouped")
 LABEL_VALUES = {1.0: 1, 0.0: 0, -1.0: -1}
+SPLIT_ENTRY = (SPLIT_CSV, "dicom_id,study_id,subject_id,split")
 LAYOUT = manual_dir.Layout(
     dataset="mimic_cxr",
     required=((METADATA_CSV, "dicom_id,subject_id,study_id,...,ViewPosition,..."),
               (CHEXPERT_CSV, "subject_id,study_id,<14 CheXpert labels>"),
-              (SPLIT_CSV, "dicom_id,study_id,subject_id,split"),
+              SPLIT_ENTRY,
               (FILES_DIR + "/", "pNN/p<subject>/s<study>/<dicom_id>.jpg and "
                                 "pNN/p<subject>/s<study>.txt reports")),
     source="https://physionet.org/content/mimic-cxr-jpg/ (credentialed) plus "
            "mimic-cxr-reports.zip of https://physionet.org/content/mimic-cxr/ unzipped into "
            "the same folder")
+# split="grouped" makes its own split: split.csv is not read.
+GROUPED_LAYOUT = dataclasses.replace(
+    LAYOUT, required=tuple(e for e in LAYOUT.required if e != SPLIT_ENTRY))
 
 
 @dataclasses.dataclass(eq=False)
@@ -184,9 +190,8 @@ def parse_row(root: str, fields: dict, labels: dict, split_table: dict | None) -
     out["split_line"], out["split"] = joined(split_table, dicom, SPLIT_CSV, "no_split",
                                              f"dicom_id {dicom}",
                                              {"subject_id": subject, "study_id": study})
-  for what in ("image", "report"):
-    if not os.path.exists(out[f"{what}_path"]):
-      raise bad_rows.BadInput(f"missing_{what}", f"{what} file {out[f'{what}_path']} not found")
+  manual_base.existing_file(out["image_path"], "image")
+  manual_base.existing_file(out["report_path"], "report", empty_kind="empty_report")
   return out
 
 
@@ -206,7 +211,8 @@ def stratum(labels: np.ndarray) -> np.ndarray:
 
 
 def read_report(path: str) -> str:
-  """The cleaned report text; BadInput when unreadable or empty after cleaning."""
+  """The cleaned report text; BadInput when unreadable or empty after cleaning (naming the
+  empty sections)."""
   try:
     with open(path, encoding="utf-8") as f:
       text = f.read()
@@ -214,8 +220,21 @@ def read_report(path: str) -> str:
     raise bad_rows.BadInput("corrupt_report", f"cannot read report file {path}: {e}") from None
   cleaned = tokenizer.clean_report(text)
   if not cleaned:
-    raise bad_rows.BadInput("empty_report", f"report file {path} has no text")
+    raise bad_rows.BadInput("empty_report", f"report file {path} {why_empty(text)}")
   return cleaned
+
+
+def why_empty(text: str) -> str:
+  """Why `text` cleans to nothing: no text at all, or which kept sections are empty and
+  which other sections (not kept) hold its text."""
+  sections = tokenizer.report_sections(text)
+  empty = [name for name in tokenizer.KEPT_SECTIONS if name in sections]
+  if not empty:
+    return "has no text"
+  others = [name or "(text before the first heading)" for name, body in sections.items()
+            if body.strip() and name not in tokenizer.KEPT_SECTIONS]
+  return (f"has no text in its {' and '.join(empty)} section(s), the ones kept (paper 001)"
+          + (f"; its text is in {', '.join(others)} only" if others else ""))
 
 
 def listed(items: list, sep: str = ", ") -> str:
@@ -249,8 +268,13 @@ def check_patient_disjoint(entries: list) -> None:
 class MimicCxr(manual_base.ManualBuilder):
   """MIMIC-CXR-JPG frontal radiographs + cleaned reports + 14 CheXpert labels."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "1.1.0": "Reports are split into sections only at known MIMIC-CXR headings "
+               "(tokenizer.SECTION_HEADINGS): an upper-case word before a colon inside FINDINGS "
+               "or IMPRESSION (\"Left PICC: ...\") no longer drops the text after it.",
+  }
   BUILDER_CONFIGS = [
       MimicCxrConfig(name="default", image_size=224,
                      description="224 px (paper 001), PA + AP, official split, strict"),
@@ -261,6 +285,9 @@ class MimicCxr(manual_base.ManualBuilder):
   LAYOUT = LAYOUT
   CSV_FILE = METADATA_CSV
   MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()
+
+  def layout(self):
+    return GROUPED_LAYOUT if self.builder_config.split == "grouped" else LAYOUT
 
   def read_entries(self, root, log):
     cfg = self.builder_config

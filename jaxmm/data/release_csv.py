@@ -3,14 +3,15 @@
 Line numbers are those of the file as a text editor shows them (the header is line 1), so a
 message such as "HAM10000_metadata.csv line 17" points at the row to fix. A missing or repeated
 column is always an error (the whole file is in the wrong format); a row with the wrong number
-of fields is reported as a bad row through `Row.problem`. No field of the release tables
-(HAM10000 metadata, ISIC 2020 ground truth, MIMIC-CXR metadata / chexpert / split) holds a line
-break, so a quoted field that runs over several lines is a stray quote that swallowed the rows
-after it: each row of the file it swallowed is returned as a bad row, so the rows of a table
-always add up. A file that cannot be read as a UTF-8 CSV (undecodable bytes; a field over the
-csv module's size limit, e.g. after an unclosed quote; a truncated or corrupt gzip stream)
-raises ValueError naming the file and the line. A table released gzipped (PhysioNet ships
-`mimic-cxr-2.0.0-*.csv.gz`) is read as is when the plain `.csv` is absent.
+of fields is reported as a bad row through `Row.problem`. A line that is blank or holds only
+whitespace is not a row (editors and exports leave such lines at the end of a table). No field
+of the release tables (HAM10000 metadata, ISIC 2020 ground truth, MIMIC-CXR metadata / chexpert
+/ split) holds a line break, so a quoted field that runs over several lines is a stray quote
+that swallowed the rows after it: each row of the file it swallowed is returned as a bad row,
+so the rows of a table always add up. A file that cannot be read as a UTF-8 CSV (undecodable
+bytes; a field over the csv module's size limit, e.g. after an unclosed quote; a truncated or
+corrupt gzip stream) raises ValueError naming the file and the line. A table released gzipped
+(PhysioNet ships `mimic-cxr-2.0.0-*.csv.gz`) is read as is when the plain `.csv` is absent.
 """
 import csv
 import dataclasses
@@ -83,7 +84,7 @@ def read_rows(path: str, required: Sequence[str]) -> Iterator[Row]:
     for start, lines, values in records:
       if len(lines) > 1:
         yield from swallowed_rows(header, start, lines)
-      elif values:  # else a blank line
+      elif lines[0].strip():  # else a blank or whitespace-only line: not a row
         yield _row(header, start, values)
 
 
@@ -99,11 +100,12 @@ def _row(header: list, line: int, values: list, problem: str | None = None,
 
 
 def swallowed_rows(header: list, start: int, lines: list) -> Iterator[Row]:
-  """Bad rows of a record read over the physical `lines` from line `start` on: one per
-  non-blank line, each with the fields of its own line (so its id can be named). The first
-  says how many rows the stray quote swallowed; together they count every row lost."""
+  """Bad rows of a record read over the physical `lines` from line `start` on: one per line
+  that is not blank (nor whitespace only), each with the fields of its own line (so its id can
+  be named). The first says how many rows the stray quote swallowed; together they count every
+  row lost."""
   end = start + len(lines) - 1
-  rows = [(start + i, text) for i, text in enumerate(lines) if text.strip("\r\n")]
+  rows = [(start + i, text) for i, text in enumerate(lines) if text.strip()]
   for line, text in rows:
     if line == start:
       problem = (f"a quote on line {start} opens a field that runs to line {end}, so lines "

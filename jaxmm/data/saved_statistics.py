@@ -6,6 +6,11 @@ prepared, on exactly the examples of its train split, and written next to the re
 `<builder.data_dir>/metadata_encoder.json` (a metadata.MetadataEncoder), so every training run
 and evaluation on that dataset encodes metadata the same way. pipeline.fit_preprocessor uses
 it when present (a run's own copy in `<workdir>/data/` still wins, for resumed runs).
+
+A train split the encoder cannot be fitted on (e.g. every training age blank) is an error that
+names the dataset, where the encoder goes and the field's CSV column. The manual builders
+check this while the train split is written (manual_base), so such a release fails to build
+and is not left prepared; `write_encoder` only meets it for a dataset prepared before that check.
 """
 import os
 from typing import Mapping, Sequence
@@ -60,6 +65,19 @@ def read_columns(source, fields: Sequence[str], chunk: int = READ_CHUNK) -> dict
   return {f: np.array(column, dtype=object) for f, column in values.items()}
 
 
+def fit_error_message(builder, error, num_train: int, data_dir: str, source: str,
+                      remedy: str) -> str:
+  """The error of a metadata encoder that cannot be fitted on the `num_train` examples of a
+  builder's train split: the dataset and config, the encoder's path under `data_dir`, the
+  metadata.FieldError, the CSV column (builder.META_COLUMNS) of its field in `source`, and
+  what to do (`remedy`)."""
+  column = getattr(builder, "META_COLUMNS", {}).get(error.field, error.field)
+  return (f"{builder.name}/{builder.builder_config.name}: cannot fit the metadata encoder "
+          f"({encoder_path(data_dir)}) on the {num_train} example(s) of the train split: "
+          f"{error}. The field {error.field!r} is read from column {column!r} of {source}; "
+          f"{remedy}")
+
+
 def fit_train_encoder(builder, vocabularies: Mapping[str, Sequence[str]]):
   """MetadataEncoder fitted on the train split of a prepared builder (strict categories)."""
   fields = (metadata.AGE_FIELD,) + tuple(vocabularies)
@@ -79,9 +97,16 @@ def write_encoder(builder, vocabularies: Mapping[str, Sequence[str]]) -> None:
   path = encoder_path(builder.data_dir)
   if os.path.exists(path):
     return
-  encoder = fit_train_encoder(builder, vocabularies)
-  write_text_atomic(path, encoder.to_json())
   num_train = builder.info.splits["train"].num_examples
+  try:
+    encoder = fit_train_encoder(builder, vocabularies)
+  except metadata.FieldError as error:
+    source = getattr(builder, "CSV_FILE", "the release")
+    raise ValueError(fit_error_message(
+        builder, error, num_train, builder.data_dir, source,
+        f"fix the release, delete the prepared dataset {builder.data_dir} and prepare it "
+        f"again")) from None
+  write_text_atomic(path, encoder.to_json())
   print(f"{builder.name}/{builder.builder_config.name}: {describe(encoder, num_train)} "
         f"-> {path}", flush=True)
 

@@ -1,7 +1,9 @@
 """Radiology report cleaning and a local WordPiece vocabulary/tokenizer (no hub access).
 
 Cleaning follows section 2 of paper 001_02ed271d6d235282.txt: keep the FINDINGS and IMPRESSION
-sections, lower-case, remove punctuation and special characters, collapse whitespace.
+sections, lower-case, remove punctuation and special characters, collapse whitespace. A report
+is split into sections only at the known MIMIC-CXR headings (SECTION_HEADINGS), so an
+upper-case abbreviation before a colon inside a section ("Left PICC: ...") stays text.
 
 The vocabulary is BERT-shaped: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, then every word
 of the given texts (sorted), then single characters and their "##" continuations (a-z, 0-9)
@@ -21,20 +23,36 @@ VOCAB_FILE = "vocab.txt"
 # What a Hugging Face BERT-family model directory holds its tokenizer in (either suffices).
 PRETRAINED_TOKENIZER_FILES = ("tokenizer.json", VOCAB_FILE)
 KEPT_SECTIONS = ("FINDINGS", "IMPRESSION")
+# The section headings of MIMIC-CXR reports: the names the MIMIC-CXR authors' section parser
+# (github.com/MIT-LCP/mimic-cxr, txt/section_parser.py) lists as frequent, in upper case as the
+# reports write them. Only these split a report: other upper-case words before a colon are
+# report text ("Left PICC: tip in the low SVC.", "NG tube: ...").
+SECTION_HEADINGS = (
+    "FINDINGS", "IMPRESSION", "INDICATION", "HISTORY", "TECHNIQUE", "COMPARISON", "EXAMINATION",
+    "EXAM", "FINAL REPORT", "WET READ", "NOTIFICATION", "REASON FOR EXAMINATION",
+    "REASON FOR EXAM", "CLINICAL HISTORY", "CLINICAL INFORMATION", "CLINICAL INDICATION",
+    "PATIENT HISTORY", "TYPE OF EXAMINATION", "COMPARISONS", "COMPARISON EXAM",
+    "COMPARISON FILM", "REFERENCE EXAM", "CONCLUSION", "CONCLUSIONS", "RECOMMENDATION",
+    "RECOMMENDATIONS", "RECOMMENDATION(S)", "ADDENDUM", "FINDINGS AND IMPRESSION",
+    "FINDINGS/IMPRESSION", "COMMENT", "PFI")
 _CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 _PUNCTUATION = ".,:;!?'\"()[]/-_%+*&#<>=@"
-# A section header: upper-case words followed by a colon ("FINDINGS:", "FINAL REPORT:").
-_HEADER = re.compile(r"\b([A-Z][A-Z ]*[A-Z]):")
+# A section heading: a whole SECTION_HEADINGS name (its words separated by any spaces) directly
+# followed by a colon; longest names first, so "REASON FOR EXAMINATION:" is one heading.
+_HEADER = re.compile(r"\b(" + "|".join(
+    re.escape(name).replace(r"\ ", " +")
+    for name in sorted(SECTION_HEADINGS, key=len, reverse=True)) + "):")
 # BERT's basic tokenization: runs of word characters, or single punctuation characters.
 _WORDS = re.compile(r"\w+|[^\w\s]")
 
 
 def report_sections(text: str) -> dict[str, str]:
-  """Splits a report into {HEADER: body}; text before the first header is under ""."""
+  """Splits a report into {HEADING: body} at its SECTION_HEADINGS; text before the first
+  heading is under "", a repeated heading's bodies are joined."""
   sections, last, name = {}, 0, ""
   for match in _HEADER.finditer(text):
     sections[name] = (sections.get(name, "") + " " + text[last:match.start()]).strip()
-    name, last = match.group(1).strip(), match.end()
+    name, last = " ".join(match.group(1).split()), match.end()
   sections[name] = (sections.get(name, "") + " " + text[last:]).strip()
   return sections
 

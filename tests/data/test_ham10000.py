@@ -24,11 +24,25 @@ def build(tmp, manual, **overrides):
                                                manual_dir=manual, image_size=SIZE, **overrides))
 
 
+EMPTY_MASK_ROW = 40  # its mask file is all zeros: an image with no lesion drawn
+
+
+def mask_path(root: str, row: dict) -> str:
+  return os.path.join(root, "HAM10000_segmentations_lesion_tschandl",
+                      f"{row['image_id']}_segmentation.png")
+
+
+def image_path(root: str, row: dict) -> str:
+  return os.path.join(root, f"HAM10000_images_part_{row['part']}", f"{row['image_id']}.jpg")
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, read_records):
   tmp = str(tmp_path_factory.mktemp("ham"))
-  rows = fixture_trees.make_ham10000(os.path.join(tmp, "release"), n=N)
-  builder = build(tmp, os.path.join(tmp, "release"))
+  release = os.path.join(tmp, "release")
+  rows = fixture_trees.make_ham10000(release, n=N)
+  Image.fromarray(np.zeros((24, 30), np.uint8)).save(mask_path(release, rows[EMPTY_MASK_ROW]))
+  builder = build(tmp, release)
   return rows, builder, read_records(builder, "image_id")
 
 
@@ -72,6 +86,12 @@ def test_roi_mask_is_the_nearest_resized_segmentation(built):
     r = records[row["image_id"]]
     np.testing.assert_array_equal(r["roi_mask"], (expected >= 128).astype(np.uint8))
     assert r["has_roi_mask"] == 1 and r["roi_mask"].any()
+
+
+def test_an_all_zero_mask_is_an_empty_roi(built):
+  rows, _, records = built
+  r = records[rows[EMPTY_MASK_ROW]["image_id"]]
+  assert r["has_roi_mask"] == 1 and not r["roi_mask"].any()
 
 
 def test_lesions_never_cross_splits_and_sizes_add_up(built):
@@ -145,11 +165,28 @@ BAD = {3: {"localization": "elbow"}, 6: {"age": "fifty"}, 12: {"dx": "melanoma"}
 
 
 def bad_tree(root):
+  """Bad rows of the first pass (CSV values, missing or empty files; rows 3-30, 25 and 27
+  empty files) and of the second (files that do not decode right: rows 20, 35, 38, 41)."""
   rows = fixture_trees.make_ham10000(root, n=N, overrides=BAD, missing_images=(9,),
                                      corrupt_images=(20,), missing_masks=(30,))
   with open(os.path.join(root, "HAM10000_metadata.csv"), "a") as f:
     f.write(",".join(rows[13][c] for c in fixture_trees.HAM_COLUMNS) + "\n")  # a repeat
+  open(image_path(root, rows[25]), "wb").close()
+  open(mask_path(root, rows[27]), "wb").close()
+  break_files(root, rows, transposed_mask=35, mask_0_1=38, image_16_bit=41)
   return rows
+
+
+def break_files(root, rows, transposed_mask, mask_0_1, image_16_bit):
+  """A mask of the transposed size (24 wide, 30 high: its image is 30 x 24), a mask saved as 0/1,
+  a 16-bit grayscale image (a PNG under the .jpg name)."""
+  mask = np.zeros((30, 24), np.uint8)
+  mask[:10, :8] = 255
+  Image.fromarray(mask).save(mask_path(root, rows[transposed_mask]))
+  _, true_mask = fixture_trees.lesion_image(mask_0_1, 30, 24)
+  Image.fromarray((true_mask > 0).astype(np.uint8)).save(mask_path(root, rows[mask_0_1]))
+  Image.fromarray(np.full((24, 30), 30000, np.uint16)).save(image_path(root, rows[image_16_bit]),
+                                                           "PNG")
 
 
 def test_strict_build_names_file_line_and_problem(tmp_path):
@@ -162,6 +199,8 @@ def test_strict_build_names_file_line_and_problem(tmp_path):
                      (11, f"{rows[9]['image_id']}.jpg is in neither"),
                      (14, "dx 'melanoma' is not one of"), (17, "lesion_id is empty"),
                      (32, "_segmentation.png not found"),
+                     (27, f"{rows[25]['image_id']}.jpg is empty (0 bytes)"),
+                     (29, f"{rows[27]['image_id']}_segmentation.png is empty (0 bytes)"),
                      (N + 2, f"image_id {rows[13]['image_id']} repeats line 15")):
     assert f"HAM10000_metadata.csv line {line}" in text and what in text, (line, what)
   assert "skip_bad_rows=True" in text
@@ -175,15 +214,18 @@ def test_skipping_counts_every_bad_row_by_kind(tmp_path):
   assert builder.builder_config.name == "px16_seed0_skip"
   info = builder.info.metadata["build"]
   skipped = info["skipped"]
-  assert skipped["by_kind"] == {"corrupt_image": 1, "duplicate_id": 1, "missing_id": 1,
-                                "missing_image": 1, "missing_mask": 1, "non_numeric_age": 1,
-                                "unknown_category": 2}
+  assert skipped["by_kind"] == {"corrupt_image": 2, "corrupt_mask": 1, "duplicate_id": 1,
+                                "mask_below_threshold": 1, "mask_size_mismatch": 1,
+                                "missing_id": 1, "missing_image": 1, "missing_mask": 1,
+                                "non_numeric_age": 1, "unknown_category": 2,
+                                "unsupported_image_mode": 1}
   examples = sum(s.num_examples for s in builder.info.splits.values())
   assert info["csv_rows"] == N + 1 == examples + skipped["count"]
-  assert {r["line"] for r in skipped["rows"]} == {5, 8, 11, 14, 17, 22, 32, N + 2}
+  assert {r["line"] for r in skipped["rows"]} == {5, 8, 11, 14, 17, 22, 27, 29, 32, 37, 40, 43,
+                                                  N + 2}
   # Saved with the dataset: metadata.json next to the records.
   with open(os.path.join(builder.data_dir, "metadata.json")) as f:
-    assert json.load(f)["build"]["skipped"]["count"] == 8
+    assert json.load(f)["build"]["skipped"]["count"] == 13
 
 
 def test_corrupt_image_stops_a_strict_build_with_its_line(tmp_path):
@@ -192,6 +234,41 @@ def test_corrupt_image_stops_a_strict_build_with_its_line(tmp_path):
   with pytest.raises(bad_rows.BadRowsError,
                      match=rf"HAM10000_metadata.csv line 9 \({rows[7]['image_id']}\): cannot "
                            rf"decode image file .*{rows[7]['image_id']}.jpg"):
+    build(str(tmp_path), release)
+
+
+def test_a_strict_build_reads_every_file_then_lists_all_the_bad_ones(tmp_path):
+  # Files that only fail to decode, in rows of all three splits (train, train, test,
+  # validation): one build names them all.
+  release = str(tmp_path / "release")
+  rows = fixture_trees.make_ham10000(release, n=30, corrupt_images=(2,))
+  break_files(release, rows, transposed_mask=11, mask_0_1=19, image_16_bit=27)
+  with pytest.raises(bad_rows.BadRowsError, match=r"ham10000: 4 bad row\(s\)") as error:
+    build(str(tmp_path), release)
+  text = str(error.value)
+  for row, what in ((2, "cannot decode image file"),
+                    (11, "is 24x30 (width x height) but its image"),
+                    (19, "has non-zero pixels but none >= 128 (largest value 1)"),
+                    (27, "has PIL mode 'I;16'")):
+    assert f"HAM10000_metadata.csv line {row + 2} ({rows[row]['image_id']}): " in text, row
+    assert what in text, what
+  assert not os.path.exists(os.path.join(str(tmp_path), "data", "ham10000", "px16_seed0",
+                                         "1.0.0"))
+
+
+def test_no_usable_rows_says_why(tmp_path):
+  release = str(tmp_path / "release")
+  rows = fixture_trees.make_ham10000(release, n=6, missing_images=range(6))
+  with pytest.raises(ValueError, match=r"(?s)ham10000: no usable rows in .*HAM10000_metadata.csv: "
+                                       r"it has 6 data row\(s\); 6 bad row\(s\) skipped "
+                                       r"\{'missing_image': 6\}, e.g. HAM10000_metadata.csv line 2 "
+                                       rf"\({rows[0]['image_id']}\): .*Is the release laid out as "
+                                       r"expected\?\n.*HAM10000_images_part_1/"):
+    build(str(tmp_path), release, skip_bad_rows=True)
+  with open(os.path.join(release, "HAM10000_metadata.csv"), "w") as f:
+    f.write(",".join(fixture_trees.HAM_COLUMNS) + "\n")
+  with pytest.raises(ValueError, match=r"no usable rows in .*HAM10000_metadata.csv: it has 0 "
+                                       r"data row\(s\)\.\n"):
     build(str(tmp_path), release)
 
 

@@ -153,6 +153,69 @@ def test_images_resized_and_bad_files_named(tmp_path):
   assert error.value.kind == "missing_mask"
 
 
+def test_only_8_bit_files_are_read_16_bit_and_float_ones_are_named(tmp_path):
+  # PIL's convert() would clip a 16-bit value of 30000 to 255 and turn a float image into 0.
+  files = {"i16.png": Image.fromarray(np.full((6, 9), 30000, np.uint16)),
+           "f.tif": Image.fromarray(np.full((6, 9), 0.5, np.float32))}
+  for name, img in files.items():
+    img.save(tmp_path / name)
+    for load, what in ((image_files.load_image, "image"), (image_files.load_mask, "mask")):
+      with pytest.raises(bad_rows.BadInput) as error:
+        load(str(tmp_path / name), 4)
+      assert error.value.kind == f"unsupported_{what}_mode"
+      assert str(error.value).startswith(f"{what} file {tmp_path / name} has PIL mode "
+                                         f"{Image.open(tmp_path / name).mode!r}")
+  # The 8-bit modes convert faithfully: bilevel, palette, alpha, CMYK.
+  gray = np.full((6, 9), 200, np.uint8)
+  Image.fromarray(np.full((6, 9), 255, np.uint8)).convert("1").save(tmp_path / "one.png")
+  Image.fromarray(gray).convert("P").save(tmp_path / "p.png")
+  Image.fromarray(gray).convert("LA").save(tmp_path / "la.png")
+  Image.fromarray(np.dstack([gray] * 3)).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+  assert (image_files.load_image(str(tmp_path / "one.png"), 4, "L") == 255).all()
+  for name in ("p.png", "la.png", "cmyk.jpg"):
+    np.testing.assert_allclose(image_files.load_image(str(tmp_path / name), 4), 200, atol=2)
+
+
+def test_masks_must_be_0_255_and_the_size_of_their_image(tmp_path):
+  Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "image.png")
+  mask = np.zeros((30, 40), np.uint8)
+  mask[10:20, 10:30] = 1  # saved 0/1: read as >= 128 it would be an empty mask
+  Image.fromarray(mask).save(tmp_path / "01.png")
+  with pytest.raises(bad_rows.BadInput, match=r"mask file .*01.png has non-zero pixels but none "
+                                              r">= 128 \(largest value 1\)") as error:
+    image_files.load_mask(str(tmp_path / "01.png"), 4)
+  assert error.value.kind == "mask_below_threshold"
+  Image.fromarray(mask * 255).save(tmp_path / "m.png")
+  image = str(tmp_path / "image.png")
+  assert image_files.load_mask(str(tmp_path / "m.png"), 4, image).sum() == 4
+  Image.fromarray(np.zeros((30, 40), np.uint8)).save(tmp_path / "empty.png")
+  assert not image_files.load_mask(str(tmp_path / "empty.png"), 4, image).any()  # empty ROI
+  Image.fromarray((mask * 255).T).save(tmp_path / "transposed.png")
+  with pytest.raises(bad_rows.BadInput) as error:
+    image_files.load_mask(str(tmp_path / "transposed.png"), 4, image)
+  assert error.value.kind == "mask_size_mismatch"
+  assert str(error.value).startswith(f"mask file {tmp_path / 'transposed.png'} is 30x40 (width "
+                                     f"x height) but its image {image} is 40x30")
+
+
+def test_lines_of_only_whitespace_are_blank_not_rows(tmp_path):
+  path = tmp_path / "t.csv"
+  path.write_text("a,b\r\n1,2\r\n   \r\n\t \r\n3,4\r\n  \r\n", encoding="utf-8")
+  assert [(r.line, r.fields["a"], r.problem) for r in release_csv.read_rows(str(path), ("a",))] \
+      == [(2, "1", None), (5, "3", None)]
+
+
+def test_a_manual_dir_that_is_a_file_gets_the_layout_error(tmp_path):
+  release = tmp_path / "release"
+  fixture_trees.make_isic2020(str(release), n=4)
+  with pytest.raises(NotADirectoryError, match=r"(?s)isic2020: manual download folder "
+                                               + re.escape(str(release / "train.csv")) +
+                                               r" is a file, not a folder.*\n  train.csv .*"
+                                               r"jpeg/train/ .*isic-archive"):
+    builders.prepare(builders.get_builder("isic2020", data_dir=str(tmp_path / "data"),
+                                          manual_dir=str(release / "train.csv"), image_size=8))
+
+
 def test_prepared_dataset_is_reused_without_its_release(tmp_path):
   release = str(tmp_path / "release")
   fixture_trees.make_isic2020(release, n=24)

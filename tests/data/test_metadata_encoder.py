@@ -77,6 +77,28 @@ def test_non_numeric_age_names_value_and_row():
   assert enc.num_imputed == 2 and enc.age_median == 40.0
 
 
+def test_age_text_must_be_an_ascii_decimal_number():
+  # float() would read "4_5" as 45 and "４５" / "٤٥" (non-ASCII digits) as 45.
+  for text in ("4_5", "４５", "٤٥", "45,", "0x10", "inf"):
+    with pytest.raises(metadata.FieldError, match=r"metadata field 'age' at row 3: non-numeric "
+                                                  r"value") as error:
+      metadata.parse_age(text, 3)
+    assert error.value.field == "age"
+  for text, age in (("45", 45.0), (" 45.0 ", 45.0), ("+7", 7.0), (".5", 0.5), ("1e1", 10.0)):
+    assert metadata.parse_age(text) == age
+  for text in ("", " ", "nan", "NaN", "None", "null", b""):
+    assert math.isnan(metadata.parse_age(text))
+  with pytest.raises(metadata.FieldError, match=r"'1e3' is not an age in years"):
+    metadata.parse_age("1e3")
+
+
+def test_every_training_age_missing_names_the_field():
+  with pytest.raises(metadata.FieldError, match=r"metadata field 'age': every training value is "
+                                                r"missing \(4 record\(s\)\)") as error:
+    metadata.MetadataEncoder.fit({**RECORDS, "age": ["", None, "nan", np.nan]})
+  assert error.value.field == "age"
+
+
 def test_list_of_dicts_equals_dict_of_arrays():
   enc = metadata.MetadataEncoder.fit(RECORDS)
   rows = [{k: v[i] for k, v in RECORDS.items()} for i in range(4)]

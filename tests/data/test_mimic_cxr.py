@@ -26,10 +26,21 @@ def expected_labels(row: dict) -> list:
   return [int(float(row[n])) if row[n] else -2 for n in fixture_trees.CHEXPERT_LABELS]
 
 
+# Study 0's report: an upper-case abbreviation before a colon inside FINDINGS is text.
+PICC_REPORT = (" FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n \n INDICATION:  ___F with "
+               "cough\n \n FINDINGS: \n \n Heart size normal. Left PICC: tip in the low SVC. "
+               "The lungs are clear.\n \n IMPRESSION: \n \n No acute cardiopulmonary process.\n")
+
+
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("mimic"))
   tables = fixture_trees.make_mimic_cxr(os.path.join(root, "release"), n_subjects=16)
+  study = tables["chexpert"][0]
+  tables["reports"][study["study_id"]] = PICC_REPORT
+  with open(mimic_cxr.study_folder(os.path.join(root, "release"), study["subject_id"],
+                                   study["study_id"]) + ".txt", "w", encoding="utf-8") as f:
+    f.write(PICC_REPORT)
   return root, tables
 
 
@@ -88,7 +99,22 @@ def test_specific_study_labels_and_reports(built):
                                              b"edema cannot exclude there is pleural effusion")
   # Study 3's report has only an IMPRESSION: the header text before it is dropped.
   assert by_study["s50012333"]["report"] == b"possible atelectasis cannot exclude"
-  assert b"indication" not in by_study["s50000000"]["report"]
+  assert by_study["s50000000"]["report"] == (b"heart size normal left picc tip in the low svc "
+                                             b"the lungs are clear no acute cardiopulmonary "
+                                             b"process")
+
+
+def test_a_report_with_empty_findings_and_impression_names_the_empty_sections(tmp_path):
+  path = tmp_path / "s5.txt"
+  path.write_text(" INDICATION: cough\n FINDINGS:\n \n IMPRESSION:\n", encoding="utf-8")
+  with pytest.raises(bad_rows.BadInput) as error:
+    mimic_cxr.read_report(str(path))
+  assert (error.value.kind, str(error.value)) == (
+      "empty_report", f"report file {path} has no text in its FINDINGS and IMPRESSION "
+                      f"section(s), the ones kept (paper 001); its text is in INDICATION only")
+  path.write_text(" \n \n", encoding="utf-8")
+  with pytest.raises(bad_rows.BadInput, match=r"report file .*s5.txt has no text$"):
+    mimic_cxr.read_report(str(path))
 
 
 def test_vocab_of_training_reports(built):
@@ -125,6 +151,11 @@ def test_view_filter_is_configurable(release, read_records):
       "ViewPosition not in ['PA']": len(tables["metadata"]) - pa}
   with pytest.raises(ValueError, match="split 'random' is not one of"):
     builders.get_builder("mimic_cxr", data_dir=root, split="random")
+  with pytest.raises(ValueError, match=r"no usable rows in .*mimic-cxr-2.0.0-metadata.csv: it has "
+                                       rf"{len(tables['metadata'])} data row\(s\); filtered out "
+                                       rf"\{{\"ViewPosition not in \['LL'\]\": "
+                                       rf"{len(tables['metadata'])}\}}"):
+    build(root, os.path.join(root, "release"), views=["LL"])
 
 
 def test_bad_rows_name_their_file_and_line(tmp_path):
@@ -140,6 +171,11 @@ def test_bad_rows_name_their_file_and_line(tmp_path):
       split_overrides={split_row: {"split": "dev"}}, overrides={frontal[4]: {"subject_id": "x"}},
       missing_images=(frontal[5],), corrupt_images=(frontal[6],),
       missing_reports=(meta[frontal[7]]["study_id"],))
+  # An empty (0 bytes) report of a study no other bad row touches: found by the first pass.
+  used = {meta[frontal[k]]["study_id"] for k in range(2, 8)}
+  empty = next(i for i in frontal[8:] if meta[i]["study_id"] not in used)
+  open(mimic_cxr.study_folder(release, meta[empty]["subject_id"], meta[empty]["study_id"])
+       + ".txt", "wb").close()
   with pytest.raises(bad_rows.BadRowsError) as error:
     build(str(tmp_path), release)
   text = str(error.value)
@@ -151,14 +187,17 @@ def test_bad_rows_name_their_file_and_line(tmp_path):
   assert f"{line(4)}" in text and "subject_id 'x' is not a number" in text
   assert f"{line(5)}" in text and "image file" in text
   assert f"{line(7)}" in text and f"s{meta[frontal[7]]['study_id']}.txt not found" in text
+  assert (f"mimic-cxr-2.0.0-metadata.csv line {empty + 2} ({meta[empty]['dicom_id']}): report "
+          f"file ") in text and f"s{meta[empty]['study_id']}.txt is empty (0 bytes)" in text
   builder = build(str(tmp_path), release, skip_bad_rows=True)
   info = builder.info.metadata["build"]
   examples = sum(s.num_examples for s in builder.info.splits.values())
   # The bad report's study may hold more than one frontal image: count them all.
   report_rows = sum(1 for i in frontal if meta[i]["study_id"] == meta[frontal[7]]["study_id"])
-  assert info["skipped"]["by_kind"] == {"corrupt_image": 1, "missing_id": 1,
-                                        "missing_image": 1, "missing_report": report_rows,
-                                        "unknown_category": 2}
+  empty_rows = sum(1 for i in frontal if meta[i]["study_id"] == meta[empty]["study_id"])
+  assert info["skipped"]["by_kind"] == {"corrupt_image": 1, "empty_report": empty_rows,
+                                        "missing_id": 1, "missing_image": 1,
+                                        "missing_report": report_rows, "unknown_category": 2}
   assert info["csv_rows"] == len(meta) == examples + info["skipped"]["count"] + sum(
       info["filtered"].values())
 
@@ -249,7 +288,10 @@ def test_official_split_that_leaks_a_subject_is_an_error(tmp_path, read_records)
            in text and "patient" in text
     assert (f"subject_id {subject} in test (line {rows[0] + 2}) and train (lines "
             f"{', '.join(str(i + 2) for i in rows[1:])})") in text
-  # The grouped split ignores split.csv and keeps each subject in one split.
+  # The grouped split ignores split.csv (it need not exist) and keeps each subject in one split.
+  os.remove(os.path.join(release, mimic_cxr.SPLIT_CSV))
+  with pytest.raises(FileNotFoundError, match=r"lacks \['mimic-cxr-2.0.0-split.csv'\]"):
+    build(str(tmp_path), release)
   records = read_records(build(str(tmp_path), release, split="grouped"), "dicom_id")
   splits_of = {r["split"] for r in records.values() if r["patient_id"] == f"p{subject}".encode()}
   assert len(splits_of) == 1

@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis): random metadata rows and report texts give either a
 valid encoding or the documented error, never a silent NaN / inf or a crash of another kind."""
 import math
+import re
 
 import numpy as np
 from hypothesis import given, settings, strategies as st
@@ -16,7 +17,8 @@ STRICT = metadata.MetadataEncoder.fit(FIT_ROWS, strict=True)
 ages = st.one_of(
     st.none(), st.floats(allow_nan=True, allow_infinity=True),
     st.integers(-10**6, 10**6), st.text(max_size=12),
-    st.sampled_from(["", " 42 ", "nan", "None", "1e400", "-inf", "forty", "35.5"]))
+    st.sampled_from(["", " 42 ", "nan", "None", "1e400", "-inf", "forty", "35.5", "4_5", "４５",
+                     "١٢", "+7", ".5", "1e1"]))
 category = st.one_of(st.none(), st.text(max_size=16), st.sampled_from(
     ["male", " Female ", "UNKNOWN", "back", "lower extremity", "histo", "", "Ünïcode"]),
     st.binary(max_size=8).filter(lambda b: _utf8(b)))
@@ -34,9 +36,13 @@ rows = st.lists(st.fixed_dictionaries({"age": ages, "sex": category, "localizati
                                         "dx_type": category}), min_size=1, max_size=6)
 
 
+# Text that is a number: ASCII digits only (float() would also take "4_5" and "４５").
+ASCII_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def age_is_valid(value) -> bool:
   """The documented contract of parse_age: missing -> imputed; a number of years in
-  [0, MAX_AGE] -> kept; anything else -> ValueError."""
+  [0, MAX_AGE] (text: an ASCII decimal) -> kept; anything else -> ValueError."""
   if value is None or (isinstance(value, float) and math.isnan(value)):
     return True
   if isinstance(value, bytes):
@@ -45,10 +51,9 @@ def age_is_valid(value) -> bool:
     text = value.strip()
     if not text or text.lower() in ("nan", "none", "null"):
       return True
-    try:
-      value = float(text)
-    except ValueError:
+    if not ASCII_NUMBER.fullmatch(text):
       return False
+    value = float(text)
   return 0 <= float(value) <= metadata.MAX_AGE
 
 

@@ -26,6 +26,25 @@ def test_clean_report_without_sections_and_bytes():
       "": "", "FINDINGS": "a.", "IMPRESSION": "b."}
 
 
+def test_only_known_headings_split_a_report():
+  # An upper-case abbreviation before a colon is report text, not a section heading.
+  text = (" INDICATION: cough\n FINDINGS: Heart size normal. Left PICC: tip in the low SVC. "
+          "Large right pleural effusion.\n IMPRESSION: 1. NG tube: tip in stomach. "
+          "RECOMMENDATION(S): follow up.\n")
+  assert tokenizer.report_sections(text) == {
+      "": "", "INDICATION": "cough",
+      "FINDINGS": "Heart size normal. Left PICC: tip in the low SVC. Large right pleural "
+                  "effusion.",
+      "IMPRESSION": "1. NG tube: tip in stomach.", "RECOMMENDATION(S)": "follow up."}
+  assert tokenizer.clean_report(text) == (
+      "heart size normal left picc tip in the low svc large right pleural effusion 1 ng tube "
+      "tip in stomach")
+  # Headings of several words, with any spaces between them, are whole headings.
+  assert tokenizer.report_sections("REASON FOR  EXAMINATION: pain WET READ: none FINDINGS: ok") \
+      == {"": "", "REASON FOR EXAMINATION": "pain", "WET READ": "none", "FINDINGS": "ok"}
+  assert tokenizer.report_sections("NOTE: a. PICC: b.") == {"": "NOTE: a. PICC: b."}
+
+
 def test_build_vocab_specials_first_and_deterministic():
   texts = ["No pneumothorax.", "Small left pleural effusion; no pneumothorax"]
   vocab = tokenizer.build_vocab(texts)
