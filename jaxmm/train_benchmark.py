@@ -1,8 +1,9 @@
-r"""Training throughput, jaxmm vs PyTorch (transformers' classes), one process, one machine.
+r"""Training throughput, jaxmm vs PyTorch (transformers' classes), one process, one device.
 
   python -m jaxmm.benchmark train [--models=resnet18,resnet50,bert] [--batch=N]
       [--dtype=auto|float32|bfloat16] [--torch_compile=auto|on|off] [--repeats=10]
-      [--bert_layers=12 --bert_hidden=768 --seq_len=128] [--json=PATH]
+      [--bert_layers=12 --bert_hidden=768 --seq_len=128] [--no-channels_last] [--devices=1]
+      [--json=PATH]
 
 For each model both sides train the same architecture on the same random batch with a full
 step: forward in train mode (BatchNorm statistics update, dropout), softmax cross-entropy,
@@ -12,9 +13,13 @@ backward and an optimizer update (SGD with momentum 0.9 for the ResNets, AdamW f
          jitted with the state donated, as the training loop does. `--dtype` is the model's
          compute dtype; parameters and optimizer state stay float32.
   torch: transformers' ResNetForImageClassification / BertForSequenceClassification of the
-         same sizes, run the way its documentation says is fastest: channels_last (ResNets),
-         fused optimizers, torch.compile when it is faster than eager (`auto` times both),
-         autocast for bfloat16, cudnn.benchmark and TF32 on GPU, default threads on CPU.
+         same sizes, run the way its documentation says is fastest: channels_last (ResNets;
+         --no-channels_last: contiguous NCHW), fused optimizers, torch.compile when it is
+         faster than eager (`auto` times both), autocast for bfloat16, cudnn.benchmark and TF32
+         on GPU, default threads on CPU.
+Both sides train on one device, jaxmm on the first local one. `--devices=N` (N > 1) trains
+jaxmm data parallel over N local devices while torch stays on one: a jaxmm-only measurement
+that the report and JSON mark as no peer comparison (its MFU divides by N x the peak).
 Each side: compilation and warm-up calls are reported apart, then the median of --repeats
 timed steps, the sides taking turns step by step (jaxmm blocks on the new state; torch
 synchronises on GPU). On a GPU the model FLOP utilisation uses, for both sides, the FLOPs of
@@ -25,6 +30,7 @@ them.
 import functools
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -50,9 +56,20 @@ BERT_VOCAB = 30522
 TORCH_MODES = {"off": ("eager",), "on": ("compile",), "auto": ("eager", "compile")}
 # Default batch per step when --batch is not given: (cpu, gpu).
 DEFAULT_BATCH = {"image": (16, 256), "text": (8, 64)}
-# Dense peak FLOP/s by device kind substring, first match wins: (bfloat16, float32 = TF32).
-PEAK_FLOPS = (("H100 PCIe", 756e12, 378e12), ("H100", 989e12, 494e12),
-              ("H200", 989e12, 494e12), ("A100", 312e12, 156e12))
+# Dense peak FLOP/s (bfloat16, float32 = TF32) by GPU model, keyed by gpu_model_key of JAX's
+# device_kind (CUDA's device name): an exact key, so "H100 NVL" does not take the H100 SXM's
+# peak nor "RTX A1000" the A100's; a GPU not listed (or a MIG slice) has MFU "unknown peak".
+# NVIDIA's spec tables list Hopper figures with sparsity; dense is half, rounded down:
+# nvidia.com/en-us/data-center/h100 (SXM BF16 1,979 / TF32 989; PCIe 1,513 / 756; NVL 1,671 /
+# 835) and /h200 (SXM as H100 SXM; NVL as H100 NVL). A100 (SXM4 and PCIe, 40 and 80 GB), dense
+# as listed: BF16 312, TF32 156 (nvidia.com/en-us/data-center/a100).
+PEAK_FLOPS = {("A100",): (312e12, 156e12), ("A100", "PCIE"): (312e12, 156e12),
+              ("H100",): (989e12, 494e12), ("H100", "PCIE"): (756e12, 378e12),
+              ("H100", "NVL"): (835e12, 417e12),
+              ("H200",): (989e12, 494e12), ("H200", "NVL"): (835e12, 417e12)}
+# Tokens of a device name that do not change the peak: the vendor, memory size and type, and
+# the SXM form factor (the default variant of each model above).
+NAME_TOKENS_IGNORED = re.compile(r"NVIDIA|\d+GB?|HBM\d*E?|SXM\d*")
 
 
 class ModelSpec(NamedTuple):
@@ -271,23 +288,47 @@ def _sub_jaxprs(params: dict):
 
 def traced_flops(fn: Callable, *args) -> float:
   """FLOPs of one call of `fn(*args)` as traced: 2 per multiply-add of its matrix products
-  and convolutions (forward, backward and any recomputation), the model FLOPs of MFU. Counted
-  from the jaxpr because XLA's cost analysis of a compiled GPU program leaves out the
-  convolutions and matrix products it hands to cuDNN / cuBLAS (it gave 0.4 GFLOP per
-  ResNet-50 training image on an H200 instead of about 25)."""
+  and convolutions, forward and backward. A recomputed (remat) part would count twice, so
+  this is the model FLOPs of MFU only for a step without recomputation, as jaxmm's train
+  step is. Counted from the jaxpr because XLA's cost analysis of a compiled GPU program
+  leaves out the convolutions and matrix products it hands to cuDNN / cuBLAS (it gave 0.4
+  GFLOP per ResNet-50 training image on an H200 instead of about 24)."""
   import jax
   return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
-def jaxmm_stepper(spec: ModelSpec, batch_np: dict, dtype: str) -> tuple[Stepper, dict]:
+class FlagError(ValueError):
+  """A flag value that can only be checked once JAX has started (benchmark.main reports it
+  as a usage error)."""
+
+
+def first_devices(available: list, count: int) -> list:
+  """The first `count` of the `available` devices; FlagError when there are fewer."""
+  if not 1 <= count <= len(available):
+    raise FlagError(f"--devices={count}: this host has {len(available)} local device(s)")
+  return list(available[:count])
+
+
+def jaxmm_mesh(devices: int = 1):
+  """A 1-D data mesh over the first `devices` local devices. One by default, as torch trains
+  on one: more is jaxmm's data parallelism, not a peer comparison."""
+  import jax
+  from jax.sharding import Mesh
+  from jaxmm.train import sharding
+  return Mesh(np.asarray(first_devices(jax.local_devices(), devices)), (sharding.DATA_AXIS,))
+
+
+def jaxmm_stepper(spec: ModelSpec, batch_np: dict, dtype: str,
+                  devices: int = 1) -> tuple[Stepper, dict]:
   """jaxmm's train step compiled ahead of time for `batch_np`, state threaded through the
-  donated calls: (stepper, {"params": count, "flops_per_step": traced_flops of the step})."""
+  donated calls, on `devices` local devices (jaxmm_mesh): (stepper, {"params": count,
+  "flops_per_step": traced_flops of the step})."""
   import jax
   from jaxmm.train import sharding
-  count, state, train_fn = jaxmm_setup(spec, batch_np, dtype)
-  # As the training loop: state replicated, batch sharded over a mesh of every device.
-  mesh = sharding.make_mesh()
+  mesh = jaxmm_mesh(devices)
   sharding.check_batch_size(len(batch_np["label"]), mesh, "--batch")
+  count, state, train_fn = jaxmm_setup(spec, batch_np, dtype)
+  # As the training loop: state replicated, batch sharded over the mesh.
   state = sharding.replicate(state, mesh)
   batch = sharding.shard_batch(batch_np, mesh)
   start = time.perf_counter()
@@ -374,12 +415,12 @@ def torch_sync(loss) -> float:
   return float(loss)
 
 
-def torch_stepper(spec: ModelSpec, batch: dict, device: str, dtype: str,
-                  compiled: bool) -> tuple[Stepper, int]:
+def torch_stepper(spec: ModelSpec, batch: dict, device: str, dtype: str, compiled: bool,
+                  channels_last: bool = True) -> tuple[Stepper, int]:
   """transformers' model ready to train on `batch`, eager or torch.compile'd (compiling at
-  its first step): (stepper, parameter count)."""
+  its first step), channels_last for images unless told not to: (stepper, parameter count)."""
   import torch
-  channels_last = spec.modality == "image"
+  channels_last = channels_last and spec.modality == "image"
   model = torch_model(spec).to(device)
   if channels_last:
     model = model.to(memory_format=torch.channels_last)
@@ -408,18 +449,28 @@ def configure_torch(device: str, dtype: str) -> list[str]:
 
 # ---------------------------------------------------------------- one model, both sides
 
+def gpu_model_key(device_kind: str) -> tuple[str, ...]:
+  """A GPU's name as the tokens that set its peak: "NVIDIA H100 80GB HBM3" -> ("H100",),
+  "NVIDIA A100-SXM4-40GB" -> ("A100",), "NVIDIA H100 NVL" -> ("H100", "NVL"),
+  "NVIDIA RTX A1000" -> ("RTX", "A1000")."""
+  tokens = re.split(r"[\s_-]+", device_kind.strip().upper())
+  return tuple(t for t in tokens if t and not NAME_TOKENS_IGNORED.fullmatch(t))
+
+
 def peak_flops(device_kind: str, dtype: str) -> float | None:
-  """Dense peak FLOP/s of a known GPU for the compute dtype (float32 = TF32); else None."""
-  for name, bf16, f32 in PEAK_FLOPS:
-    if name.lower() in device_kind.lower():
-      return bf16 if dtype == "bfloat16" else f32
-  return None
+  """Dense peak FLOP/s of one listed GPU for the compute dtype (float32 = TF32); else None."""
+  peaks = PEAK_FLOPS.get(gpu_model_key(device_kind))
+  if peaks is None:
+    return None
+  return peaks[0] if dtype == "bfloat16" else peaks[1]
 
 
 def side_record(m: Measurement, batch: int, flops: float | None, peak: float | None) -> dict:
-  """JSON-ready numbers of one side: examples/s, step and warm-up times, losses, MFU."""
+  """JSON-ready numbers of one side: examples/s, step and warm-up times, losses, MFU (`peak`:
+  the peak of every device the side trains on)."""
   record = {"per_s": batch / m.step_s, "step_s": m.step_s, "setup_s": m.setup_s,
-            "warmup_s": m.warmup_s, "losses": m.losses}
+            "warmup_s": m.warmup_s, "losses": m.losses,
+            "finite_losses": all(math.isfinite(loss) for loss in m.losses)}
   if flops:
     record["model_tflops_per_s"] = flops / m.step_s / 1e12
   if flops and peak:
@@ -445,30 +496,40 @@ def benchmark_model(name: str, args, machine: dict) -> dict:
   """Both sides' training throughput for one model (see the module docstring)."""
   spec = model_spec(name, args)
   batch_size = args.batch or DEFAULT_BATCH[spec.modality][machine["platform"] != "cpu"]
+  if batch_size % args.devices:
+    raise FlagError(f"--batch {batch_size} is not divisible by --devices={args.devices}")
   batch = random_batch(spec, batch_size, args)
   dtype = machine["dtype"]
   progress(f"{name}: compiling jaxmm's train step")
   steppers = {}
-  steppers["jaxmm"], info = jaxmm_stepper(spec, batch, dtype)
+  steppers["jaxmm"], info = jaxmm_stepper(spec, batch, dtype, args.devices)
   for mode in TORCH_MODES[args.torch_compile]:
     steppers[mode], torch_params = torch_stepper(spec, batch, machine["torch_device"], dtype,
-                                                 mode == "compile")
+                                                 mode == "compile", args.channels_last)
   progress(f"{name}: {args.warmup} warm-up + {args.repeats} timed steps of jaxmm, torch "
            f"{' and torch '.join(TORCH_MODES[args.torch_compile])}")
   measured = measure_interleaved(steppers, args.warmup, args.repeats)
   flops = info["flops_per_step"]
   peak = peak_flops(machine["device_kind"], dtype) if machine["platform"] == "gpu" else None
-  record = functools.partial(side_record, batch=batch_size, flops=flops, peak=peak)
-  jaxmm = record(measured.pop("jaxmm"))
+  record = functools.partial(side_record, batch=batch_size, flops=flops)
+  jaxmm = record(measured.pop("jaxmm"), peak=peak and peak * args.devices)
   mode = min(measured, key=lambda k: measured[k].step_s)
-  torch_modes = {k: record(v) for k, v in measured.items()}
+  torch_modes = {k: record(v, peak=peak) for k, v in measured.items()}
+  nonfinite = [side for side, r in {"jaxmm": jaxmm, **torch_modes}.items()
+               if not r["finite_losses"]]
   return {"model": name, "unit": "images" if spec.modality == "image" else "sequences",
           "sizes": sizes_text(spec, batch_size, args), "batch": batch_size, "dtype": dtype,
           "optimizer": spec.optimizer, "learning_rate": spec.learning_rate,
           "params": {"jaxmm": info["params"], "torch": torch_params},
+          "jaxmm_devices": args.devices, "peer_comparison": args.devices == 1,
+          "torch_compile": args.torch_compile,
+          "torch_channels_last": args.channels_last and spec.modality == "image",
           "flops_per_step": flops, "peak_flops": peak, "jaxmm": jaxmm,
           "torch": {**torch_modes[mode], "mode": mode, "modes": torch_modes},
-          "ratio": jaxmm["per_s"] / torch_modes[mode]["per_s"]}
+          "ratio": jaxmm["per_s"] / torch_modes[mode]["per_s"],
+          "warnings": [f"{name}: non-finite losses ({', '.join(nonfinite)}): the timed steps "
+                       f"do not train the model; their speed may not be representative"]
+                      if nonfinite else []}
 
 
 def cpu_model() -> str:
@@ -484,35 +545,46 @@ def cpu_model() -> str:
   return platform.processor() or "unknown CPU"
 
 
-def machine_info(args) -> dict:
-  """Platform, device kind, CPUs, versions and both sides' global settings."""
+def host_info(args) -> dict:
+  """What both benchmarks report of the machine: platform, device kind and count, CPUs,
+  versions, XLA_FLAGS, where torch runs and with how many threads, the load average."""
   import jax
   import torch
+  device = jax.devices()[0]
+  return {"platform": device.platform, "device_kind": device.device_kind,
+          "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
+          "cpu_model": cpu_model(), "jax": jax.__version__, "torch": torch.__version__,
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "torch_device": "cuda" if torch.cuda.is_available() else "cpu",
+          "torch_threads": torch.get_num_threads(),
+          "kept_host_memory": bool(getattr(args, "kept_host_memory", False)),
+          "load_before": os.getloadavg()[0]}
+
+
+def machine_info(args) -> dict:
+  """host_info, the compute dtype and both sides' global training settings."""
   from jaxmm.models import fast_backward
   from jaxmm.train import writer
-  device = jax.devices()[0]
-  platform = device.platform
-  dtype = args.dtype if args.dtype != "auto" else ("float32" if platform == "cpu"
+  host = host_info(args)
+  dtype = args.dtype if args.dtype != "auto" else ("float32" if host["platform"] == "cpu"
                                                    else "bfloat16")
-  torch_device = "cuda" if torch.cuda.is_available() else "cpu"
-  return {"platform": platform, "device_kind": device.device_kind,
-          "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
-          "cpu_model": cpu_model(), "dtype": dtype, "jax": jax.__version__,
-          "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_device": torch_device,
-          "fast_backward": fast_backward.ENABLED, **writer.step_choices(),
-          "kept_host_memory": bool(getattr(args, "kept_host_memory", False)),
-          "torch_threads": torch.get_num_threads(),
-          "torch_settings": configure_torch(torch_device, dtype)}
+  return {**host, "dtype": dtype, "fast_backward": fast_backward.ENABLED,
+          **writer.step_choices(),
+          "torch_settings": configure_torch(host["torch_device"], dtype)}
 
 
 def train_benchmark(args) -> dict:
-  """Every model of --models, both sides: {"machine": ..., "models": [per-model records]}.
+  """Every model of --models, both sides: {"machine": ..., "models": [per-model records],
+  "warnings": [...]}.
 
   The 1-minute load average before and after says whether other work shared the machine.
   """
-  machine = {**machine_info(args), "load_before": os.getloadavg()[0]}
-  models = [benchmark_model(name, args, machine) for name in parse_models(args.models)]
-  return {"machine": {**machine, "load_after": os.getloadavg()[0]}, "models": models}
+  import jax
+  first_devices(jax.local_devices(), args.devices)  # before building anything
+  machine = machine_info(args)
+  models = [benchmark_model(name, args, machine) for name in args.models]
+  return {"machine": {**machine, "load_after": os.getloadavg()[0]}, "models": models,
+          "warnings": [w for model in models for w in model["warnings"]]}
 
 
 # ---------------------------------------------------------------- output
@@ -524,24 +596,44 @@ def side_line(label: str, side: dict, unit: str, settings: str) -> str:
           f"(median)  {setup}warm-up {warm} s  [{settings}]")
 
 
+# Why torch ran in the mode it did, per --torch_compile.
+TORCH_MODE_REASONS = {"off": "eager: --torch_compile=off, torch.compile not timed",
+                      "on": "torch.compile: --torch_compile=on, eager not timed"}
+
+
+def torch_mode_text(model: dict) -> str:
+  """The torch mode reported, why, and each timed mode's speed and first step."""
+  modes = model["torch"]["modes"]
+  mode_text = "; ".join(f"{k} {v['per_s']:.2f}/s, first step {v['warmup_s'][0]:.1f} s"
+                        if v["warmup_s"] else f"{k} {v['per_s']:.2f}/s" for k, v in modes.items())
+  if model["torch_compile"] in TORCH_MODE_REASONS:
+    return f"{TORCH_MODE_REASONS[model['torch_compile']]} ({mode_text})"
+  used = "torch.compile" if model["torch"]["mode"] == "compile" else "eager"
+  return f"{used} used: the faster with --torch_compile=auto ({mode_text})"
+
+
 def torch_settings(model: dict, machine: dict) -> str:
   """Which torch mode was used and why, plus the settings that applied."""
-  modes = model["torch"]["modes"]
-  used = model["torch"]["mode"]
-  mode_text = ", ".join(f"{k} {v['per_s']:.2f}/s (first step {v['warmup_s'][0]:.1f} s)"
-                        if v["warmup_s"] else f"{k} {v['per_s']:.2f}/s" for k, v in modes.items())
-  parts = [f"{'torch.compile' if used == 'compile' else 'eager'} used ({mode_text})"]
+  parts = [torch_mode_text(model)]
   if model["unit"] == "images":
-    parts.append("channels_last")
-  if model["dtype"] == "bfloat16":
-    parts.append("autocast bfloat16")
+    parts.append("channels_last" if model["torch_channels_last"]
+                 else "contiguous NCHW (--no-channels_last)")
+  parts.append("autocast bfloat16" if model["dtype"] == "bfloat16" else "float32, no autocast")
   parts.append(f"fused {'SGD' if model['optimizer'] == 'sgd' else 'AdamW'}")
-  return ", ".join(parts + machine["torch_settings"])
+  return ", ".join(parts + machine["torch_settings"] + ["1 device"])
+
+
+def devices_text(model: dict, machine: dict) -> str:
+  """Where jaxmm trained: one device as torch, or data parallel (no peer comparison)."""
+  n, platform = model["jaxmm_devices"], machine["platform"]
+  if n == 1:
+    return f"1 {platform} device (of {machine['device_count']}), as torch"
+  return (f"data parallel over {n} {platform} devices (--devices={n}: jaxmm only, torch "
+          f"uses 1; not a peer comparison)")
 
 
 def jaxmm_settings(model: dict, machine: dict) -> str:
-  parts = ["build_model + train_step, jit with donated state",
-           f"data parallel over {machine['device_count']} {machine['platform']} device(s)",
+  parts = ["build_model + train_step, jit with donated state", devices_text(model, machine),
            f"compute {model['dtype']}", machine["update_guard"]]
   if model["unit"] == "images":
     parts.append("fast_backward gradients" if machine["fast_backward"]
@@ -554,18 +646,29 @@ def jaxmm_settings(model: dict, machine: dict) -> str:
   return ", ".join(parts)
 
 
+def ratio_line(model: dict, repeats: int) -> str:
+  n = model["jaxmm_devices"]
+  if n == 1:
+    return (f"  ratio jaxmm / torch = {model['ratio']:.2f}x  (median of {repeats} steps each, "
+            f"one device each)")
+  return (f"  ratio jaxmm ({n} devices) / torch (1 device) = {model['ratio']:.2f}x: NOT a peer "
+          f"comparison (--devices={n} is jaxmm-only data parallelism)")
+
+
 def mfu_line(model: dict) -> str | None:
-  """Model FLOP utilisation of both sides (GPU), or None without FLOPs or a known peak."""
+  """Model FLOP utilisation of both sides (GPU), or None without FLOPs; jaxmm's divides by
+  the peak of all its devices."""
   if model["flops_per_step"] is None:
     return None
   if model["peak_flops"] is None:
     return (f"  model FLOPs/step {model['flops_per_step']:.3g} (traced): jaxmm "
             f"{model['jaxmm']['model_tflops_per_s']:.2f} TFLOP/s, torch "
             f"{model['torch']['model_tflops_per_s']:.2f} TFLOP/s; MFU: unknown peak")
-  return (f"  MFU jaxmm {100 * model['jaxmm']['mfu']:.1f}%, torch "
-          f"{100 * model['torch']['mfu']:.1f}% (model FLOPs/step {model['flops_per_step']:.3g}, "
-          f"traced; peak {model['peak_flops'] / 1e12:.0f} TFLOP/s "
-          f"{model['dtype']} dense)")
+  n = model["jaxmm_devices"]
+  return (f"  MFU jaxmm {100 * model['jaxmm']['mfu']:.1f}%"
+          f"{f' (of {n} x peak)' if n > 1 else ''}, torch {100 * model['torch']['mfu']:.1f}% "
+          f"(model FLOPs/step {model['flops_per_step']:.3g}, traced; peak "
+          f"{model['peak_flops'] / 1e12:.0f} TFLOP/s {model['dtype']} dense per device)")
 
 
 def print_train(result: dict, args) -> None:
@@ -582,10 +685,12 @@ def print_train(result: dict, args) -> None:
           f"params jaxmm {model['params']['jaxmm']:,} torch {model['params']['torch']:,}")
     print(side_line("jaxmm", model["jaxmm"], model["unit"], jaxmm_settings(model, m)))
     print(side_line("torch", model["torch"], model["unit"], torch_settings(model, m)))
-    print(f"  ratio jaxmm / torch = {model['ratio']:.2f}x  (median of {args.repeats} steps each)")
+    print(ratio_line(model, args.repeats))
     line = mfu_line(model)
     if line and m["platform"] == "gpu":
       print(line)
+    for warning in model["warnings"]:
+      print(f"  WARNING: {warning}")
   if m["platform"] == "cpu" and args.xla_cpu_flags:
     print(f"jaxmm's convolutions train faster on CPU with XLA_FLAGS="
           f"'{' '.join(RECOMMENDED_XLA_CPU_FLAGS)}' (set here before JAX started; "

@@ -3,6 +3,7 @@ real numbers. Speed targets are measured by the benchmark, never asserted here."
 import json
 import math
 import os
+import re
 import types
 
 import pytest
@@ -16,10 +17,25 @@ TINY = ["--image_size=32", "--batch=2", "--bert_layers=2", "--bert_hidden=64", "
 
 @pytest.fixture
 def jax_env(monkeypatch):
-  """benchmark.main sets XLA_FLAGS / XLA_PYTHON_CLIENT_PREALLOCATE: restore both afterwards."""
+  """benchmark.main sets XLA_FLAGS / XLA_PYTHON_CLIENT_PREALLOCATE: restore both afterwards.
+  It also calls host_memory.keep_host_memory, whose glibc settings would stay for the rest of
+  the test session: JAXMM_KEEP_HOST_MEMORY=0 leaves the allocator alone."""
   monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
   monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE",
                      os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "false"))
+  monkeypatch.setenv("JAXMM_KEEP_HOST_MEMORY", "0")
+
+
+def torch_step_flops(spec: tb.ModelSpec, batch: dict) -> float:
+  """FLOPs of one torch training step on `batch`, by torch.utils.flop_counter (an independent
+  count: PyTorch's formulas per aten op)."""
+  from torch.utils.flop_counter import FlopCounterMode
+  model = tb.torch_model(spec)
+  inputs, labels = tb.torch_inputs(spec, batch, "cpu", channels_last=False)
+  step = tb.torch_step_fn(model, tb.torch_optimizer(spec, model), inputs, labels, None)
+  with FlopCounterMode(display=False) as counter:
+    step()
+  return counter.get_total_flops()
 
 
 def test_train_benchmark_tiny_models_train_and_report(tmp_path, capsys, jax_env):
@@ -29,37 +45,73 @@ def test_train_benchmark_tiny_models_train_and_report(tmp_path, capsys, jax_env)
   result = json.loads(path.read_text())
   assert [m["model"] for m in result["models"]] == ["resnet_tiny", "bert"]
   assert result["machine"]["cpu_count"] == os.cpu_count()
+  assert result["machine"]["kept_host_memory"] is False and result["warnings"] == []
   for model in result["models"]:
     # Same architecture on both sides: the parameter counts agree exactly.
     assert model["params"]["jaxmm"] == model["params"]["torch"] > 0
     for side in (model["jaxmm"], model["torch"]):
       losses = side["losses"]
       assert len(losses) == 5 and all(math.isfinite(loss) for loss in losses)
-      assert losses[-1] < losses[0]  # training on one fixed batch lowers its loss
+      assert side["finite_losses"] and losses[-1] < losses[0]  # one fixed batch: loss falls
       assert side["per_s"] > 0 and len(side["warmup_s"]) == 2
       assert side["per_s"] == pytest.approx(model["batch"] / side["step_s"])
     assert model["torch"]["mode"] == "eager" and list(model["torch"]["modes"]) == ["eager"]
     assert model["ratio"] == pytest.approx(model["jaxmm"]["per_s"] / model["torch"]["per_s"])
     assert model["jaxmm"]["setup_s"] > 0  # compilation reported apart from the steps
+    # One device each: jaxmm no longer spreads over every device while torch uses one.
+    assert model["jaxmm_devices"] == 1 and model["peer_comparison"] is True
     assert f"ratio jaxmm / torch = {model['ratio']:.2f}x" in printed
+  assert [m["torch_channels_last"] for m in result["models"]] == [True, False]
   assert "2 layers, hidden 64, 1 heads, seq 16, batch 2" in printed
-  # The FLOPs come from the trace that was compiled: equal to a fresh trace of the same step.
+  # The FLOPs of the step that was compiled (jaxpr count) equal PyTorch's own count of its
+  # step on the same batch (BERT: 4e-4 apart).
   args = benchmark.parse(["train", *TINY])
-  spec = tb.model_spec("resnet_tiny", args)
-  batch = tb.random_batch(spec, args.batch, args)
-  _, state, train_fn = tb.jaxmm_setup(spec, batch, "float32")
-  assert result["models"][0]["flops_per_step"] == tb.traced_flops(train_fn, state, batch) > 0
-  for text in ("jaxmm", "torch", "images/s", "sequences/s", "eager used", "channels_last",
-               "fused SGD", "fused AdamW", f"{result['machine']['torch_threads']} threads",
-               "optimizer update in a cond on the finite flag"):
+  for model in result["models"]:
+    spec = tb.model_spec(model["model"], args)
+    batch = tb.random_batch(spec, args.batch, args)
+    assert model["flops_per_step"] == pytest.approx(torch_step_flops(spec, batch), rel=1e-3)
+  for text in ("jaxmm", "torch", "images/s", "sequences/s", "channels_last", "fused SGD",
+               "fused AdamW", f"{result['machine']['torch_threads']} threads",
+               "optimizer update in a cond on the finite flag", "1 cpu device (of 1), as torch",
+               "eager: --torch_compile=off, torch.compile not timed"):
     assert text in printed
 
 
 def test_defaults_differ_per_benchmark():
   saliency, train = benchmark.parse(["saliency"]), benchmark.parse(["train"])
-  assert (saliency.batch, saliency.repeats) == (2, 3)
-  assert (train.batch, train.repeats, train.models) == (0, 10, "resnet18,resnet50,bert")
+  assert (saliency.batch, saliency.repeats, saliency.warmup) == (2, 3, 1)
+  assert (train.batch, train.repeats, train.warmup) == (None, 10, 2)
+  assert train.models == ("resnet18", "resnet50", "bert") and train.devices == 1
   assert benchmark.parse(["train", "--batch=4"]).batch == 4
+  assert benchmark.parse(["saliency", "--steps=8"]).path_chunk == 8
+  assert benchmark.parse(["saliency", "--warmup=3", "--no-channels_last"]).warmup == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--repeats=0"], "--repeats: must be >= 1, got 0"),
+    (["train", "--batch=-2"], "--batch: must be >= 1, got -2"),
+    (["train", "--image_size=0"], "--image_size: must be >= 1, got 0"),
+    (["train", "--models=resnet18,vgg"], r"unknown \['vgg'\]; valid models: \['resnet18'"),
+    (["train", "--models= , "], "nothing given"),
+    (["train", "--devices=0"], "--devices: must be >= 1"),
+    (["train", "--batch=6", "--devices=4"], "--batch=6 is not divisible by --devices=4"),
+    (["train", "--seq_len=513"], "BERT has 512 positions"),
+    (["train", "--bert_hidden=96", "--bert_heads=5"], "not divisible by 5 heads"),
+    (["train", "--samples=4"], r"--samples: `saliency` only"),
+    (["saliency", "--dtype=bfloat16", "--torch_compile=off"],
+     r"--dtype, --torch_compile: `train` only"),
+    (["saliency", "--fast_batch_norm"], r"--fast_batch_norm: `train` only"),
+    (["saliency", "--warmup=0"], "--warmup: must be >= 1"),  # the first call compiles
+    (["saliency", "--steps=1"], "--steps: must be >= 2"),
+    (["saliency", "--repeats=x"], "'x' is not an integer"),
+])
+def test_bad_flags_are_refused_before_anything_runs(argv, message, capsys):
+  """Refused by the parser (exit 2), not after JAX and torch started or models compiled; a flag
+  of the other benchmark is an error, not silently ignored."""
+  with pytest.raises(SystemExit) as exit_info:
+    benchmark.parse(argv)
+  assert exit_info.value.code == 2
+  assert re.search(message, capsys.readouterr().err)
 
 
 def test_unknown_model_names_the_valid_ones():
@@ -70,12 +122,69 @@ def test_unknown_model_names_the_valid_ones():
   assert tb.parse_models("bert, resnet18") == ("bert", "resnet18")
 
 
-def test_peak_flops_by_device_kind():
+def test_peak_flops_by_exact_gpu_model():
   assert tb.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
   assert tb.peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
   assert tb.peak_flops("NVIDIA H200", "float32") == 494e12
   assert tb.peak_flops("NVIDIA A100-SXM4-40GB", "bfloat16") == 312e12
-  assert tb.peak_flops("Tesla T4", "bfloat16") is None
+  assert tb.peak_flops("NVIDIA A100 80GB PCIe", "float32") == 156e12
+  # Names that contain a listed one but are other GPUs: their own peak, or unknown.
+  assert tb.peak_flops("NVIDIA H100 NVL", "bfloat16") == 835e12
+  assert tb.peak_flops("NVIDIA H200 NVL", "float32") == 417e12
+  for other in ("NVIDIA RTX A1000", "NVIDIA RTX A1000 Laptop GPU", "NVIDIA A10", "Tesla T4",
+                "NVIDIA GH200 480GB", "NVIDIA H100 80GB HBM3 MIG 1g.10gb"):
+    assert tb.peak_flops(other, "bfloat16") is None, other
+
+
+def test_jaxmm_trains_on_one_device_unless_told():
+  assert tb.first_devices(["d0", "d1", "d2"], 1) == ["d0"]
+  assert tb.first_devices(["d0", "d1", "d2"], 2) == ["d0", "d1"]
+  with pytest.raises(tb.FlagError, match="--devices=4: this host has 3"):
+    tb.first_devices(["d0", "d1", "d2"], 4)
+  assert tb.jaxmm_mesh().devices.size == 1
+
+
+def model_record(devices: int, torch_compile: str, mode: str) -> dict:
+  """A benchmark_model record with what the report's helpers read."""
+  side = {"per_s": 10.0, "warmup_s": [2.0], "mfu": 0.25, "model_tflops_per_s": 1.0}
+  modes = {m: side for m in tb.TORCH_MODES[torch_compile]}
+  return {"jaxmm_devices": devices, "torch_compile": torch_compile, "unit": "images",
+          "torch_channels_last": False, "dtype": "bfloat16", "optimizer": "sgd", "ratio": 2.0,
+          "flops_per_step": 1e12, "peak_flops": 1e15, "jaxmm": {**side, "mfu": 0.125},
+          "torch": {**side, "mode": mode, "modes": modes}}
+
+
+def test_report_says_why_torch_ran_as_it_did_and_where_jaxmm_ran():
+  machine = {"platform": "gpu", "device_count": 8, "torch_settings": ["torch 2.x"]}
+  off = tb.torch_settings(model_record(1, "off", "eager"), machine)
+  assert off.startswith("eager: --torch_compile=off, torch.compile not timed (eager 10.00/s")
+  assert "contiguous NCHW (--no-channels_last)" in off and "autocast bfloat16" in off
+  assert tb.torch_settings(model_record(1, "on", "compile"), machine).startswith(
+      "torch.compile: --torch_compile=on, eager not timed")
+  assert tb.torch_settings(model_record(1, "auto", "compile"), machine).startswith(
+      "torch.compile used: the faster with --torch_compile=auto (eager 10.00/s, first step "
+      "2.0 s; compile 10.00/s")
+  one, two = model_record(1, "auto", "eager"), model_record(2, "auto", "eager")
+  assert tb.devices_text(one, machine) == "1 gpu device (of 8), as torch"
+  assert "jaxmm only, torch uses 1; not a peer comparison" in tb.devices_text(two, machine)
+  assert "NOT a peer comparison" in tb.ratio_line(two, 10)
+  assert "NOT" not in tb.ratio_line(one, 10)
+  assert "MFU jaxmm 12.5% (of 2 x peak), torch 25.0%" in tb.mfu_line(two)
+
+
+def test_torch_side_follows_channels_last(monkeypatch):
+  """--no-channels_last was ignored: the ResNets were always channels_last."""
+  import torch
+  made = []
+  build = tb.torch_model
+  monkeypatch.setattr(tb, "torch_model", lambda spec: made.append(build(spec)) or made[-1])
+  args = benchmark.parse(["train", "--image_size=8"])
+  spec = tb.model_spec("resnet_tiny", args)
+  batch = tb.random_batch(spec, 2, args)
+  for channels_last in (True, False):
+    tb.torch_stepper(spec, batch, "cpu", "float32", False, channels_last)
+  kernels = [m.resnet.embedder.embedder.convolution.weight for m in made]
+  assert [k.is_contiguous(memory_format=torch.channels_last) for k in kernels] == [True, False]
 
 
 def test_side_record_model_flop_utilisation():
@@ -85,6 +194,9 @@ def test_side_record_model_flop_utilisation():
   assert record["model_tflops_per_s"] == pytest.approx(8.0)
   assert record["mfu"] == pytest.approx(0.5)
   assert "mfu" not in tb.side_record(m, batch=8, flops=4e12, peak=None)
+  assert record["finite_losses"]
+  nan = m._replace(losses=[1.0, float("nan")])
+  assert not tb.side_record(nan, batch=8, flops=None, peak=None)["finite_losses"]
 
 
 def test_measure_interleaved_alternates_sides_after_warmup():
@@ -146,3 +258,68 @@ def test_traced_flops_count_products_and_convolutions_by_hand():
   assert tb.traced_flops(scan, m) == 5 * 2 * 4 * 32 * 32
   cond = lambda p, m: lax.cond(p, lambda: m @ m @ m, lambda: m @ m)
   assert tb.traced_flops(cond, True, m) == 2 * 2 * 32 ** 3
+
+
+# ---------------------------------------------------------------- saliency, pure parts
+
+def test_saliency_timing_honours_warmup_and_keeps_the_last_outputs():
+  """--warmup was ignored (always one untimed call); the last outputs serve the parity and
+  finiteness checks, outside the timing."""
+  calls = []
+
+  def side(name):
+    return lambda: calls.append(name) or len(calls)
+
+  times, last = benchmark.interleaved({"jaxmm": side("j"), "captum": side("c")}, warmup=2,
+                                      repeats=3)
+  assert calls == ["j", "j", "c", "c"] + ["j", "c"] * 3
+  assert last == {"jaxmm": 9, "captum": 10}
+  assert set(times) == {"jaxmm", "captum"} and all(t >= 0 for pair in times.values() for t in pair)
+
+
+def test_saliency_peer_gets_the_same_noise_scale_and_integration_rule():
+  """captum's NoiseTunnel took stdevs=0.15 absolute while jaxmm drew 0.15 x each example's
+  range (8.4 here: 8x more noise), and captum's trapezoid weights sum to (n - 1) / n."""
+  import numpy as np
+  from captum.attr._utils.approximation_methods import approximation_parameters
+  from jaxmm.saliency import gradients, smoothgrad
+  images = benchmark.unit_range_images(3, 8)
+  flat = images.reshape(3, -1)
+  assert (flat.min(1) == 0).all() and (flat.max(1) == 1).all()
+  assert benchmark.captum_stdev(images, 0.15) == pytest.approx(0.15)
+  assert np.asarray(smoothgrad.example_range(images)).ravel().tolist() == [1.0] * 3
+  with pytest.raises(ValueError, match="ranges differ"):
+    benchmark.captum_stdev(images * np.array([1, 2, 1], np.float32)[:, None, None, None], 0.15)
+  n = 5
+  alphas, weights = gradients.path_alphas(n, benchmark.IG_RULE)
+  step_sizes, captum_alphas = approximation_parameters(benchmark.IG_RULE)
+  np.testing.assert_allclose(alphas, captum_alphas(n), rtol=1e-6)
+  np.testing.assert_allclose(weights, step_sizes(n), rtol=1e-6)
+  trapezoid_sizes, _ = approximation_parameters("riemann_trapezoid")
+  assert sum(trapezoid_sizes(n)) == pytest.approx((n - 1) / n)  # why not the trapezoid
+  parity = benchmark.map_parity(np.array([[1.0, 2.0]]), np.array([[1.0, 2.5]]))
+  assert parity == {"max_abs_diff": 0.5, "relative": 0.2}
+
+
+def test_saliency_settings_say_what_each_side_runs_and_why():
+  args = benchmark.parse(["saliency", "--steps=4", "--batch=3"])
+  machine = {"torch_threads": 2, "convolutions": "XLA convolutions", "xla_flags": "",
+             "kept_host_memory": False}
+  settings = benchmark.saliency_settings(args, machine, "cuda", 0.15)
+  for text in ("stdevs 0.15 (absolute: 0.15 x the range 1 of every example)",
+               "internal_batch_size = 12", "method riemann_right", "cudnn.benchmark",
+               "no torch.compile", "no autocast", "train-only flags"):
+    assert text in settings["captum"], text
+  assert "noise_level 0.15 x each example's range, method riemann_right" in settings["jaxmm"]
+
+
+def test_saliency_warns_of_non_finite_maps():
+  import numpy as np
+  import torch
+  ig = {"jaxmm": np.ones((2, 4, 4, 3), np.float32), "captum": torch.full((2, 3, 4, 4), np.nan)}
+  cam = {"jaxmm": np.ones((2, 4, 4), np.float32), "captum": torch.ones(2, 1, 4, 4)}
+  checks = benchmark.map_checks(ig, cam, lambda: {"max_abs_diff": 0.0})
+  assert checks["finite_maps"] == {"ig_smoothgrad": False, "gradcam": True}
+  assert checks["warnings"] == ["non-finite ig_smoothgrad maps in the timed calls: their speed "
+                                "may not be representative"]
+  assert checks["map_parity"]["gradcam"] == {"max_abs_diff": 0.0, "relative": 0.0}

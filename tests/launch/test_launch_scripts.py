@@ -81,11 +81,46 @@ def test_tpu_vm_quotes_the_workers_command(tmp_path):
                                            "data_dir=unset"]
 
 
+# A python3 whose import checks (`-c`) fail the way the bare GPU image's do.
+NO_CAPTUM = """#!/usr/bin/env bash
+if [ "$1" = -c ]; then
+  echo "captum.attr (ModuleNotFoundError: No module named 'captum')"
+  echo "ml_collections (ModuleNotFoundError: No module named 'ml_collections')"
+  exit 1
+fi
+echo "ran $*"
+"""
+
+
 def test_gpu_benchmarks_write_where_called_and_fail_when_a_part_fails(tmp_path):
-  env = stand_ins(tmp_path, python=RECORDER)
-  done = run([os.path.join(REPO, "launch", "benchmarks_gpu.sh"), "out"], tmp_path, env)
+  """RECORDER stands in for python3: it passes the import preflight (exit 0) and fails the
+  bert part."""
+  env = stand_ins(tmp_path, python3=RECORDER)
+  script = os.path.join(REPO, "launch", "benchmarks_gpu.sh")
+  done = run([script, "out"], tmp_path, env)
   assert done.returncode == 1
+  assert "=== parts: saliency r50 r18_f32 bert r50_xla_grads (time limits 810 s" in done.stdout
   assert f"--json={tmp_path}/out/r50.json" in done.stdout
+  # The float32 ResNet-18 times torch.compile too, not only eager.
+  assert "r18_f32: train --models=resnet18 --dtype=float32 --torch_compile=auto" in done.stdout
   assert "!!! bert failed or ran over 200s (exit 3)" in done.stdout
   assert done.stdout.rstrip().endswith("!!! failed or ran over: bert")
   assert (tmp_path / "out" / "log.txt").exists()
+  # The two invocations the script documents for a 600 s command limit.
+  for parts, limits in ((["saliency", "r50", "r18_f32"], 510), (["bert", "r50_xla_grads"], 300)):
+    done = run([script, "out", *parts], tmp_path, env)
+    assert f"=== parts: {' '.join(parts)} (time limits {limits} s in all)" in done.stdout
+    assert [line.split()[3] for line in done.stdout.splitlines()
+            if line.startswith("=== [") and "done;" not in line] == [p + ":" for p in parts]
+
+
+def test_gpu_benchmarks_stop_before_any_part_without_their_modules(tmp_path):
+  env = stand_ins(tmp_path, python3=NO_CAPTUM)
+  script = os.path.join(REPO, "launch", "benchmarks_gpu.sh")
+  done = run([script, "out", "saliency", "r50"], tmp_path, env)
+  assert done.returncode == 2
+  assert "No module named 'captum'" in done.stdout and "ml_collections" in done.stdout
+  assert "pip install --no-index wheels/*.whl" in done.stdout
+  assert "ran " not in done.stdout  # no part started
+  done = run([script, "out", "r51"], tmp_path, env)
+  assert done.returncode == 2 and "unknown part 'r51'" in done.stderr
