@@ -11,9 +11,10 @@ dicts, written by `jaxmm.evaluation.fairness_runner`:
                                           computed for all resamples at once (weighted forms)
   subgroup_slices                         support, accuracy (bootstrap CI), macro-F1, ROC-AUC
                                           per category of sex, age group, site (tables 6-8)
-  explanation_slices, explanation_tests   the same slices for a per-image explanation metric
-                                          (e.g. ROI Dice), through stats.summarise and
-                                          stats.compare_groups
+  explanation_slices, explanation_tests   the same slices for an explanation metric (e.g. ROI
+                                          Dice) with one value per case, its best image's
+                                          (paper 004, Sec. 3.5, as agreement.group_tests),
+                                          through stats.summarise and stats.compare_groups
 Probabilities are [N, K] (K = 2 for a binary task); labels are ints [N] in [0, K).
 """
 import itertools
@@ -31,6 +32,7 @@ UNKNOWN = stats.UNKNOWN
 ATTRIBUTES = ("sex", "age_group", "localization", "site")
 AGE_GROUPS = ("<30", "30-60", ">60")
 MISSING_TEXT = ("", "nan", "none", "null")
+CASE_KEY = "case"  # the case column of agreement's ROI tables (one case, several images)
 # Most values of a [resamples, N] weight matrix held at once by the vectorised metrics.
 WEIGHTS_CHUNK_VALUES = 1 << 20
 
@@ -139,12 +141,16 @@ def friedman(scores, model_names) -> dict:
 
 # ------------------------------------------------------------------ metrics of (labels, probs)
 
-def check_predictions(labels, probs, class_names=None) -> tuple[np.ndarray, np.ndarray]:
-  """labels [N] ints in [0, K) and probs [N, K] (K = len(class_names) when given), checked."""
+def check_predictions(labels, probs, class_names=None, where: str = "predictions"
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """labels [N] ints in [0, K) and probs [N, K] (K = len(class_names) when given), checked;
+  a row of probs with a NaN or inf raises ValueError naming `where` and the rows (it would be
+  argmaxed to class 0 and ranked arbitrarily by ROC-AUC)."""
   labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
   if probs.ndim != 2 or labels.shape != probs.shape[:1]:
     raise ValueError(f"expected labels [N] and probs [N, K]; got labels {labels.shape} and "
                      f"probs {probs.shape} (multilabel tasks are not sliced here)")
+  metrics_lib.check_finite(probs, where)
   num_classes = probs.shape[1]
   if class_names is not None and len(class_names) != num_classes:
     raise ValueError(f"probs have {num_classes} classes but class_names has "
@@ -387,9 +393,10 @@ def subgroup_slices(labels, probs, groups: dict, model_name: str, class_names=No
   when the slice has fewer than 2 classes). Categories with fewer than `min_support` examples
   are left out.
   """
-  labels, probs = check_predictions(labels, probs, class_names)
+  where = f"subgroup_slices of {model_name!r}"
+  labels, probs = check_predictions(labels, probs, class_names, where)
   columns = attribute_columns(groups, attributes)
-  _check_lengths(columns, labels.size, f"subgroup_slices of {model_name!r}")
+  _check_lengths(columns, labels.size, where)
   rows = []
   for attribute, column in columns.items():
     for category in category_order(column):
@@ -462,14 +469,28 @@ def pairwise_ztests(slices, alpha: float = 0.05) -> list[dict]:
 
 # ------------------------------------------------------------------ explanation metrics
 
-def explanation_slices(table: dict, metric: str, attributes=None, **bootstrap_kwargs) -> list:
-  """Subgroup rows of a per-image explanation metric (e.g. ROI Dice) of a table of columns.
+def case_rows(table: dict, metric: str, case_key: str | None = CASE_KEY) -> dict:
+  """The table with `metric` as numbers and, where it has a `case_key` column, one row per
+  case: stats.case_level, the case's best value of the metric and the other columns of its
+  first image, as agreement.evaluate_method builds the table agreement.group_tests tests
+  (Sec. 3.5 of 004_...txt). A case-level table (each case once) keeps its rows."""
+  table = {**table, metric: _numbers(table[metric])}
+  if case_key is None or case_key not in table:
+    return table
+  return stats.case_level(table, case_key, [metric])
+
+
+def explanation_slices(table: dict, metric: str, attributes=None,
+                       case_key: str | None = CASE_KEY, **bootstrap_kwargs) -> list:
+  """Subgroup rows of an explanation metric (e.g. ROI Dice) of a table of columns, one value
+  per case (case_rows: a case photographed several times counts once, by its best image).
 
   One row per attribute and category (attribute_columns' grouping, "unknown" included):
-  attribute, category, metric, n (non-NaN values), mean, std, median and the bootstrap CI of
-  the mean (stats.summarise; bootstrap_kwargs go to stats.bootstrap_ci).
+  attribute, category, metric, n (cases with a non-NaN value), mean, std, median and the
+  bootstrap CI of the mean (stats.summarise; bootstrap_kwargs go to stats.bootstrap_ci).
   """
-  values = _numbers(table[metric])
+  table = case_rows(table, metric, case_key)
+  values = table[metric]
   rows = []
   for attribute, column in attribute_columns(table, attributes).items():
     summary = stats.summarise({metric: values, attribute: column}, metric, (attribute,),
@@ -480,11 +501,13 @@ def explanation_slices(table: dict, metric: str, attributes=None, **bootstrap_kw
   return rows
 
 
-def explanation_tests(table: dict, metric: str, attributes=None) -> list:
+def explanation_tests(table: dict, metric: str, attributes=None,
+                      case_key: str | None = CASE_KEY) -> list:
   """Whether the metric differs between an attribute's known categories ("unknown" left out):
-  a t-test for two, a one-way ANOVA for more (stats.compare_groups), one row per attribute;
-  not yet Bonferroni-adjusted."""
-  values = _numbers(table[metric])
+  a t-test for two, a one-way ANOVA for more (stats.compare_groups), one row per attribute,
+  over one value per case (case_rows), as agreement.group_tests; not yet Bonferroni-adjusted."""
+  table = case_rows(table, metric, case_key)
+  values = table[metric]
   rows = []
   for attribute, column in attribute_columns(table, attributes).items():
     known = set(column.tolist()) - {UNKNOWN}

@@ -8,7 +8,9 @@ Reads what training and the baselines wrote, never a checkpoint:
                                            quietly when absent; a file of another split than
                                            config.fairness.split is left out, with one line
                                            saying so; a file without split holds test rows)
-  <run>/analysis/roi_agreement/<method>_per_image.csv   per-image explanation metrics
+  <run>/analysis/roi_agreement/<method>_per_case.csv    per-case explanation metrics (each
+                                           case's best image, paper 004 Sec. 3.5: the table
+                                           roi_agreement/group_tests.csv tests)
 For a run dir the run is the workdir itself; for a pipeline workdir (comparison.json and one
 run dir per variant) every variant, written at the pipeline level. Models scored on the same
 examples form a family: the jaxmm variants (joined on `index`), and the baselines of one task.
@@ -25,7 +27,8 @@ Into <workdir>/analysis/fairness/ (paper 000, sections 8-9):
                          Friedman across a family's models when it has >= 3 (table 9's shape)
   headline_ci.csv        bootstrap 95% CIs of accuracy, macro-F1 and ROC-AUC of every model
   explanation_slices.csv, explanation_tests.csv   the explanation metrics per category, and
-                         t-test / ANOVA between categories (when roi_agreement tables exist)
+                         t-test / ANOVA between categories, one value per case (when
+                         roi_agreement per-case tables exist)
   fairness.json          all of the above, the families and the config
 """
 import csv
@@ -55,6 +58,8 @@ LABEL_FIELDS = ("label", "malignant", "label_multiclass")
 FUSION_PREFIXES = ("late_fusion", "early_fusion", "fusion", "late", "early", "concat")
 MODALITY_PREFIXES = ("image", "metadata", "meta", "text", "tabular")
 MAX_PRINTED_TESTS = 10
+# The ROI-agreement table with one row per case (jaxmm.evaluation.runner.roi_method).
+PER_CASE_SUFFIX = "_per_case.csv"
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -378,11 +383,13 @@ def read_csv_columns(path: str) -> dict:
 
 
 def explanation_rows(run_name: str, run_dir: str, fcfg) -> tuple[list, list]:
-  """Slices and group tests of the explanation metrics in analysis/roi_agreement/."""
+  """Slices and group tests of the explanation metrics in analysis/roi_agreement/, one row per
+  case (<method>_per_case.csv, the rows agreement.group_tests tests: a case photographed
+  several times would otherwise count several times)."""
   slices, tests = [], []
-  pattern = os.path.join(run_dir, "analysis", "roi_agreement", "*_per_image.csv")
+  pattern = os.path.join(run_dir, "analysis", "roi_agreement", "*" + PER_CASE_SUFFIX)
   for path in sorted(glob.glob(pattern)):
-    method = os.path.basename(path)[:-len("_per_image.csv")]
+    method = os.path.basename(path)[:-len(PER_CASE_SUFFIX)]
     table = read_csv_columns(path)
     method_tests = []
     for metric in (m for m in fcfg.explanation_metrics if m in table):

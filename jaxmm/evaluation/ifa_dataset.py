@@ -114,8 +114,13 @@ def reference_pass(step: Callable, variables, batches: Iterable[Mapping], num_cl
 def make_selection(reference: dict, fractions, importance_key: str = "eq4",
                    group_features: np.ndarray | None = None, group_class: int = 0
                    ) -> tuple[Selection, ifa.ScalingStats]:
-  """Principal features from the reference importance matrix, S-CAM coefficients per class."""
-  im = jnp.asarray(np.nan_to_num(reference["importance"]["all"][importance_key], nan=-np.inf))
+  """Principal features from the reference importance matrix, S-CAM coefficients per class.
+
+  A class absent from the reference split has an all-NaN importance column and no principal
+  features (ifa.principal_features); the ranked feature sets ignore its column."""
+  # NaN goes through as NaN: -inf would hide the absent class from principal_features' guard
+  # and give it the first ceil(p F) channels.
+  im = jnp.asarray(reference["importance"]["all"][importance_key], jnp.float32)
   scaling = ifa.ScalingStats.from_statistics(reference["statistics"])
   classes = sorted(reference["statistics"])
   alpha, beta = scaling.coefficients(classes)
@@ -222,7 +227,8 @@ STACKED = ("fs_raw", "masked_logits", "masked_probability")  # [M, N, ...] outpu
 def evaluation_pass(step: Callable, variables, batches: Iterable[Mapping], num_classes: int,
                     selection: Selection) -> dict:
   """Runs `evaluation_step` over a split: the split's importance matrix and the per-example
-  arrays (valid rows only, concatenated along the example axis)."""
+  arrays (valid rows only, concatenated along the example axis; NaN FS-CAMs where the
+  selected class has no principal features, see without_undefined_fs_cams)."""
   accumulator = ifa.ImportanceAccumulator()
   arrays = selection_arrays(selection)
   parts = []
@@ -238,4 +244,19 @@ def evaluation_pass(step: Callable, variables, batches: Iterable[Mapping], num_c
     parts.append(record)
   per_example = {k: np.concatenate([p[k] for p in parts], axis=1 if k in STACKED else 0)
                  for k in parts[0]}
-  return {"importance": accumulator.finalize(), "per_example": per_example}
+  return {"importance": accumulator.finalize(),
+          "per_example": without_undefined_fs_cams(per_example, selection)}
+
+
+def without_undefined_fs_cams(per_example: dict, selection: Selection) -> dict:
+  """The per-example arrays with NaN for the FS-CAMs that do not exist: those of an example
+  whose selected class has no principal features (a class absent from the reference split),
+  which would otherwise be all-zero maps of no feature. Adds "principal_defined" bool [P, N]
+  (False there) so that consumers can leave those examples out and count them."""
+  defined = np.asarray(selection.principal).any(1)[:, per_example["target"]]  # [P, N]
+  out = {**per_example, "principal_defined": defined}
+  out["fs_raw"] = np.where(defined[:, :, None, None], per_example["fs_raw"], np.nan)
+  if "masked_probability" in per_example:  # [1 + P, N]: the CAM's, then the FS-CAMs'
+    cam, fs = per_example["masked_probability"][:1], per_example["masked_probability"][1:]
+    out["masked_probability"] = np.concatenate([cam, np.where(defined, fs, np.nan)])
+  return out

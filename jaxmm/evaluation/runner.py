@@ -379,13 +379,17 @@ def ifa_layer(run, scfg, ecfg) -> str:
 
 def consistency_rows(method: str, per: dict, selection, alpha: float) -> list:
   """Paper 003's tables I and III: correlation of CAM sums with the selected class's logit,
-  for the individually scaled CAM, the S-CAM and the FS-S-CAMs."""
+  for the individually scaled CAM, the S-CAM and the FS-S-CAMs; an example whose class has
+  no principal features (absent from the reference split: NaN FS-CAM) is left out of the
+  FS-S-CAM rows and counted in `num_skipped`."""
   logit = per["logits"][np.arange(len(per["target"])), per["target"]]
   rows = []
   for name, sums in cam_sums(per, selection).items():
-    test = ifa.consistency(sums, logit, alpha)
+    keep = np.isfinite(sums)  # NaN: an FS-CAM of a class without principal features
+    test = ifa.consistency(sums[keep], logit[keep], alpha)
     test["correlation"] = test.pop("method")
-    rows.append({"method": method, "variant": name, **test})
+    rows.append({"method": method, "variant": name, **test,
+                 "num_skipped": int((~keep).sum())})
   return rows
 
 
@@ -417,7 +421,8 @@ def masking_rows(method: str, per: dict, selection) -> list:
 
 
 def drop_rows(method: str, per: dict, selection) -> list:
-  """Average drop / increase (percent) for the CAM and the FS-CAMs (paper 003's table IV)."""
+  """Average drop / increase (percent) for the CAM and the FS-CAMs (paper 003's table IV), over
+  the examples whose masked probability is defined (`num_skipped` counts the others)."""
   if "masked_probability" not in per:
     return []
   probs = jax.nn.softmax(jnp.asarray(per["logits"]), -1)
@@ -425,9 +430,13 @@ def drop_rows(method: str, per: dict, selection) -> list:
   names = ["cam"] + [f"fs_cam_top{round(100 * p)}" for p in selection.fractions]
   rows = []
   for name, o in zip(names, per["masked_probability"]):
-    drop = np.maximum(0, y - o) / np.maximum(y, 1e-12)
-    rows.append({"method": method, "variant": name, "average_drop": 100 * float(drop.mean()),
-                 "average_increase": 100 * float(np.mean(o > y))})
+    keep = np.isfinite(o)  # NaN: an FS-CAM of a class without principal features
+    drop = np.maximum(0, y[keep] - o[keep]) / np.maximum(y[keep], 1e-12)
+    rows.append({"method": method, "variant": name,
+                 "average_drop": 100 * float(drop.mean()) if keep.any() else float("nan"),
+                 "average_increase": (100 * float(np.mean(o[keep] > y[keep])) if keep.any()
+                                      else float("nan")),
+                 "num_skipped": int((~keep).sum())})
   return rows
 
 

@@ -92,15 +92,21 @@ def _stratum_row(values: np.ndarray, **bootstrap_kwargs) -> dict:
 
 
 def summarise(table: dict, metric: str, by=(), **bootstrap_kwargs) -> list[dict]:
-  """One row per combination of the `by` columns' values present in the table (sorted).
+  """One row per combination of the `by` columns' values present in the table (sorted, with
+  "unknown" after the known values).
 
   Each row holds the by-columns' values, "metric", "n" (non-NaN count), "mean", "std",
   "median", "ci_low", "ci_high" (bootstrap_ci of the mean). `by=()` gives the overall row.
+  A missing group value (NaN or None, as `_known` reads them) is "unknown": all such rows
+  form one stratum, as the "unknown" value of age_group does.
   """
   values = np.asarray(table[metric], np.float64)
-  keys = list(zip(*(np.asarray(table[column]).tolist() for column in by))) if by else None
+  keys = list(zip(*([UNKNOWN if _missing(v) else v for v in np.asarray(table[column]).tolist()]
+                    for column in by))) if by else None
+  # NaN != NaN, so without the mapping every row with a NaN group was a stratum of its own.
+  order = lambda combo: tuple((v == UNKNOWN, v) for v in combo)
   rows = []
-  for combo in sorted(set(keys)) if by else [()]:
+  for combo in sorted(set(keys), key=order) if by else [()]:
     selected = np.array([key == combo for key in keys], bool) if by else slice(None)
     rows.append({**dict(zip(by, combo)), "metric": metric,
                  **_stratum_row(values[selected], **bootstrap_kwargs)})
@@ -154,12 +160,16 @@ def pearson(x, y) -> dict:
   return out
 
 
+def _missing(value) -> bool:
+  """Whether a group value is missing: None, NaN or "unknown"."""
+  return value is None or value != value or str(value) == UNKNOWN
+
+
 def _known(column: np.ndarray) -> np.ndarray:
   """Rows whose group is neither NaN nor "unknown" (nor None)."""
   if column.dtype.kind in "fc":
     return ~np.isnan(column)
-  return np.array([value is not None and value == value and str(value) != UNKNOWN
-                   for value in column.tolist()], bool)
+  return np.array([not _missing(value) for value in column.tolist()], bool)
 
 
 def _group_kind(column: np.ndarray, num_groups: int) -> str:

@@ -241,11 +241,14 @@ def predict(run: Run, state: TrainState, split: str, extra_fields: tuple = ()) -
   return {k: np.concatenate(v)[order] for k, v in outs.items()}
 
 
-def compute_metrics(run: Run, logits: np.ndarray, labels: np.ndarray) -> dict:
+def compute_metrics(run: Run, logits: np.ndarray, labels: np.ndarray,
+                    where: str = "metrics") -> dict:
+  """The task's metrics; a non-finite logit row is a ValueError naming `where` and the rows."""
   if run.info.multilabel:
     return metrics_lib.masked_multilabel_metrics(
-        logits, labels, run.info.class_names, run.config.train.get("uncertain_policy", "ignore"))
-  return metrics_lib.multiclass_metrics(logits, labels, run.info.class_names)
+        logits, labels, run.info.class_names, run.config.train.get("uncertain_policy", "ignore"),
+        where=where)
+  return metrics_lib.multiclass_metrics(logits, labels, run.info.class_names, where=where)
 
 
 def write_predictions(run: Run, split: str, pred: dict) -> str:
@@ -262,7 +265,8 @@ def evaluate_split(run: Run, state: TrainState, split: str) -> dict:
   """Loss and metrics of the model on a split; its predictions go to predictions/<split>.npz."""
   pred = predict(run, state, split, pipeline.group_fields(run.config.data, run.builder))
   write_predictions(run, split, pred)
-  result = compute_metrics(run, pred["logits"], pred["label"])
+  result = compute_metrics(run, pred["logits"], pred["label"],
+                           f"{run.workdir}: the {split} split's logits (predictions/{split}.npz)")
   result["loss"] = float(run.loss_fn(jnp.asarray(pred["logits"]), jnp.asarray(pred["label"])))
   return result
 

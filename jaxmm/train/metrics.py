@@ -7,24 +7,34 @@ lists for per-class reports and confusion matrices) that can be written as JSON.
 (results.json, early stopping), the baselines (validation tuning, tables) and fairness (headline
 CIs, slices) all call it, so the same predictions give the same macro-F1 everywhere.
 """
-import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 import scipy.special
-from sklearn import exceptions as skm_exceptions
 from sklearn import metrics as skm
 
 
-def _safe_auc(fn, *args, **kwargs) -> float:
-  """ROC-AUC is undefined when a class is absent: return NaN (older sklearn raises, newer
-  warns and returns NaN; either way the caller gets NaN and no warning)."""
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", skm_exceptions.UndefinedMetricWarning)
-      return float(fn(*args, **kwargs))
-  except ValueError:
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+  """ROC-AUC (sklearn's roc_auc_score) of `scores` [N] for the bool `positive` [N]; NaN when
+  `positive` holds one class only (or none), where the curve is undefined (older sklearn
+  raises there, newer warns and returns NaN). Every other error, e.g. NaN scores, is raised."""
+  positive = np.asarray(positive).astype(bool)
+  if positive.all() or not positive.any():
     return float("nan")
+  return float(skm.roc_auc_score(positive, scores))
+
+
+def check_finite(scores: np.ndarray, where: str) -> None:
+  """ValueError naming how many and which rows of `scores` [N, ...] hold a NaN or an inf (a
+  diverged model): sklearn would raise on some metrics and others would silently argmax such
+  a row to class 0."""
+  scores = np.asarray(scores)
+  bad = ~np.isfinite(scores).all(axis=tuple(range(1, scores.ndim)))
+  if bad.any():
+    rows = np.flatnonzero(bad)
+    raise ValueError(f"{where}: {rows.size} of {len(scores)} rows hold NaN or inf scores "
+                     f"(rows {rows[:10].tolist()}{' ...' if rows.size > 10 else ''}); a "
+                     f"diverged model or broken predictions, no metric is defined for them")
 
 
 def average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
@@ -90,40 +100,48 @@ def macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: Optional[int] =
 
 
 def multiclass_metrics(logits: np.ndarray, labels: np.ndarray,
-                       class_names: Optional[Sequence[str]] = None) -> dict:
-  """Accuracy, macro precision/recall/F1, one-vs-rest macro ROC-AUC, macro PR-AUC,
-  per-class report and confusion matrix.
+                       class_names: Optional[Sequence[str]] = None,
+                       where: str = "multiclass_metrics") -> dict:
+  """Accuracy, macro precision/recall/F1, ROC-AUC, PR-AUC, per-class report and confusion
+  matrix.
 
   Macro precision/recall/F1 follow macro_scores (sklearn's default: over the classes that are
-  labelled or predicted); ROC-AUC and PR-AUC are macro over the classes labelled in the split
-  (binary: NaN without positives). per_class lists all K classes (support 0 for the absent).
+  labelled or predicted). Binary (K = 2): ROC-AUC and PR-AUC (average precision) of the
+  positive class 1 (PR-AUC NaN without positives, ROC-AUC NaN with one class only). K > 2:
+  one-vs-rest ROC-AUC and PR-AUC, macro over the classes labelled in the split. per_class
+  lists all K classes (support 0 for the absent). An empty split gives NaN metrics and a zero
+  confusion matrix.
 
   Args:
-    logits: [N, K] scores; probabilities are their softmax.
+    logits: [N, K] scores; probabilities are their softmax. A NaN or inf raises ValueError
+      naming `where` (e.g. the split) and the rows.
     labels: [N] int in [0, K).
   """
   logits = np.asarray(logits, np.float64)
   labels = np.asarray(labels).astype(np.int64)
+  check_finite(logits, where)
   num_classes = logits.shape[1]
   class_names = list(class_names or [str(k) for k in range(num_classes)])
   probs = scipy.special.softmax(logits, axis=1)
   preds = probs.argmax(1)
   ks = list(range(num_classes))
-  confusion = skm.confusion_matrix(labels, preds, labels=ks)
+  # sklearn's confusion_matrix rejects an empty split.
+  confusion = (skm.confusion_matrix(labels, preds, labels=ks) if labels.size
+               else np.zeros((num_classes, num_classes), np.int64))
   scores = macro_scores(np.diag(confusion), confusion.sum(1), confusion.sum(0))
   onehot = np.eye(num_classes)[labels]
   present = onehot.sum(0) > 0
   if num_classes == 2:
-    roc = _safe_auc(skm.roc_auc_score, labels, probs[:, 1])
+    roc = roc_auc(labels == 1, probs[:, 1])
     pr = average_precision(labels == 1, probs[:, 1])
   else:
     # Macro over the classes present in this split (sklearn raises on absent ones).
-    roc = float(np.mean([_safe_auc(skm.roc_auc_score, onehot[:, k], probs[:, k])
+    roc = float(np.mean([roc_auc(onehot[:, k], probs[:, k])
                          for k in ks if present[k]])) if present.sum() > 1 else float("nan")
     pr = float(np.mean([average_precision(onehot[:, k], probs[:, k])
                         for k in ks if present[k]])) if present.any() else float("nan")
   return {
-      "accuracy": float(np.mean(preds == labels)),
+      "accuracy": float(np.mean(preds == labels)) if labels.size else float("nan"),
       "macro_precision": float(scores["macro_precision"]),
       "macro_recall": float(scores["macro_recall"]),
       "macro_f1": float(scores["macro_f1"]),
@@ -140,7 +158,8 @@ def multiclass_metrics(logits: np.ndarray, labels: np.ndarray,
 
 def masked_multilabel_metrics(logits: np.ndarray, labels: np.ndarray,
                               label_names: Optional[Sequence[str]] = None,
-                              uncertain_policy: str = "ignore", threshold: float = 0.5) -> dict:
+                              uncertain_policy: str = "ignore", threshold: float = 0.5,
+                              where: str = "masked_multilabel_metrics") -> dict:
   """Masked per-label accuracy (paper 001), ROC-AUC and PR-AUC for {1, 0, -1, -2} labels.
 
   An entry counts when its label is not -2 (and not -1 under the "ignore" policy; under
@@ -148,9 +167,11 @@ def masked_multilabel_metrics(logits: np.ndarray, labels: np.ndarray,
   accuracy on its counted entries. ROC-AUC per label over counted entries, macro over labels
   where both classes occur; PR-AUC (average_precision) per label over counted entries, macro
   over labels with a positive among them (NaN for a label without one, as for multiclass).
+  A NaN or inf logit raises ValueError naming `where` (e.g. the split) and the rows.
   """
   logits = np.asarray(logits, np.float64)
   labels = np.asarray(labels).astype(np.int64)
+  check_finite(logits, where)
   names = list(label_names or [str(k) for k in range(labels.shape[1])])
   probs = scipy.special.expit(logits)
   if uncertain_policy == "ignore":
@@ -166,8 +187,7 @@ def masked_multilabel_metrics(logits: np.ndarray, labels: np.ndarray,
   for k, name in enumerate(names):
     m = mask[:, k]
     acc = float(np.mean((probs[m, k] > threshold) == targets[m, k])) if m.any() else float("nan")
-    auc = (_safe_auc(skm.roc_auc_score, targets[m, k], probs[m, k])
-           if m.any() and 0 < targets[m, k].sum() < m.sum() else float("nan"))
+    auc = roc_auc(targets[m, k], probs[m, k])
     pr = average_precision(targets[m, k], probs[m, k])
     per_label[name] = {"accuracy": acc, "roc_auc": auc, "pr_auc": pr, "support": int(m.sum()),
                        "positives": int(targets[m, k].sum())}

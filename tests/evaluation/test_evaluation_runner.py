@@ -233,3 +233,31 @@ def test_randomizable_film_draws_a_random_fresh_film_layer():
   # recorded with the sanity units, so a record from a zero "fresh" FiLM is recomputed
   assert runner.fresh_init(model) == {"zero_init_last_bn": False, "film_zero_init": False}
   assert runner.fresh_init(concat) == {"zero_init_last_bn": False, "film_zero_init": None}
+
+
+def test_consistency_and_drop_rows_leave_out_undefined_fs_cams():
+  """An example whose class has no principal features (absent from the reference split) has a
+  NaN FS-CAM (ifa_dataset.without_undefined_fs_cams): it is left out of the FS rows and
+  counted, not averaged in (average_increase counted it as "no increase")."""
+  rng = np.random.default_rng(0)
+  n, h = 6, 4
+  raw = rng.uniform(0.1, 1, (n, h, h)).astype(np.float32)
+  fs_raw = raw[None] * rng.uniform(0.5, 1, (1, n, h, h)).astype(np.float32)
+  fs_raw[0, :2] = np.nan  # examples 0 and 1: their class has no principal features
+  logits = rng.normal(size=(n, 3)).astype(np.float32)
+  target = np.array([2, 2, 0, 1, 0, 1])
+  probs = np.asarray(jax.nn.softmax(logits, -1))[np.arange(n), target]
+  masked = np.stack([probs * 0.5, probs * 0.8]).astype(np.float32)
+  masked[1, :2] = np.nan
+  per = {"raw": raw, "fs_raw": fs_raw, "logits": logits, "target": target,
+         "masked_probability": masked}
+  selection = types.SimpleNamespace(fractions=(0.1,), alpha=np.ones(3, np.float32),
+                                    beta=np.zeros(3, np.float32))
+  rows = {r["variant"]: r for r in runner.consistency_rows("gradcam", per, selection, 0.05)}
+  assert rows["cam"]["num_skipped"] == 0 and rows["s_cam"]["num_skipped"] == 0
+  assert rows["fs_s_cam_top10"]["num_skipped"] == 2
+  assert np.isfinite(rows["fs_s_cam_top10"]["r"])
+  drops = {r["variant"]: r for r in runner.drop_rows("gradcam", per, selection)}
+  assert drops["cam"]["num_skipped"] == 0 and drops["fs_cam_top10"]["num_skipped"] == 2
+  assert drops["fs_cam_top10"]["average_drop"] == pytest.approx(20.0, rel=1e-5)
+  assert drops["fs_cam_top10"]["average_increase"] == 0.0

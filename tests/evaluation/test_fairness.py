@@ -241,6 +241,19 @@ def test_subgroup_slices_single_class_slice_min_support_and_errors():
     fairness.subgroup_slices(np.array([0, 0, 2, 1, 0]), probs, groups, "m")
 
 
+def test_non_finite_probabilities_raise_naming_the_model_and_rows():
+  labels, probs, _ = random_predictions(n=10, k=3)
+  probs[[2, 7]] = np.nan  # a diverged model: argmax would read these rows as class 0
+  with pytest.raises(ValueError, match=r"'concat': 2 of 10 rows .*\(rows \[2, 7\]\)"):
+    fairness.subgroup_slices(labels, probs, {"sex": np.array(["m"] * 10)}, "concat")
+  for metric in fairness.HEADLINE_METRICS:
+    with pytest.raises(ValueError, match=r"2 of 10 rows"):
+      fairness.metric_value(metric, labels, probs)
+  probs[[2, 7]] = np.inf
+  with pytest.raises(ValueError, match=r"2 of 10 rows"):
+    fairness.bootstrap_summary(labels, probs, "roc_auc", num_resamples=10)
+
+
 def test_pairwise_ztests_from_rows_and_from_arrays():
   labels = np.zeros(30, int)
   preds = np.r_[np.zeros(8), np.ones(2), np.zeros(5), np.ones(5), np.zeros(2), np.ones(8)]
@@ -273,3 +286,25 @@ def test_explanation_slices_and_tests():
   assert sex["test"] == "ttest" and sex["p"] == pytest.approx(reference.pvalue)
   age = next(t for t in tests if t["attribute"] == "age_group")
   assert age["test"] == "anova" and age["groups"] == ["30-60", "<30", ">60"]
+
+
+def test_explanation_slices_and_tests_count_each_case_once():
+  # Paper 004, Sec. 3.5: a case's images count once, by its best image, as agreement tests.
+  rng = np.random.default_rng(0)
+  cases = np.repeat(np.arange(12), [1, 4, 2, 3, 1, 5, 2, 2, 1, 4, 3, 2])
+  sex = np.where(cases % 2, "male", "female").astype(object)
+  sex[cases == 11] = "unknown"
+  table = {"case": cases.astype(str), "sex": sex, "dice": rng.random(cases.size).astype(str)}
+  per_case = stats.case_level({**table, "dice": table["dice"].astype(float)}, "case", ["dice"])
+  male = per_case["dice"][per_case["sex"] == "male"]
+  rows = fairness.explanation_slices(table, "dice", ["sex"], num_resamples=50)
+  assert [(r["category"], r["n"]) for r in rows] == [("female", 6), ("male", 5), ("unknown", 1)]
+  assert rows[1]["mean"] == pytest.approx(male.mean())
+  (test,) = fairness.explanation_tests(table, "dice", ["sex"])
+  reference = stats.compare_groups(per_case, "dice", "sex", "ttest")
+  assert (test["n"], test["p"]) == (11, pytest.approx(reference["p"]))
+  # A per-case table (each case once) gives the same rows; without a case column, each row is
+  # one case.
+  case_table = {k: per_case[k] for k in ("case", "sex", "dice")}
+  assert fairness.explanation_tests(case_table, "dice", ["sex"]) == [test]
+  assert fairness.explanation_tests(table, "dice", ["sex"], case_key=None)[0]["n"] == 28

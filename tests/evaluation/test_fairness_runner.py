@@ -13,7 +13,7 @@ import scipy.special
 import scipy.stats
 
 from jaxmm.data.atomic import write_npz_atomic
-from jaxmm.evaluation import fairness, fairness_runner, stats
+from jaxmm.evaluation import agreement, fairness, fairness_runner, stats
 from jaxmm.report import fairness_figures
 from jaxmm.train import loop
 
@@ -74,10 +74,16 @@ def make_pipeline(root):
   write_npz_atomic(os.path.join(root, "concat", "baselines", "binary", "predictions.npz"),
                    baselines)
   data["dice"] = np.where(rng.random(N) < 0.1, np.nan, rng.random(N))
-  stats.write_table_csv(os.path.join(root, "concat", "analysis", "roi_agreement",
-                                     "gradcam_per_image.csv"),
-                        [{"index": i, "sex": data["sex"][i], "age": data["age"][i],
-                          "dice": data["dice"][i]} for i in range(N)])
+  # Three images per case, with their case's groups; the per-case table is the runner's
+  # (agreement.evaluate_method's stats.case_level, each case's best Dice).
+  case = np.arange(N) // 3
+  images = {"index": np.arange(N), "case": case.astype(str), "sex": data["sex"][3 * case],
+            "age": data["age"][3 * case], "dice": data["dice"]}
+  data["roi_cases"] = stats.case_level(images, "case", ["dice"])
+  folder = os.path.join(root, "concat", "analysis", "roi_agreement")
+  for name, table in (("per_image", images), ("per_case", data["roi_cases"])):
+    rows = [dict(zip(table, values)) for values in zip(*table.values())]
+    stats.write_table_csv(os.path.join(folder, f"gradcam_{name}.csv"), rows)
   return data
 
 
@@ -169,18 +175,20 @@ def test_paired_tests(analysed):
 
 
 def test_explanation_slices(analysed):
+  # One value per case (paper 004), tested as agreement.group_tests tests it.
   root, data, _ = analysed
+  cases = data["roi_cases"]
   rows = read_rows(os.path.join(root, "analysis", "fairness", "explanation_slices.csv"))
   male = next(r for r in rows if r["method"] == "gradcam" and r["metric"] == "dice"
               and r["attribute"] == "sex" and r["category"] == "male")
-  dice = data["dice"][data["sex"] == "male"]
+  dice = cases["dice"][cases["sex"] == "male"]
   assert (int(male["n"]), float(male["mean"])) == (np.sum(~np.isnan(dice)),
                                                    pytest.approx(np.nanmean(dice)))
   tests = read_rows(os.path.join(root, "analysis", "fairness", "explanation_tests.csv"))
   sex = next(t for t in tests if t["attribute"] == "sex")
-  female = data["dice"][data["sex"] == "female"]
-  reference = scipy.stats.ttest_ind(female[~np.isnan(female)], dice[~np.isnan(dice)])
-  assert sex["test"] == "ttest" and float(sex["p"]) == pytest.approx(reference.pvalue)
+  reference = stats.compare_groups(cases, "dice", "sex", dict(agreement.GROUP_TESTS)["sex"])
+  assert (sex["test"], int(sex["n"])) == ("ttest", reference["n"])
+  assert float(sex["p"]) == pytest.approx(reference["p"])
 
 
 def test_figures(analysed):

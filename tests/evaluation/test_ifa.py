@@ -165,6 +165,36 @@ def test_principal_features_by_column_and_by_row_max():
                                 [False, False, True, True])  # row max 1, 3, 5, 4
 
 
+def test_a_class_absent_from_the_reference_split_has_no_principal_features_or_fs_cams():
+  # Class 2 never occurs in the reference split: its Eq. 4 column is all NaN.
+  eq4 = np.array([[1.0, 0.0, np.nan], [3.0, -1.0, np.nan], [2.0, 5.0, np.nan],
+                  [0.0, 4.0, np.nan]])
+  reference = {"importance": {"all": {"eq4": eq4}},
+               "statistics": {c: {"p10": -1.0, "p90": 1.0} for c in range(K)}}
+  selection, _ = ifa_dataset.make_selection(reference, (0.25, 0.5))
+  np.testing.assert_array_equal(selection.principal[:, :, 2], False)  # not channels 0..k-1
+  np.testing.assert_array_equal(selection.principal[1],
+                                ifa.principal_features(jnp.asarray(eq4), 0.5))
+  np.testing.assert_array_equal(selection.ranked[1], [False, False, True, True])
+  # The evaluation pass (a stand-in step of fixed outputs) leaves the FS-CAMs of examples
+  # whose selected class is 2 undefined (NaN) and says so; the CAM's are kept.
+  targets, h = np.array([0, 2, 1, 2]), 2
+  def step(variables, batch, arrays):
+    n = len(batch["label"])
+    return {"logits": np.zeros((n, K)), "contributions": np.ones((n, F, K)),
+            "raw": np.ones((n, h, h)), "target": batch["label"],
+            "fs_raw": np.ones((2, n, h, h)), "masked_logits": np.zeros((4, n, K)),
+            "masked_probability": np.full((3, n), 0.5)}
+  batch = {"label": targets, "valid": np.ones(4, bool)}
+  per = ifa_dataset.evaluation_pass(step, None, [batch], K, selection)["per_example"]
+  defined = np.array([True, False, True, False])
+  np.testing.assert_array_equal(per["principal_defined"], [defined, defined])
+  assert np.isnan(per["fs_raw"][:, ~defined]).all() and (per["fs_raw"][:, defined] == 1).all()
+  np.testing.assert_array_equal(per["masked_probability"][0], 0.5)
+  assert np.isnan(per["masked_probability"][1:, ~defined]).all()
+  np.testing.assert_array_equal(per["masked_probability"][1:, defined], 0.5)
+
+
 def test_masked_logits_block_the_removed_feature(linear):
   x = images(6, 3)
   logits, _ = linear(x)

@@ -102,6 +102,19 @@ def test_summarise_by_two_columns_counts_and_means():
   assert overall["mean"] == pytest.approx(2.1 / 6)
 
 
+def test_summarise_puts_missing_group_values_in_one_unknown_stratum():
+  # NaN != NaN: each NaN group used to be a stratum of one row.
+  dice = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+  rows = stats.summarise({"dice": dice, "tone": np.array([np.nan, 2.0, np.nan, 1.0, 2.0])},
+                         "dice", by=("tone",), num_resamples=50)
+  assert [(r["tone"], r["n"]) for r in rows] == [(1.0, 1), (2.0, 2), ("unknown", 2)]
+  assert rows[2]["mean"] == pytest.approx(0.2)
+  sex = np.array([None, "male", "unknown", "female", float("nan")], object)
+  rows = stats.summarise({"dice": dice, "sex": sex}, "dice", by=("sex",), num_resamples=50)
+  assert [(r["sex"], r["n"]) for r in rows] == [("female", 1), ("male", 1), ("unknown", 3)]
+  assert rows[2]["mean"] == pytest.approx(0.3)
+
+
 def test_compare_groups_picks_the_test_and_excludes_unknown_groups():
   table = {"dice": np.concatenate([A, B, C, [0.9, 0.8]]),
            "sex": np.array(["female"] * 7 + ["male"] * 6 + ["female"] * 4 + ["unknown"] * 2),

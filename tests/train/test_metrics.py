@@ -117,3 +117,35 @@ def test_pr_auc_is_nan_without_positives():
   assert m["pr_auc"] == pytest.approx(np.mean([skm.average_precision_score(labels == k,
                                                                            probs[:, k])
                                                for k in (0, 1)]))
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_non_finite_logits_raise_naming_where_and_the_rows(num_classes):
+  # A NaN or inf row used to be argmaxed to class 0 and its ROC-AUC silently NaN.
+  labels = np.array([0, 1, 1, 0, 1, 0])
+  logits = np.random.default_rng(0).normal(size=(6, num_classes))
+  logits[1, 0], logits[4] = np.nan, np.inf
+  with pytest.raises(ValueError, match=r"2 of 6 rows .*\(rows \[1, 4\]\)"):
+    metrics.multiclass_metrics(logits, labels)
+  with pytest.raises(ValueError, match=r"2 of 6 rows .*\(rows \[1, 4\]\)"):
+    metrics.masked_multilabel_metrics(logits, np.ones((6, num_classes), int))
+  with pytest.raises(ValueError, match=r"^the test split: 2 of 6 rows"):
+    metrics.multiclass_metrics(logits, labels, where="the test split")
+
+
+def test_roc_auc_is_nan_only_for_a_single_class():
+  assert np.isnan(metrics.roc_auc(np.ones(4, bool), np.arange(4.0)))
+  assert np.isnan(metrics.roc_auc(np.zeros(0, bool), np.zeros(0)))
+  assert metrics.roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9])) == 0.75
+  with pytest.raises(ValueError, match="NaN"):  # not turned into a NaN AUC
+    metrics.roc_auc(np.array([0, 1, 0, 1]), np.array([0.1, np.nan, 0.3, 0.4]))
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_empty_split_gives_nan_metrics_and_a_zero_confusion_matrix(num_classes):
+  m = metrics.multiclass_metrics(np.zeros((0, num_classes)), np.zeros(0, int))
+  for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "pr_auc"):
+    assert np.isnan(m[key]), key
+  assert m["num_examples"] == 0
+  assert m["confusion_matrix"] == np.zeros((num_classes, num_classes), int).tolist()
+  assert [c["support"] for c in m["per_class"].values()] == [0] * num_classes
