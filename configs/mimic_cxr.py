@@ -18,6 +18,8 @@ when the dataset is first built:
 Paper 001's setup: frontal (PA/AP) images at 224 px, grayscale ResNet-18 (1-channel conv1) with
 conv1, bn1, layer1 and layer2 frozen; a frozen BERT-base-sized CXR-BERT whose [CLS] vector
 (768) is concatenated with the image's 512 features -> 2-layer head (512 hidden, dropout 0.5);
+the image-only model's classifier is one linear layer 512 -> 14 (`image`: concat fusion with
+no hidden layer), the text-only model's an MLP on [CLS] (`text`: the same 2-layer head);
 masked BCE over the 14 labels (blank = -2 ignored; uncertain -1 clamped to 0, as the paper's
 torch.clamp(targets, 0, 1)); AdamW 1e-5, batch 32, 10 epochs. `init_from` loads local
 pretrained weights (None = random init); with a text `init_from` its Hugging Face directory's
@@ -45,12 +47,16 @@ def frozen_patterns(modalities, freeze: bool) -> tuple:
 
 def variants(freeze: bool) -> ml_collections.ConfigDict:
   """Each variant also sets optimizer.freeze (config_lib.select_variant) to its modalities'
-  share of paper 001's frozen layers."""
-  out = {"image": ("image",), "text": ("text",), "joint": ("image", "text")}
+  share of paper 001's frozen layers. Paper 001 (sec. 3) projects the image-only model's 512
+  features "to 14 outputs using a linear layer": concat fusion with head.hidden=() is that one
+  Dense; its text-only model passes [CLS] "to a multi-layer perceptron classifier" and its
+  multimodal model has a 2-layer head: the joint head."""
+  out = {"image": (("image",), "concat"), "text": (("text",), "joint"),
+         "joint": (("image", "text"), "joint")}
   return ml_collections.ConfigDict({
-      name: {"modalities": modalities, "fusion": "joint",
+      name: {"modalities": modalities, "fusion": fusion,
              "freeze": frozen_patterns(modalities, freeze)}
-      for name, modalities in out.items()})
+      for name, (modalities, fusion) in out.items()})
 
 
 def builder_overrides() -> ml_collections.ConfigDict:
@@ -100,7 +106,9 @@ def model_config() -> ml_collections.ConfigDict:
       "text": {"encoder": "bert", "size": "base", "vocab_size": -1, "max_len": 512,
                "type_vocab_size": 2, "dropout": 0.1, "use_pooler": False,
                "init_from": config_dict.placeholder(str)},
-      "head": {"hidden": (128, 64), "dropout": 0.5, "late_weights": None, "joint_hidden": 512},
+      # hidden=(): concat fusion (the image variant) is a single Dense, paper 001's image-only
+      # classifier; the joint head (text, joint variants) is Dense(joint_hidden) -> Dense.
+      "head": {"hidden": (), "dropout": 0.5, "late_weights": None, "joint_hidden": 512},
   })
 
 

@@ -54,7 +54,9 @@ class Embedding(nn.Module):
   ms in that scatter on an H200. Here rows are gathered from the float32 table (the gradient
   scatter adds in float32, which GPUs do natively) and cast afterwards; a small vocabulary
   (<= ONE_HOT_MAX_ROWS, e.g. token types) is a one-hot matrix product, with no scatter at all;
-  `leading(n)` (positions 0..n-1) is a slice.
+  `leading(n)` (positions 0..n-1) is a slice. An id outside the vocabulary (< 0 or >=
+  num_embeddings) gives a NaN embedding, which the training loop's non-finite checks report,
+  on both paths (a gather would wrap a negative id and a one-hot row would be zero: silent).
   """
   num_embeddings: int
   features: int
@@ -65,11 +67,14 @@ class Embedding(nn.Module):
                                 jnp.float32)
 
   def __call__(self, ids: jax.Array) -> jax.Array:
-    """ids [...] int -> [..., features] in `dtype`."""
+    """ids [...] int -> [..., features] in `dtype`; NaN rows for ids outside the vocabulary."""
     if self.num_embeddings <= ONE_HOT_MAX_ROWS:
       one_hot = jax.nn.one_hot(ids, self.num_embeddings, dtype=self.dtype)
-      return jnp.dot(one_hot, self.embedding.astype(self.dtype))
-    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+      rows = jnp.dot(one_hot, self.embedding.astype(self.dtype))
+    else:
+      rows = jnp.take(self.embedding, ids, axis=0, mode="clip").astype(self.dtype)
+    in_vocabulary = (ids >= 0) & (ids < self.num_embeddings)
+    return jnp.where(in_vocabulary[..., None], rows, jnp.nan)
 
   def leading(self, n: int) -> jax.Array:
     """Rows 0..n-1 [n, features] in `dtype` (positions of a length-n sequence)."""
@@ -108,9 +113,11 @@ class BertSelfAttention(nn.Module):
     heads_shape = (n, length, self.num_heads, hidden // self.num_heads)
     q, k, v = (dense(hidden, self.dtype, name)(x).reshape(heads_shape)
                for name in ("query", "key", "value"))
-    # nn.dot_product_attention with jaxmm's dropout on the attention probabilities.
+    # nn.dot_product_attention with jaxmm's dropout on the attention probabilities. The
+    # softmax runs in float32 and returns float32 weights: cast back, so that in a bfloat16
+    # model the dropout and the probs x V product run in bfloat16 like every other matmul.
     weights = nn.dot_product_attention_weights(q, k, mask=mask, dtype=self.dtype,
-                                               force_fp32_for_softmax=True)
+                                               force_fp32_for_softmax=True).astype(self.dtype)
     weights = dropout_lib.Dropout(self.dropout, deterministic=not train)(weights)
     context = jnp.einsum("...hqk,...khd->...qhd", weights, v)
     return context.reshape(n, length, hidden)

@@ -97,7 +97,10 @@ MODALITY_BUILDERS = {
 
 
 def check_modalities(modalities: Sequence[str] | None) -> tuple[str, ...]:
-  """Validated modalities in config order; ValueError if empty, repeated or unknown."""
+  """Validated modalities in config order; ValueError if a string, empty, repeated or unknown."""
+  if isinstance(modalities, str):  # tuple("image") would be its letters
+    raise ValueError(f"modalities must be a tuple of names, e.g. ({modalities!r},), got the "
+                     f"string {modalities!r}")
   modalities = tuple(modalities or ())
   if not modalities or len(set(modalities)) != len(modalities):
     raise ValueError(f"modalities must be a non-empty tuple of distinct names from "

@@ -3,7 +3,8 @@
 Fusions (registry `FUSIONS`):
   concat  early fusion of paper 000: concat features -> "fused" -> FusionMLP (128, 64).
   late    decision-level: a Dense head per modality, probabilities averaged -> "fused";
-          logits = log(mean prob) (softmax) or logit(mean prob) (sigmoid, multilabel).
+          logits = log(mean prob) (softmax) or logit(mean prob) (sigmoid, multilabel),
+          computed in log space from the heads' logits (`mean_probability_logits`).
   joint   paper 001: concat (512 + 768 for ResNet-18 + BERT-base) -> "fused" ->
           Dense(joint_hidden) -> ReLU -> dropout -> Dense.
   film    the metadata embedding scales and shifts the image's last feature map channel-wise
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 MODALITIES = ("image", "text", "meta")
 # Batch keys each modality's encoder reads ("text_type_ids" is optional).
 BATCH_KEYS = {"image": ("image",), "text": ("text_ids", "text_mask"), "meta": ("meta",)}
-# Late fusion clips averaged probabilities into [eps, 1 - eps] before taking log / logit.
+# probabilities_to_logits clips probabilities into [eps, 1 - eps] before taking log / logit.
 PROB_EPS = 1e-7
 
 Array = jax.Array
@@ -48,6 +49,28 @@ def probabilities_to_logits(probs: Array, multilabel: bool) -> Array:
   """
   probs = jnp.clip(probs.astype(jnp.float32), PROB_EPS, 1.0 - PROB_EPS)
   return jnp.log(probs) - jnp.log1p(-probs) if multilabel else jnp.log(probs)
+
+
+def mean_probability_logits(logits: Sequence[Array], weights: Sequence[float],
+                            multilabel: bool) -> Array:
+  """Logits of the weighted mean of per-modality probabilities, computed in log space.
+
+  softmax: log p = logsumexp_m(log w_m + log_softmax(l_m)), whose softmax is p (it sums to 1);
+  sigmoid (multilabel): logit(p) = logsumexp_m(log w_m + log_sigmoid(l_m))
+  - logsumexp_m(log w_m + log_sigmoid(-l_m)). Where every head is confidently wrong, p (or
+  1 - p) underflows float32: log / logit of p clipped to PROB_EPS would cap the loss near 16.1
+  with a zero gradient, and these stay exact. weights (static, >= 0) are normalised to sum 1;
+  a modality of weight 0 is left out rather than given log 0.
+  logits: one [N, K] per modality -> [N, K] float32.
+  """
+  total = float(sum(weights))
+  kept = [(w / total, head) for w, head in zip(weights, logits) if w > 0]
+  log_w = jnp.log(jnp.asarray([w for w, _ in kept], jnp.float32))[:, None, None]
+  stacked = jnp.stack([head.astype(jnp.float32) for _, head in kept])  # [M, N, K]
+  if not multilabel:
+    return jax.nn.logsumexp(log_w + jax.nn.log_softmax(stacked, axis=-1), axis=0)
+  return (jax.nn.logsumexp(log_w + jax.nn.log_sigmoid(stacked), axis=0)
+          - jax.nn.logsumexp(log_w + jax.nn.log_sigmoid(-stacked), axis=0))
 
 
 class FusionMLP(nn.Module):
@@ -141,12 +164,22 @@ def joint_fusion(model: "MultimodalModel", features: Mapping[str, Array],
 
 def late_fusion(model: "MultimodalModel", features: Mapping[str, Array],
                 out: Mapping[str, Array], *, train: bool) -> FusionOutput:
-  """Decision-level fusion; "fused" = mean probabilities, logits = their log / logit."""
+  """Decision-level fusion; "fused" = mean probabilities, logits = their log / logit.
+
+  The logits come from the heads' logits in log space (`mean_probability_logits`). "fused"
+  adds g(fused) - g(mean probabilities), g = `probabilities_to_logits`: zero unperturbed (its
+  gradient into the heads cancels exactly), while a perturbation of "fused" moves the logits as
+  g of the perturbed probabilities would and gradients with respect to "fused" are g's.
+  """
   mean_probs, late_out = LateFusion(model.num_classes, model.late_weights, model.multilabel,
                                     model.dtype, name="late")(features)
   fused = model.perturb("fused", mean_probs)
-  return probabilities_to_logits(fused, model.multilabel), {**prefixed("late", late_out),
-                                                            "fused": fused}
+  weights = model.late_weights or (1.0,) * len(features)
+  logits = mean_probability_logits([late_out[f"{m}_logits"] for m in features], weights,
+                                   model.multilabel)
+  logits += (probabilities_to_logits(fused, model.multilabel)
+             - probabilities_to_logits(mean_probs, model.multilabel))
+  return logits, {**prefixed("late", late_out), "fused": fused}
 
 
 def film_fusion(model: "MultimodalModel", features: Mapping[str, Array],

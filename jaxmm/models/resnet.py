@@ -33,11 +33,14 @@ def validate_image(x: jax.Array, in_channels: int | None, owner: str) -> None:
 
 def batch_norm(x: jax.Array, *, train: bool, dtype: Any, name: str, zero_scale: bool = False,
                relu: bool = False) -> jax.Array:
-  """BatchNorm as torchvision's (momentum 0.1 there = 0.9 here, eps 1e-5), then a ReLU when
-  relu, applied to x by a submodule `name` of the calling compact scope: batch statistics when
-  training, running averages otherwise. zero_scale starts the scale at 0. Training in float32
-  on one CPU device takes jaxmm's fewer-pass BatchNorm (batch_norm.TrainBatchNorm, the same
-  variables), anything else flax's nn.BatchNorm."""
+  """BatchNorm with torchvision's settings (momentum 0.1 there = 0.9 here, eps 1e-5), then a
+  ReLU when relu, applied to x by a submodule `name` of the calling compact scope: batch
+  statistics when training, running averages otherwise. zero_scale starts the scale at 0.
+  Training in float32 on one CPU device takes jaxmm's fewer-pass BatchNorm
+  (batch_norm.TrainBatchNorm, the same variables and updates), anything else flax's
+  nn.BatchNorm. The running variance is updated as flax's nn.BatchNorm does, with the biased
+  batch variance; torch uses the unbiased one (times n / (n - 1)), a relative difference of
+  1 / (n - 1) with n = batch x height x width per channel, negligible at training sizes."""
   scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
   float32 = dtype is None or jnp.dtype(dtype) == jnp.float32
   if train and float32 and fast_batch_norm.usable(x):

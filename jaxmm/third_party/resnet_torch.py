@@ -71,8 +71,21 @@ class ResNetArchitecture(NamedTuple):
                   width=self.width, **kwargs)
 
 
-def resnet_architecture(params: Mapping) -> ResNetArchitecture:
-  """The architecture of a jaxmm ResNet params tree (converted or initialised)."""
+def check_stages(params: Mapping, source: str) -> None:
+  """ValueError naming `source` and the missing stages unless params has layer1 .. layer<K>
+  (K >= 1; a stem-only tree is missing layer1 .. layer4, torchvision's four stages)."""
+  numbers = {int(k[5:]) for k in params if re.fullmatch(r"layer\d+", k)}
+  missing = [f"layer{k}" for k in range(1, max(numbers, default=4) + 1) if k not in numbers]
+  if missing:
+    raise ValueError(f"{source} is not a whole ResNet: it has no {', '.join(missing)} keys "
+                     f"({missing[0]}.0.conv1.weight, ...); its modules are {sorted(params)}")
+
+
+def resnet_architecture(params: Mapping, source: str = "the ResNet params tree"
+                        ) -> ResNetArchitecture:
+  """The architecture of a jaxmm ResNet params tree (converted or initialised); ValueError
+  naming `source` when a stage is missing (check_stages)."""
+  check_stages(params, source)
   stages = sorted((k for k in params if re.fullmatch(r"layer\d+", k)), key=lambda k: int(k[5:]))
   block = "bottleneck" if "conv3" in params[stages[0]]["0"] else "basic"
   kernel_shape = np.shape(params["conv1"]["kernel"])
@@ -140,6 +153,7 @@ def variables_from_torchvision(state_dict: Mapping[str, np.ndarray],
   for module, leaves in modules.items():
     write = batch_norm_leaves if BATCH_NORM_MODULE.search(module) else conv_leaves
     write(module, leaves, variables, source)
+  check_stages(variables["params"], source)
   return variables
 
 

@@ -118,12 +118,20 @@ def load_image(model_config: Mapping, variables: Variables, path: str) -> dict:
   path = checkpoint_files.require_path(path, "model.image.init_from")
   pretrained = (resnet_hf.load_hf_resnet(path) if os.path.isdir(path)
                 else resnet_torch.load_torchvision_resnet(path))
-  description = (f"a {resnet_torch.resnet_architecture(pretrained['params']).describe()}; the "
-                 f"model has model.image.encoder={model_config['image'].get('encoder')!r}")
+  architecture = resnet_torch.resnet_architecture(pretrained["params"], path)
+  description = (f"a {architecture.describe()}; the model has model.image.encoder="
+                 f"{model_config['image'].get('encoder')!r}")
   model_kernel = variables["params"]["image"].get("conv1", {}).get("kernel")
   if model_kernel is not None:
     description += f" of width {model_kernel.shape[3]}"
-    pretrained = grayscale.adapt_input_channels(pretrained, model_kernel.shape[2])
+    try:
+      pretrained = grayscale.adapt_input_channels(pretrained, model_kernel.shape[2])
+    except ValueError as error:
+      in_channels = model_config["image"].get("in_channels")
+      setting = f"model.image.in_channels={in_channels!r}" + (
+          ": the batch's channel count" if in_channels is None else "")
+      raise ValueError(f"model.image.init_from={path!r}: {error}; the model's conv1 takes "
+                       f"{model_kernel.shape[2]} channels ({setting})") from error
   return replace_encoder(variables, "image", pretrained, path, description)
 
 

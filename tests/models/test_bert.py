@@ -138,6 +138,30 @@ def test_embedding_lookups_and_gradients_equal_a_plain_gather(rows):
   np.testing.assert_allclose(grad["embedding"], expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("rows", [2, ONE_HOT_MAX_ROWS + 1])
+def test_ids_outside_the_vocabulary_give_nan_embeddings(rows, dtype):
+  """Both lookups: a one-hot row of an id >= rows was zero and a gather wrapped -1 to the
+  last row, silently; NaN is what the training loop's non-finite checks report."""
+  ids = jnp.array([[0, rows - 1, rows, -1, rows + 5, -rows]])
+  module = Embedding(rows, 5, dtype=dtype)
+  params = module.init(KEY, ids)["params"]
+  out = np.asarray(module.apply({"params": params}, ids).astype(jnp.float32))
+  np.testing.assert_array_equal(np.isnan(out).all(-1), [[False, False, True, True, True, True]])
+  assert np.isfinite(out[0, :2]).all()
+  table = np.asarray(params["embedding"].astype(dtype).astype(jnp.float32))
+  np.testing.assert_allclose(out[0, :2], table[[0, rows - 1]], rtol=1e-2)
+
+
+def test_out_of_range_token_type_ids_make_bert_features_nan():
+  _, params = hf_tiny()
+  ids, mask, type_ids = padded_inputs()
+  type_ids[1, 2] = TINY["type_vocab_size"]
+  features, _ = Bert(**TINY).apply({"params": params}, ids, attention_mask=mask, train=False,
+                                   token_type_ids=type_ids)
+  np.testing.assert_array_equal(np.isnan(features).any(-1), [False, True, False])
+
+
 def test_bfloat16_embedding_gradients_scatter_only_into_float32():
   """GPUs have no bfloat16 atomic add: a bfloat16 scatter-add into an embedding table became
   compare-and-swap loops that took 55 of 72 ms of a BERT-base step on an H200. The gradient
@@ -157,6 +181,26 @@ def test_bfloat16_embedding_gradients_scatter_only_into_float32():
               for line in hlo.splitlines() if " scatter(" in line]
   vocab, hidden = TINY["vocab_size"], TINY["hidden_size"]
   assert scatters == [f"f32[{vocab},{hidden}]{{1,0}}"], scatters
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("train", [False, True])
+def test_every_matmul_runs_in_the_compute_dtype(dtype, train):
+  """The attention softmax runs in float32 but its probabilities are cast back: a bfloat16
+  BERT's probs x V product (and the dropout before it) ran in float32."""
+  model = Bert(**TINY, dtype=dtype)
+  ids, mask, _ = (jnp.asarray(a) for a in padded_inputs())
+  params = jax.eval_shape(functools.partial(model.init, train=False), KEY, ids)["params"]
+  forward = lambda p: model.apply({"params": p}, ids, train=train, attention_mask=mask,
+                                  rngs={"dropout": KEY})[0]
+  lines = str(jax.make_jaxpr(forward)(params)).splitlines()
+  outputs = [line.split("=")[0].split(":")[-1].strip() for line in lines
+             if "= dot_general[" in line]
+  # per layer q, k, v, scores, probs x V, attention output, intermediate, output; then the
+  # token-type lookup (a one-hot product) and the pooler
+  assert len(outputs) == TINY["num_layers"] * 8 + 2, outputs
+  prefix = "bf16[" if dtype == jnp.bfloat16 else "f32["
+  assert all(out.startswith(prefix) for out in outputs), outputs
 
 
 def test_gelu_is_jax_exact_gelu():

@@ -1,5 +1,6 @@
 """build_model: registries, defaults, BERT presets and overrides, late weights, validation."""
 import functools
+import os
 import re
 
 import jax
@@ -10,8 +11,10 @@ import pytest
 
 from jaxmm.models import BERT_SIZES, Bert, MetaMLP, ResNet, SmallCNN, build_model
 from jaxmm.models.resnet import BasicBlock, Bottleneck
+from jaxmm.train import config_lib
 
 KEY = jax.random.key(0, impl="rbg")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def config(**fields) -> ml_collections.ConfigDict:
@@ -38,6 +41,9 @@ def test_unknown_names_list_the_valid_ones(fields, listing):
 @pytest.mark.parametrize("fields,message", [
     ({"modalities": ()}, "non-empty tuple of distinct names"),
     ({"modalities": ("image", "image")}, "non-empty tuple of distinct names"),
+    # a string was split into letters: "unknown modality 'i'"
+    ({"modalities": "image"}, "must be a tuple of names, e.g. ('image',), got the string 'image'"),
+    ({"modalities": "text"}, "must be a tuple of names, e.g. ('text',), got the string 'text'"),
     ({"num_classes": None}, "needs num_classes >= 1, got None"),
     ({"num_classes": -1}, "needs num_classes >= 1, got -1"),
     ({"fusion": "film"}, "missing ['meta']"),
@@ -124,3 +130,21 @@ def test_wrong_input_channels_name_expected_and_given_shape():
                           {"image": jnp.zeros((2, 32, 32, 1))})
   assert shapes["params"]["image"]["conv1"]["kernel"].shape == (7, 7, 1, 8)
   assert np.prod(shapes["params"]["head"]["logits"]["kernel"].shape) == 64 * 2
+
+
+@pytest.mark.parametrize("variant,head", [
+    ("image", {"logits": (512, 14)}),
+    ("text", {"dense_0": (768, 512), "logits": (512, 14)}),
+    ("joint", {"dense_0": (512 + 768, 512), "logits": (512, 14)}),
+])
+def test_mimic_cxr_heads_are_paper_001s(variant, head):
+  """Paper 001 sec. 3: the image-only ResNet-18's 512 features go "to 14 outputs using a linear
+  layer"; [CLS] to "a multi-layer perceptron classifier"; 512 + 768 to a 2-layer head."""
+  path = os.path.join(REPO, "configs", f"mimic_cxr.py:model={variant}")
+  config = config_lib.load_config_file(path)
+  config.model.num_classes, config.model.text.vocab_size = 14, 100  # set from the data at run time
+  model = build_model(config.model)
+  batch = {"image": jnp.zeros((1, 32, 32, 1)), "text_ids": jnp.zeros((1, 8), jnp.int32),
+           "text_mask": jnp.ones((1, 8), jnp.int32)}  # a model reads its modalities' keys only
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), KEY, batch)
+  assert {name: layer["kernel"].shape for name, layer in shapes["params"]["head"].items()} == head

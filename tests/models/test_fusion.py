@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from jaxmm.models import FUSIONS, MODALITIES, build_model
+from jaxmm.models import FUSIONS, MODALITIES, MetaMLP, MultimodalModel, build_model
 from jaxmm.models.fusion import BATCH_KEYS, FusionMLP, class_probabilities, probabilities_to_logits
 
 KEY = jax.random.key(0, impl="rbg")  # rbg: threefry's kernels dominate CPU compile time
@@ -162,6 +162,105 @@ def test_late_logits_clip_probabilities_0_and_1():
                              rtol=1e-6)
   np.testing.assert_allclose(probabilities_to_logits(probs, multilabel=True),
                              np.log(clipped) - np.log1p(-clipped), rtol=1e-6)
+
+
+def identity_late_model(num_classes, multilabel=False, weights=None) -> MultimodalModel:
+  """Late fusion of two identity encoders (MetaMLP without layers): heads on raw features."""
+  return MultimodalModel(num_classes, fusion="late", image=MetaMLP(hidden=()),
+                         meta=MetaMLP(hidden=()), late_weights=weights, multilabel=multilabel)
+
+
+def identity_batch(seed=0) -> dict:
+  """Features [N, D] for both identity encoders of `identity_late_model`."""
+  rng = np.random.RandomState(seed)
+  return {m: rng.normal(size=(N, D)).astype(np.float32) for m in ("image", "meta")}
+
+
+def late_heads(model, biases, kernel_scale=0.0, seed=0) -> dict:
+  """Variables of `identity_late_model` with head m's bias set to biases[m] (kernels scaled)."""
+  variables = model.init(KEY, identity_batch(), train=False)
+  rng = np.random.RandomState(seed)
+  heads = {f"{m}_head": {"kernel": kernel_scale * rng.normal(size=(D, len(b))).astype(np.float32),
+                         "bias": np.asarray(b, np.float32)} for m, b in biases.items()}
+  return {**variables, "params": {"late": heads}}
+
+
+@pytest.mark.parametrize("weights", [None, (1.0, 0.0)])
+def test_late_fusion_loss_and_gradient_stay_exact_when_every_head_is_confidently_wrong(weights):
+  # Both heads put logit 20 on class 1 against label 0: the mean probability of class 0 is
+  # ~2e-9. log of it clipped to 1e-7 capped the loss at 16.1 with a zero gradient. With weights
+  # (1, 0) the meta head (confidently right) is left out.
+  model = identity_late_model(3, weights=weights)
+  variables = late_heads(model, {"image": [0, 20, 0], "meta": [0, 20, 0] if weights is None
+                                 else [30, 0, 0]})
+  batch = identity_batch()
+
+  def loss(params):
+    logits, _ = model.apply({**variables, "params": params}, batch, train=False)
+    return -jax.nn.log_softmax(logits)[:, 0].mean()
+
+  value, grads = jax.value_and_grad(loss)(variables["params"])
+  assert float(value) == pytest.approx(20.0, rel=1e-6)
+  share = 0.5 if weights is None else 1.0
+  np.testing.assert_allclose(grads["late"]["image_head"]["bias"], [-share, share, 0], atol=1e-6)
+  meta_grad = grads["late"]["meta_head"]["bias"]
+  np.testing.assert_allclose(meta_grad, [-0.5, 0.5, 0] if weights is None else 0, atol=1e-6)
+
+
+def test_multilabel_late_fusion_loss_is_exact_for_confident_heads():
+  # Logit 25 against target 0: 1 - p = 1.4e-11 was clipped to 1e-7 (loss 15.9, zero gradient).
+  model = identity_late_model(1, multilabel=True)
+  variables = late_heads(model, {"image": [25.0], "meta": [25.0]})
+  batch = identity_batch()
+
+  def loss(params):  # BCE against target 0
+    logits, _ = model.apply({**variables, "params": params}, batch, train=False)
+    return jax.nn.softplus(logits).mean()
+
+  value, grads = jax.value_and_grad(loss)(variables["params"])
+  assert float(value) == pytest.approx(25.0, rel=1e-6)
+  for head in ("image_head", "meta_head"):
+    np.testing.assert_allclose(grads["late"][head]["bias"], [0.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+@pytest.mark.parametrize("weights", [None, (0.5, 1.5)])
+def test_late_logits_equal_log_of_clipped_mean_where_the_clip_is_inactive(weights, multilabel):
+  model = identity_late_model(K, multilabel, weights)
+  rng = np.random.RandomState(1)
+  variables = late_heads(model, {m: rng.normal(size=K) for m in ("image", "meta")},
+                         kernel_scale=1.0)
+  batch = identity_batch()
+  logits, out = model.apply(variables, batch, train=False)
+  assert 1e-4 < np.asarray(out["fused"]).min() and np.asarray(out["fused"]).max() < 1 - 1e-4
+  np.testing.assert_allclose(logits, probabilities_to_logits(out["fused"], multilabel),
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_late_fusion_gradients_through_fused_and_head_logits(multilabel):
+  # "fused" is a perturbation point: d logits / d fused is d log(p) or d logit(p); the heads'
+  # logits get the log-space gradient once (the "fused" term's share cancels).
+  model = identity_late_model(K, multilabel)
+  variables = late_heads(model, {"image": [1.0, -2.0, 0.5], "meta": [0.0, 3.0, -1.0]})
+  batch = identity_batch()
+  score = lambda logits: logits[:, 1].sum()
+
+  def of_perturbations(perturbations):
+    return score(model.apply({**variables, "perturbations": perturbations}, batch,
+                             train=False)[0])
+
+  grads = jax.grad(of_perturbations)(variables["perturbations"])
+  _, out = model.apply(variables, batch, train=False)
+  p = np.asarray(out["fused"], np.float64)[:, 1]
+  expected = 1 / (p * (1 - p)) if multilabel else 1 / p
+  np.testing.assert_allclose(grads["fused"][:, 1], expected, rtol=1e-5)
+  assert not np.any(np.delete(np.asarray(grads["fused"]), 1, axis=1))
+  heads = {m: out[f"late/{m}_logits"] for m in ("image", "meta")}
+  exact = jax.grad(lambda h: score(probabilities_to_logits(
+      sum(0.5 * class_probabilities(x, multilabel) for x in h.values()), multilabel)))(heads)
+  for m in heads:
+    np.testing.assert_allclose(grads["late"][f"{m}_logits"], exact[m], rtol=1e-5, atol=1e-7)
 
 
 def test_film_is_identity_at_init_and_modulates_once_trained():

@@ -5,10 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+from flax import linen as nn
 from flax import traverse_util
 
+from jaxmm.models import batch_norm as fast_batch_norm
 from jaxmm.models.resnet import (BasicBlock, Bottleneck, ResNet18, ResNet34, ResNet50,
-                                 ResNetTiny)
+                                 ResNetTiny, batch_norm)
 
 # rbg keys: compiling threefry's random-normal kernels dominates CPU test time.
 KEY = jax.random.key(0, impl="rbg")
@@ -122,3 +125,29 @@ def test_training_updates_running_statistics_with_momentum_0_9():
   np.testing.assert_allclose(state["batch_stats"]["bn1"]["mean"], expected_mean, rtol=1e-5,
                              atol=1e-6)
   np.testing.assert_allclose(state["batch_stats"]["bn1"]["var"], expected_var, rtol=1e-5)
+
+
+class OneBatchNorm(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return batch_norm(x, train=True, dtype=jnp.float32, name="bn")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_running_variance_is_the_biased_one_unlike_torch(monkeypatch, fast):
+  """As batch_norm's docstring says: both BatchNorms (jaxmm's fast one and flax's) move the
+  running variance towards the biased batch variance; torch's BatchNorm2d towards the unbiased
+  one, n / (n - 1) times larger (n = 2 x 3 x 3 = 18 values per channel here)."""
+  monkeypatch.setattr(fast_batch_norm, "ENABLED", fast)
+  x = np.random.RandomState(0).normal(1.0, 3.0, size=(2, 3, 3, 4)).astype(np.float32)
+  if fast and not fast_batch_norm.usable(jnp.asarray(x)):
+    pytest.skip(f"jaxmm's BatchNorm is not usable here: {fast_batch_norm.describe()}")
+  module = OneBatchNorm()
+  _, state = module.apply(module.init(KEY, x), x, mutable=["batch_stats"])
+  torch_bn = torch.nn.BatchNorm2d(4, eps=1e-5, momentum=0.1).train()
+  torch_bn(torch.from_numpy(x).permute(0, 3, 1, 2))
+  n = x.size // x.shape[-1]
+  ours = np.asarray(state["batch_stats"]["bn"]["var"], np.float64) - 0.9
+  theirs = torch_bn.running_var.numpy().astype(np.float64) - 0.9
+  np.testing.assert_allclose(ours, 0.1 * x.var(axis=(0, 1, 2), dtype=np.float64), rtol=1e-5)
+  np.testing.assert_allclose(theirs, ours * n / (n - 1), rtol=1e-5)

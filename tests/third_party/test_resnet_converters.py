@@ -360,3 +360,18 @@ def test_state_dicts_with_other_names_are_rejected(tmp_path):
     resnet_torch.load_torchvision_resnet(tmp_path / "model.safetensors")
   with pytest.raises(ValueError, match="unexpected key 'features.0.weight'"):
     resnet_torch.variables_from_torchvision({"features.0.weight": np.zeros((8, 3, 3, 3))})
+
+
+@pytest.mark.parametrize("stages,missing", [((), "layer1, layer2, layer3, layer4"),
+                                            ((1, 3), "layer2")])
+def test_state_dicts_missing_stages_name_the_file_and_the_stages(tmp_path, stages, missing):
+  # A stem-only file passed the key check and failed with a bare IndexError.
+  state = {k: v for k, v in torchvision_reference("basic", layers=(1, 1, 1, 1))
+           .state_dict().items() if not k.startswith("layer") or int(k[5]) in stages}
+  path = str(tmp_path / "stem.safetensors")
+  save_file(state, path)
+  with pytest.raises(ValueError, match=f"^{path} is not a whole ResNet: it has no {missing} "
+                                       r"keys \(layer.\.0\.conv1\.weight, \.\.\.\)"):
+    resnet_torch.load_torchvision_resnet(path)
+  with pytest.raises(ValueError, match="^the ResNet params tree is not a whole ResNet"):
+    resnet_torch.resnet_architecture({"conv1": {}, "bn1": {}})

@@ -7,6 +7,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 import transformers
 
@@ -82,6 +83,26 @@ def test_missing_and_unexpected_parameters_are_named(tmp_path):
     pretrained.check_compatible({"params/text/a": leaf},
                                 {"params/text/a": leaf, "params/text/extra/kernel": leaf},
                                 "text", "dir", "BERT")
+
+
+@pytest.mark.parametrize("in_channels", [3, None])
+def test_stem_channel_mismatch_names_the_checkpoint_and_in_channels(tmp_path, in_channels):
+  # A 1-channel checkpoint cannot feed an RGB model; the error said neither which checkpoint
+  # nor which setting.
+  model = transformers.ResNetModel.from_pretrained(save_tiny_resnet(tmp_path / "hf"))
+  state = resnet_hf.torchvision_state_dict({k: v.numpy() for k, v in model.state_dict().items()})
+  state["conv1.weight"] = state["conv1.weight"][:, :1]
+  path = str(tmp_path / "gray.safetensors")
+  safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, path)
+  config = image_model_config(path, in_channels=in_channels)
+  setting = ("model.image.in_channels=3" if in_channels
+             else "model.image.in_channels=None: the batch's channel count")
+  with pytest.raises(ValueError) as error:
+    pretrained.load_pretrained(config, abstract_variables(config))
+  assert str(error.value) == (
+      f"model.image.init_from={path!r}: cannot adapt a pretrained stem conv with 1 input "
+      f"channels to 3; only RGB (3) -> grayscale (1) is supported; the model's conv1 takes 3 "
+      f"channels ({setting})")
 
 
 def test_masked_lm_checkpoint_without_pooler_refuses_use_pooler(tmp_path):
