@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 import fixture_trees
@@ -98,6 +99,17 @@ def test_config_docstrings_hold_a_command():
 def test_unknown_variant_lists_valid_ones():
   with pytest.raises(ValueError, match=r"valid variants: \['concat', 'film', 'image', 'late', 'meta'\]"):
     config_lib.load_config_file(os.path.join(REPO, "configs", "synthetic_derm.py") + ":model=concatt")
+
+
+def test_a_variant_whose_modalities_are_a_string_is_refused():
+  """tuple("image") split it into letters, failing later with "unknown modality 'i'"."""
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", "synthetic_derm.py"))
+  with config.unlocked():  # as a config file that writes the string would build it
+    config.variants = ml_collections.ConfigDict({"image": {"modalities": "image",
+                                                           "fusion": "concat"}})
+  with pytest.raises(ValueError, match=r"config.variants.image.modalities must be a tuple of "
+                                       r"names, e.g. \('image',\), got the string 'image'"):
+    config_lib.select_variant(config, "image")
 
 
 def test_unknown_config_argument_suggests_closest():

@@ -71,6 +71,9 @@ def select_variant(config: ml_collections.ConfigDict, name: str) -> ml_collectio
     raise ValueError(f"unknown model variant {name!r}; valid variants: "
                      f"{sorted(config.variants)}.{closest(name, config.variants)}")
   variant = config.variants[name]
+  if isinstance(variant.modalities, str):  # tuple("image") would be its letters
+    raise ValueError(f"config.variants.{name}.modalities must be a tuple of names, e.g. "
+                     f"('{variant.modalities}',), got the string {variant.modalities!r}")
   with config.unlocked() if hasattr(config, "unlocked") else _null():
     config.variant = name
     config.model.modalities = tuple(variant.modalities)
