@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxmm import workflow
+from tests.conftest import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,7 +78,7 @@ def run_main_job_offline(workdir, data_dir, tmp_path, mode: str = "pipeline",
   log = tmp_path / "network.log"
   env = dict(os.environ, JAXMM_DATA_DIR=data_dir, JAXMM_NETWORK_LOG=str(log),
              PYTHONPATH=os.pathsep.join([str(site), REPO, os.environ.get("PYTHONPATH", "")]),
-             HF_HUB_OFFLINE="1")
+             HF_HUB_OFFLINE="1", XLA_FLAGS=xla_flags(default_optimization=True))
   command = [sys.executable, "-m", "jaxmm.main",
              f"--config={os.path.join(REPO, 'configs', 'synthetic_derm.py')}:smoke"
              + (f",model={variant}" if variant else ""),

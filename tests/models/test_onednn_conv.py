@@ -12,6 +12,7 @@ import pytest
 from jax import lax
 
 from jaxmm.models import fast_backward, onednn_conv
+from tests.conftest import xla_flags
 
 NHWC = fast_backward.NHWC
 # setup.py installs oneDNN here: there the path must work, not be skipped.
@@ -192,7 +193,7 @@ def test_data_parallel_over_several_devices_matches_xla(loaded):
   """Two CPU devices, images split between them: each device's oneDNN calls see its own
   images, the kernel gradients are summed over both (custom_partitioning), and the loss and
   gradients equal XLA's convolutions under the same sharding."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"))
   out = subprocess.run([sys.executable, "-c", SEVERAL_DEVICES], capture_output=True, text=True,
                        timeout=300, env=env)
   assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

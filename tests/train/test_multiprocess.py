@@ -16,7 +16,7 @@ import pytest
 
 from jaxmm.data import pipeline
 from jaxmm.train import distributed, loop, sharding
-from tests.conftest import load_smoke_config
+from tests.conftest import load_smoke_config, xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPEC = os.path.join(REPO, "configs", "synthetic_derm.py") + ":model=concat,smoke"
@@ -49,7 +49,7 @@ def slurm_launch(workdir: str, data_dir: str, tmp_path, *flags) -> str:
   env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_NTASKS="2",
              SLURM_JOB_ID=str(free_slurm_job_id()), SLURM_SUBMIT_DIR=REPO,
              JAXMM_DATA_DIR=data_dir, JAX_PLATFORMS="cpu", PYTHON=sys.executable,
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+             XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"))
   env["PATH"] = f"{os.path.dirname(sys.executable)}:{env['PATH']}"
   out = subprocess.run(["bash", os.path.join(REPO, "launch", "slurm.sh"), SPEC, workdir,
                         *OVERRIDES, *flags], env=env, capture_output=True, text=True,
@@ -184,7 +184,7 @@ def test_two_processes_save_latest_and_best_at_the_same_step(tmp_path):
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
   script = os.path.join(REPO, "tests", "train", "two_process_saves.py")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags())
   procs = [subprocess.Popen([sys.executable, script, str(i), str(port), str(tmp_path), "12"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True) for i in range(2)]
