@@ -96,6 +96,12 @@ def captum_stdev(images: np.ndarray, noise_level: float) -> float:
   return float(noise_level * ranges[0])
 
 
+def captum_internal_batch(args) -> int:
+  """captum's internal_batch_size for IG: --captum_batch, or the batch's whole path (batch x
+  steps points per pass, as jaxmm's default path chunk)."""
+  return args.captum_batch or args.batch * args.steps
+
+
 def map_parity(jaxmm_maps, captum_maps) -> dict:
   """max |jaxmm - captum| of two map batches of the same layout, and that over max |captum|."""
   a, b = np.asarray(jaxmm_maps, np.float64), np.asarray(captum_maps, np.float64)
@@ -203,7 +209,7 @@ def time_ig_smoothgrad(f, net, x, x_torch, targets: np.ndarray, stdev: float, ar
     attr = nt.attribute(
         x_torch, nt_type="smoothgrad", nt_samples=args.samples, stdevs=stdev,
         nt_samples_batch_size=args.samples, target=targets.tolist(), n_steps=args.steps,
-        method=IG_RULE, internal_batch_size=args.captum_batch or args.batch * args.steps)
+        method=IG_RULE, internal_batch_size=captum_internal_batch(args))
     sync()
     return attr
 
@@ -273,7 +279,7 @@ def saliency_benchmark(args) -> dict:
       "batch": args.batch, "steps": args.steps, "samples": args.samples, "rule": IG_RULE,
       "points_per_call": points, "path_chunk": args.path_chunk,
       "sample_chunk": args.sample_chunk,
-      "captum_internal_batch_size": args.captum_batch or args.batch * args.steps,
+      "captum_internal_batch_size": captum_internal_batch(args),
       "noise_level": NOISE_LEVEL, "captum_stdevs": stdev,
       "repeats": args.repeats, "warmup": args.warmup,
       "settings": saliency_settings(args, machine, device, stdev),
@@ -310,7 +316,7 @@ def saliency_machine(args) -> dict:
 def saliency_settings(args, machine: dict, device: str, stdev: float) -> dict:
   """Each side's settings, as printed: {"captum": text, "jaxmm": text}."""
   import captum
-  captum_batch = args.captum_batch or args.batch * args.steps
+  captum_batch = captum_internal_batch(args)
   captum_text = (
       f"captum {captum.__version__}: NoiseTunnel(IntegratedGradients) smoothgrad, "
       f"{args.samples} samples of stdevs {stdev:.3g} (absolute: {NOISE_LEVEL} x the range "
