@@ -61,15 +61,23 @@ class BadRowLog:
     if not self.strict and len(self.rows) <= MAX_LOGGED:
       logging.warning("%s: skipping %s", self.dataset, row.describe())
 
-  def check(self) -> None:
-    """Raises BadRowsError listing the bad rows if the build is strict and there are any."""
+  def check(self, nothing_left: str = "") -> None:
+    """Raises BadRowsError listing the bad rows if the build is strict and there are any.
+
+    `nothing_left` names what would be empty without them (a CSV file, "split 'test'"):
+    leaving bad rows out cannot help then, and the error says so instead of suggesting
+    skip_bad_rows.
+    """
     if not self.strict or not self.rows:
       return
     listed = "\n  ".join(r.describe() for r in self.rows[:MAX_IN_ERROR])
     more = len(self.rows) - MAX_IN_ERROR
     more = f"\n  ... and {more} more" if more > 0 else ""
+    advice = (f"Without them no row of {nothing_left} is left, so skip_bad_rows=True would "
+              f"not help: fix them (is the release laid out as expected?)." if nothing_left
+              else f"Fix them, or {SKIP_HINT}.")
     raise BadRowsError(f"{self.dataset}: {len(self.rows)} bad row(s) in the manual download:\n"
-                       f"  {listed}{more}\nFix them, or {SKIP_HINT}.")
+                       f"  {listed}{more}\n{advice}")
 
   def summary(self) -> dict:
     """{"count", "by_kind": {kind: count}, "rows": [first MAX_LISTED rows as dicts]}."""

@@ -157,7 +157,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
     root = self.checked_root(dl_manager)
     log = bad_rows.BadRowLog(self.name, strict=not self.builder_config.skip_bad_rows)
     entries, build = self.read_entries(root, log)
-    log.check()
+    log.check(nothing_left="" if entries else os.path.join(root, self.CSV_FILE))
     if not entries:
       raise ValueError(f"{self.name}: no usable rows in {os.path.join(root, self.CSV_FILE)}: "
                        f"{unusable_note(build, log.rows)}.\nIs the release laid out as "
@@ -207,7 +207,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
     bad rows found so far), when the metadata encoder cannot be fitted on the train split, or
     (a strict build) after the last split when any file was bad."""
     if not kept:
-      log.check()
+      log.check(nothing_left=f"split '{split}'")
       raise ValueError(f"{self.name}: split(s) ['{split}'] would be empty: all its "
                        f"{len(entries)} rows of {os.path.join(root, self.CSV_FILE)} were "
                        f"skipped as bad: {skipped_note(skipped)}; fix those files")

@@ -15,7 +15,8 @@ One example per image whose ViewPosition is in the config's `views` (PA and AP b
 other views are counted as filtered): the grayscale image resized to image_size (uint8
 [S, S, 1]), the study's 14 CheXpert labels in configs/synthetic_cxr.CHEXPERT_LABELS order as
 int32 (1 positive, 0 negative, -1 uncertain, blank -> -2 not mentioned), the report cleaned as
-section 2 of paper 001 does (tokenizer.clean_report: FINDINGS + IMPRESSION, lower-cased,
+section 2 of paper 001 does (tokenizer.clean_report: FINDINGS + IMPRESSION, with CONCLUSION
+and FINDINGS AND IMPRESSION read as the impression as MIMIC-CXR's section parser does, lower-cased,
 punctuation removed; a report with neither section is cleaned whole; a report whose FINDINGS
 and IMPRESSION are empty is a bad row, `empty_report`), and the ids
 (`patient_id` "p<subject_id>", `study_id` "s<study_id>", `dicom_id`, `view_position`).
@@ -36,6 +37,7 @@ encoders bring their own tokenizer instead.
 """
 import dataclasses
 import os
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -61,6 +63,7 @@ MAX_LEAKS_NAMED = 5  # subjects (and split.csv lines per split) named in a leaka
 OFFICIAL_SPLITS = {"train": "train", "validate": "validation", "test": "test"}
 SPLIT_CHOICES = ("official", "grouped")
 LABEL_VALUES = {1.0: 1, 0.0: 0, -1.0: -1}
+LABEL_TEXT = re.compile(r"-?[01](\.0*)?", re.ASCII)  # 1.0, 0, -1.0, ... (not "１.0" or "1e0")
 SPLIT_ENTRY = (SPLIT_CSV, "dicom_id,study_id,subject_id,split")
 LAYOUT = manual_dir.Layout(
     dataset="mimic_cxr",
@@ -109,6 +112,8 @@ def parse_labels(fields: dict) -> np.ndarray:
     if not text or text.lower() == "nan":
       continue
     try:
+      if not LABEL_TEXT.fullmatch(text):
+        raise ValueError(text)
       out[k] = LABEL_VALUES[float(text)]
     except (ValueError, KeyError):
       raise bad_rows.BadInput("unknown_category", f"{name} value {text!r} is not 1.0, 0.0, "
@@ -268,12 +273,15 @@ def check_patient_disjoint(entries: list) -> None:
 class MimicCxr(manual_base.ManualBuilder):
   """MIMIC-CXR-JPG frontal radiographs + cleaned reports + 14 CheXpert labels."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "First release.",
       "1.1.0": "Reports are split into sections only at known MIMIC-CXR headings "
                "(tokenizer.SECTION_HEADINGS): an upper-case word before a colon inside FINDINGS "
                "or IMPRESSION (\"Left PICC: ...\") no longer drops the text after it.",
+      "1.2.0": "CONCLUSION(S), FINDINGS AND IMPRESSION and FINDINGS/IMPRESSION sections are "
+               "kept as the impression (tokenizer.SECTION_ALIASES; their text was dropped), and "
+               "a CheXpert label must read 1, 0 or -1 (optionally .0) in ASCII.",
   }
   BUILDER_CONFIGS = [
       MimicCxrConfig(name="default", image_size=224,

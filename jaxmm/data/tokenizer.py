@@ -35,6 +35,10 @@ SECTION_HEADINGS = (
     "COMPARISON FILM", "REFERENCE EXAM", "CONCLUSION", "CONCLUSIONS", "RECOMMENDATION",
     "RECOMMENDATIONS", "RECOMMENDATION(S)", "ADDENDUM", "FINDINGS AND IMPRESSION",
     "FINDINGS/IMPRESSION", "COMMENT", "PFI")
+# Headings read as a kept section, as the MIMIC-CXR section parser's name normalisation maps
+# them (a report's conclusion is its impression).
+SECTION_ALIASES = {"CONCLUSION": "IMPRESSION", "CONCLUSIONS": "IMPRESSION",
+                   "FINDINGS AND IMPRESSION": "IMPRESSION", "FINDINGS/IMPRESSION": "IMPRESSION"}
 _CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 _PUNCTUATION = ".,:;!?'\"()[]/-_%+*&#<>=@"
 # A section heading: a whole SECTION_HEADINGS name (its words separated by any spaces) directly
@@ -48,11 +52,13 @@ _WORDS = re.compile(r"\w+|[^\w\s]")
 
 def report_sections(text: str) -> dict[str, str]:
   """Splits a report into {HEADING: body} at its SECTION_HEADINGS; text before the first
-  heading is under "", a repeated heading's bodies are joined."""
+  heading is under "", an alias heading is under the name it stands for (SECTION_ALIASES) and
+  a repeated heading's bodies are joined."""
   sections, last, name = {}, 0, ""
   for match in _HEADER.finditer(text):
     sections[name] = (sections.get(name, "") + " " + text[last:match.start()]).strip()
     name, last = " ".join(match.group(1).split()), match.end()
+    name = SECTION_ALIASES.get(name, name)
   sections[name] = (sections.get(name, "") + " " + text[last:]).strip()
   return sections
 

@@ -265,6 +265,12 @@ def test_no_usable_rows_says_why(tmp_path):
                                        rf"\({rows[0]['image_id']}\): .*Is the release laid out as "
                                        r"expected\?\n.*HAM10000_images_part_1/"):
     build(str(tmp_path), release, skip_bad_rows=True)
+  # Strict: the bad rows are listed, without suggesting a skip that would leave nothing.
+  with pytest.raises(bad_rows.BadRowsError) as error:
+    build(str(tmp_path), release)
+  assert "6 bad row(s)" in str(error.value)
+  assert "skip_bad_rows=True would not help" in str(error.value)
+  assert bad_rows.SKIP_HINT not in str(error.value)
   with open(os.path.join(release, "HAM10000_metadata.csv"), "w") as f:
     f.write(",".join(fixture_trees.HAM_COLUMNS) + "\n")
   with pytest.raises(ValueError, match=r"no usable rows in .*HAM10000_metadata.csv: it has 0 "
@@ -326,6 +332,10 @@ def test_a_split_emptied_by_bad_images_is_a_clear_error(tmp_path):
                                        rf"HAM10000_metadata.csv line \d+ \(ISIC_\d+\): cannot "
                                        rf"decode image file"):
     build(str(tmp_path), release, skip_bad_rows=True)
+  with pytest.raises(bad_rows.BadRowsError, match=r"Without them no row of split 'validation' "
+                                                  r"is left, so skip_bad_rows=True would not "
+                                                  r"help"):
+    build(str(tmp_path), release)
   # Nothing half-written counts as prepared: the fixed release builds in the same data_dir.
   assert not os.path.exists(os.path.join(str(tmp_path), "data", "ham10000", "px16_seed0_skip",
                                          "1.0.0"))

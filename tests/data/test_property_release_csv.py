@@ -373,6 +373,15 @@ def test_chexpert_labels_parse_every_official_spelling(texts):
   assert labels.tolist() == expected
 
 
+@pytest.mark.parametrize("text", ["\uff11.0", "1e0", "+1", "1.5", "0x1", "٠", "true"])
+def test_chexpert_labels_in_other_spellings_are_a_named_bad_row(text):
+  # float() reads all of the first four (and Arabic-Indic zero) as a label value.
+  fields = dict.fromkeys(CHEXPERT_LABELS, "")
+  fields["Edema"] = text
+  with pytest.raises(bad_rows.BadInput, match=rf"Edema value {re.escape(repr(text))} is not"):
+    mimic_cxr.parse_labels(fields)
+
+
 @SETTINGS
 @given(ODD)
 def test_numeric_ids_are_ascii_digits_or_a_named_bad_row(text):

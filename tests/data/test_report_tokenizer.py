@@ -45,6 +45,17 @@ def test_only_known_headings_split_a_report():
   assert tokenizer.report_sections("NOTE: a. PICC: b.") == {"": "NOTE: a. PICC: b."}
 
 
+def test_conclusion_headings_are_the_impression():
+  # As the MIMIC-CXR section parser normalises them: their text is kept, not dropped.
+  text = ("INDICATION: fever. FINDINGS: Lungs clear. CONCLUSION: No pneumonia. "
+          "RECOMMENDATION(S): none.")
+  assert tokenizer.report_sections(text)["IMPRESSION"] == "No pneumonia."
+  assert tokenizer.clean_report(text) == "lungs clear no pneumonia"
+  for heading in ("FINDINGS AND IMPRESSION", "FINDINGS/IMPRESSION", "CONCLUSIONS"):
+    assert tokenizer.clean_report(f"HISTORY: cough. {heading}: Small effusion.") == (
+        "small effusion"), heading
+
+
 def test_build_vocab_specials_first_and_deterministic():
   texts = ["No pneumothorax.", "Small left pleural effusion; no pneumothorax"]
   vocab = tokenizer.build_vocab(texts)
