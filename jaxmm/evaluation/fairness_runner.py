@@ -19,13 +19,15 @@ the one with the best validation macro-F1 the baselines recorded, never chosen o
 evaluated split; every jaxmm variant is a headline model.
 
 Into <workdir>/analysis/fairness/ (paper 000, sections 8-9):
-  slices.csv             per model, attribute and category: support, accuracy (bootstrap 95%
-                         CI), macro-F1, ROC-AUC (tables 6-8)
+  slices.csv             per model, attribute and category: support, accuracy (bootstrap CI at
+                         config.fairness.confidence, 95% by default), macro-F1, ROC-AUC
+                         (tables 6-8)
   ztests.csv             two-proportion z-tests of accuracy between the categories of an
                          attribute, Bonferroni within the attribute
   paired_tests.csv       McNemar between each fusion model and each unimodal model of a family,
                          Friedman across a family's models when it has >= 3 (table 9's shape)
-  headline_ci.csv        bootstrap 95% CIs of accuracy, macro-F1 and ROC-AUC of every model
+  headline_ci.csv        bootstrap CIs (the same level) of accuracy, macro-F1 and ROC-AUC of
+                         every model
   explanation_slices.csv, explanation_tests.csv   the explanation metrics per category, and
                          t-test / ANOVA between categories, one value per case (when
                          roi_agreement per-case tables exist)
@@ -529,7 +531,7 @@ def summary_lines(result: dict) -> list:
   accuracy = [r for r in result["headline_ci"] if r["metric"] == "accuracy" and
               (r["family"], r["model"]) in picks]
   lines = [(f"Fairness ({result['split']} split): accuracy with bootstrap "
-            f"{result['config']['confidence']:.0%} CI")]
+            f"{100 * result['config']['confidence']:g}% CI")]
   lines += [(f"  {r['model']} ({r['family']}): {fmt(r['estimate'])} "
              f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
              f"{'' if r['family'] == JAXMM_FAMILY else ', ' + picks[(r['family'], r['model'])]}")

@@ -740,8 +740,12 @@ def confounder_finding(data: dict, ecfg, affected: int, class_names, roi_result:
                   "artefact_area": mass.get("area"), "mass_t": mass["statistic"],
                   "mass_p": mass["p"]})
     rows.append(row)
+  # The share of all other classes' images with the artefact (pooled: the mean of the
+  # per-class rates would weigh a class of 7 images as one of 700).
+  others = np.asarray(data["label"]) != affected
+  other_rate = float(flags[others].mean()) if others.any() else float("nan")
   finding = {"affected_class": class_names[affected], "rates": dict(zip(class_names, rates)),
-             "alpha": ecfg.alpha, "methods": rows}
+             "other_rate": other_rate, "alpha": ecfg.alpha, "methods": rows}
   method = ecfg.confounder.method
   if masks.ndim == 3 and "group_features" in ifa_results.get(method, {}).get("arrays", {}):
     finding["features"] = feature_evidence(ifa_results[method], flags, masks, affected, method)
@@ -932,9 +936,9 @@ def format_summary(summary: dict) -> str:
 def confounder_lines(finding: dict) -> str:
   cls = finding["affected_class"]
   rates = finding["rates"]
-  others = np.nanmean([v for k, v in rates.items() if k != cls])
   lines = [f"Confounder finding: affected class {cls} (confounder in {rates[cls]:.0%} of its "
-           f"images, {others:.0%} of others'); alpha {finding['alpha']}",
+           f"images, {finding['other_rate']:.0%} of the other classes'); "
+           f"alpha {finding['alpha']}",
            "method        dice with/without (p)     mass on artefact / control (p)"]
   for r in finding["methods"]:
     lines.append(f"{r['method']:<13} {fmt(r.get('dice_with'))}/{fmt(r.get('dice_without'))} "

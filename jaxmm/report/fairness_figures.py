@@ -1,12 +1,14 @@
 """Figures of the fairness analysis, read from DIR/analysis/fairness/fairness.json (written by
 `jaxmm.evaluation.fairness_runner`) into DIR/figures/fairness/:
 
-  accuracy_bars   accuracy_<family>_<model>.png: accuracy per category with its bootstrap 95%
+  accuracy_bars   accuracy_<family>_<model>.png: accuracy per category with its bootstrap
                   CI, one panel per attribute (sex, age group, site), the model's overall
                   accuracy dashed (paper 000 figs. 20-22), for each headline model
   forest_plot     headline_ci_<family>.png: accuracy, macro-F1 and ROC-AUC of every model of
-                  a family with their bootstrap 95% CIs, fusion models in blue
-`fairness_figures` first removes the figures of these names that an earlier analysis left.
+                  a family with their bootstrap CIs, fusion models in blue
+The CIs are labelled with the level fairness.json records (config.fairness.confidence, 95% by
+default). `fairness_figures` first removes the figures of these names that an earlier analysis
+left.
 """
 import json
 import math
@@ -27,6 +29,13 @@ FAIRNESS_FIGURES = ("accuracy_*.png", "headline_ci_*.png")
 def number(value) -> float:
   """A JSON value as a float (null -> NaN)."""
   return math.nan if value is None else float(value)
+
+
+def interval_name(result: dict) -> str:
+  """'bootstrap 80%': the kind and level of fairness.json's intervals (`result`), as
+  f"{100 * c:g}%" so 0.975 is not rounded to 98%; 'bootstrap' when no level is recorded."""
+  confidence = result.get("config", {}).get("confidence")
+  return "bootstrap" if confidence is None else f"bootstrap {100 * confidence:g}%"
 
 
 def file_part(name: str) -> str:
@@ -60,8 +69,9 @@ def attribute_panel(ax, rows: list[dict], attribute: str, overall: float) -> Non
 
 
 def accuracy_bars(slices: list[dict], family: str, model: str, overall: float,
-                  path: str) -> str | None:
-  """One panel per attribute, panel heights proportional to the number of categories."""
+                  path: str, interval: str = "bootstrap") -> str | None:
+  """One panel per attribute, panel heights proportional to the number of categories;
+  `interval` names the CIs (interval_name)."""
   rows = [r for r in slices if r.get("family") == family and r["model"] == model]
   attributes = list(dict.fromkeys(r["attribute"] for r in rows))
   if not attributes:
@@ -72,14 +82,16 @@ def accuracy_bars(slices: list[dict], family: str, model: str, overall: float,
                            gridspec_kw={"height_ratios": sizes}, squeeze=False)
   for ax, attribute in zip(axes[:, 0], attributes):
     attribute_panel(ax, [r for r in rows if r["attribute"] == attribute], attribute, overall)
-  axes[-1, 0].set_xlabel("accuracy with bootstrap 95% CI (dashed: all examples)", fontsize=9)
+  axes[-1, 0].set_xlabel(f"accuracy with {interval} CI (dashed: all examples)", fontsize=9)
   fig.suptitle(f"{model} ({family}): accuracy by subgroup", fontsize=11)
   fig.tight_layout()
   return save_figure(fig, path)
 
 
-def forest_plot(headline: list[dict], family: dict, path: str) -> str | None:
-  """Models down, one panel per headline metric: estimate with its CI."""
+def forest_plot(headline: list[dict], family: dict, path: str,
+                interval: str = "bootstrap") -> str | None:
+  """Models down, one panel per headline metric: estimate with its CI (named by `interval`,
+  interval_name)."""
   rows = [r for r in headline if r["family"] == family["name"]]
   models = list(dict.fromkeys(r["model"] for r in rows))
   metrics = [m for m in METRIC_LABELS if any(r["metric"] == m for r in rows)]
@@ -104,7 +116,7 @@ def forest_plot(headline: list[dict], family: dict, path: str) -> str | None:
   axes[0, 0].set_yticks(np.arange(len(models)))
   axes[0, 0].set_yticklabels(models, fontsize=9)
   axes[0, 0].invert_yaxis()
-  fig.suptitle(f"{family['name']}: {family.get('num_examples', '?')} examples, bootstrap 95% "
+  fig.suptitle(f"{family['name']}: {family.get('num_examples', '?')} examples, {interval} "
                f"CIs (blue: fusion models)", fontsize=10)
   fig.tight_layout()
   return save_figure(fig, path)
@@ -120,6 +132,7 @@ def fairness_figures(workdir: str) -> list[str]:
     return []
   with open(path) as f:
     result = json.load(f)
+  interval = interval_name(result)
   paths = []
   for pick in result.get("headline_models", []):
     overall = next((number(r["estimate"]) for r in result["headline_ci"]
@@ -127,8 +140,9 @@ def fairness_figures(workdir: str) -> list[str]:
                     and r["metric"] == "accuracy"), math.nan)
     name = f"accuracy_{file_part(pick['family'])}_{file_part(pick['model'])}.png"
     paths.append(accuracy_bars(result["slices"], pick["family"], pick["model"], overall,
-                               os.path.join(out_dir, name)))
+                               os.path.join(out_dir, name), interval))
   for family in result.get("families", []):
     paths.append(forest_plot(result["headline_ci"], family,
-                             os.path.join(out_dir, f"headline_ci_{file_part(family['name'])}.png")))
+                             os.path.join(out_dir, f"headline_ci_{file_part(family['name'])}.png"),
+                             interval))
   return [p for p in paths if p]

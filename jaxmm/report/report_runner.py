@@ -23,6 +23,7 @@ import dataclasses
 import datetime
 import glob
 import json
+import math
 import os
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -30,7 +31,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from jaxmm.data.atomic import write_text_atomic
-from jaxmm.report import html, run_figures
+from jaxmm.report import fairness_figures, html, run_figures
 from jaxmm.report.run_figures import optional_json
 
 REPORT_NAME = "report.html"
@@ -42,7 +43,7 @@ FIGURE_FOLDERS_SHOWN = ("training", "comparison", "baselines", "shap", "fairness
 TRAINING_FIGURES = (("confusion", "confusion_matrix"), ("roc-pr", "roc_pr"))
 FAIRNESS_ORDER = ("headline_ci.csv", "slices.csv", "ztests.csv", "paired_tests.csv")
 FAIRNESS_TITLES = {
-    "headline_ci.csv": "Headline metrics with bootstrap 95% intervals",
+    "headline_ci.csv": "Headline metrics with {interval} intervals",  # fairness_titles
     "slices.csv": "Subgroup slices (tables 6-8 of paper 000)",
     "ztests.csv": "Two-proportion z-tests between subgroups",
     "paired_tests.csv": "Paired tests between models: McNemar, Friedman (table 9 of paper 000)",
@@ -272,20 +273,33 @@ def split_metrics(results: dict) -> dict:
   return {k: v for k, v in results.items() if isinstance(v, dict) and "num_examples" in v}
 
 
+def headline_values(metrics: dict) -> dict:
+  """The scalar entries of one split's results.json record, a null (how results.json writes
+  NaN) as NaN: html shows it as '-', an undefined metric, not as a blank or a lost column."""
+  return {k: math.nan if v is None else v for k, v in metrics.items()
+          if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+
+
+def results_table(splits: dict) -> tuple[list[dict], list[str]]:
+  """(rows, columns) of the headline metrics: a row per split, the columns of every split in
+  metric_rank order (a metric one split lacks keeps its place; its cell is blank)."""
+  rows = [{"split": name, **headline_values(m)} for name, m in splits.items()]
+  keys = dict.fromkeys(k for row in rows for k in row if k != "split")
+  return rows, ["split", *sorted(keys, key=metric_rank)]
+
+
 def run_results_body(run_dir: str) -> str:
   """Headline metrics per split, the test split's per-class report, the best step."""
   results = optional_json(os.path.join(run_dir, "results.json"), {})
   splits = split_metrics(results)
   if not splits:
     return ""
-  rows = [{"split": name, **dict(sorted(
-      ((k, v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)),
-      key=lambda item: metric_rank(item[0])))} for name, m in splits.items()]
+  rows, columns = results_table(splits)
   stopped = " (early stopped)" if results.get("early_stopped") else ""
   body = html.paragraph(f"Best checkpoint: step {html.text(results.get('best_step'))} of "
                         f"{html.text(results.get('final_step'))}{stopped}; metrics of that "
                         "checkpoint.")
-  body += html.table(rows, caption="Metrics of the best checkpoint")
+  body += html.table(rows, columns, caption="Metrics of the best checkpoint")
   for split in ("test", "validation"):
     per_class = splits.get(split, {}).get("per_class") or splits.get(split, {}).get("per_label")
     if per_class:
@@ -393,6 +407,14 @@ def shap_body(root: str, base: str) -> str:
   return body + figures_block(pngs(folder) + shown_shap_figures(root), base)
 
 
+def fairness_titles(folder: str) -> dict:
+  """FAIRNESS_TITLES, the headline intervals named with the level that the analysis's
+  fairness.json (in `folder`) records: config.fairness.confidence may not be 0.95."""
+  interval = fairness_figures.interval_name(
+      optional_json(os.path.join(folder, "fairness.json"), {}))
+  return {name: title.format(interval=interval) for name, title in FAIRNESS_TITLES.items()}
+
+
 def fairness_body(root: str, base: str) -> str:
   """The fairness tables (headline CIs, slices, z-tests, paired tests first) and figures."""
   folder = os.path.join(root, "analysis", "fairness")
@@ -400,7 +422,7 @@ def fairness_body(root: str, base: str) -> str:
                   key=lambda p: (FAIRNESS_ORDER.index(os.path.basename(p))
                                  if os.path.basename(p) in FAIRNESS_ORDER else
                                  len(FAIRNESS_ORDER), p))
-  body = csv_blocks(tables, FAIRNESS_TITLES, base)
+  body = csv_blocks(tables, fairness_titles(folder), base)
   return body + figures_block(pngs(os.path.join(root, "figures", "fairness")), base)
 
 
@@ -436,8 +458,11 @@ def confounder_block(finding: dict) -> str:
                         f"</strong> (alpha {html.text(finding.get('alpha'))}).")
   rates = finding.get("rates") or {}
   if rates:
-    body += html.table([{"class": k, "share with the artefact": v} for k, v in rates.items()],
-                       caption="Share of each class's images with the artefact")
+    rows = [{"class": k, "share with the artefact": v} for k, v in rates.items()]
+    if "other_rate" in finding:
+      rows.append({"class": f"all but {finding['affected_class']}",
+                   "share with the artefact": finding["other_rate"]})
+    body += html.table(rows, caption="Share of each class's images with the artefact")
   if finding.get("methods"):
     body += html.table(finding["methods"], caption="Maps on images with / without the "
                                                    "artefact; mass on the artefact vs control")

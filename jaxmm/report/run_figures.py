@@ -7,7 +7,9 @@
                     counts (results.json)
   roc_pr_curves     roc_pr.png: ROC and precision-recall curves of the test predictions
                     (predictions/test.npz): one-vs-rest per class (multiclass), the positive
-                    class (binary), per label where both classes occur (multilabel)
+                    class (binary), per label where both classes occur (multilabel,
+                    uncertain labels counted as config.json's train.uncertain_policy says,
+                    as results.json counts them)
   comparison_bars   (pipeline dir) <workdir>/figures/comparison/model_comparison.png: each
                     variant's test metrics side by side (comparison.json)
 A figure whose inputs are absent is skipped (and its file of earlier inputs removed).
@@ -22,6 +24,7 @@ from sklearn import metrics as skm
 
 # saliency_figures sets matplotlib's Agg backend before pyplot is imported.
 from jaxmm.report.saliency_figures import clear_figures, plt, save_figure
+from jaxmm.train import metrics as metrics_lib
 
 TRAINING_DIR = os.path.join("figures", "training")
 COMPARISON_DIR = os.path.join("figures", "comparison")
@@ -145,18 +148,18 @@ def confusion_figure(matrix, class_names: Sequence[str], path: str,
 
 # ------------------------------------------------------------------ ROC and PR curves
 
-def curve_targets(logits: np.ndarray, labels: np.ndarray, multilabel: bool) -> list:
+def curve_targets(logits: np.ndarray, labels: np.ndarray, multilabel: bool,
+                  uncertain_policy: str = "ignore") -> list:
   """[(column, targets [n] bool, scores [n])] per curve: the positive class of a binary
-  task; one-vs-rest per class of a multiclass task; per label over its 0/1 entries
-  (uncertain -1 and missing -2 left out) for a multilabel task. Curves need both classes."""
+  task; one-vs-rest per class of a multiclass task; per label over the entries the metrics
+  count for a multilabel task (metrics_lib.masked_targets: missing -2 left out, uncertain -1
+  left out or read as 0 / 1 by `uncertain_policy`). Curves need both classes."""
   logits = np.asarray(logits, np.float64)
   labels = np.asarray(labels)
   if multilabel:
     probs = scipy.special.expit(logits)
-    curves = []
-    for k in range(labels.shape[1]):
-      known = (labels[:, k] == 0) | (labels[:, k] == 1)
-      curves.append((k, labels[known, k] == 1, probs[known, k]))
+    targets, mask = metrics_lib.masked_targets(labels, uncertain_policy)
+    curves = [(k, targets[mask[:, k], k], probs[mask[:, k], k]) for k in range(labels.shape[1])]
   else:
     probs = scipy.special.softmax(logits, axis=1)
     columns = [1] if probs.shape[1] == 2 else range(probs.shape[1])
@@ -165,10 +168,12 @@ def curve_targets(logits: np.ndarray, labels: np.ndarray, multilabel: bool) -> l
 
 
 def roc_pr_curves(logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-                  multilabel: bool, path: str, split: str = "test") -> str | None:
+                  multilabel: bool, path: str, split: str = "test",
+                  uncertain_policy: str = "ignore") -> str | None:
   """ROC (left, chance diagonal dashed) and precision-recall (right) curves with their AUC /
-  average precision in the legend. logits [N, K]; labels [N] (multiclass) or [N, K]."""
-  curves = curve_targets(logits, labels, multilabel)
+  average precision in the legend. logits [N, K]; labels [N] (multiclass) or [N, K]
+  (multilabel: the titles name `uncertain_policy`, which decides what a -1 counts as)."""
+  curves = curve_targets(logits, labels, multilabel, uncertain_policy)
   if not curves:
     return None
   fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -184,7 +189,8 @@ def roc_pr_curves(logits: np.ndarray, labels: np.ndarray, class_names: Sequence[
                label=f"{name} ({skm.average_precision_score(targets, scores):.3f})")
   roc_ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
   kind = "one-vs-rest per class" if len(curves) > 1 and not multilabel else \
-      ("per label" if multilabel else f"positive class {curves[0][0]}")
+      (f"per label, uncertain_policy {uncertain_policy}" if multilabel else
+       f"positive class {curves[0][0]}")
   for ax, (x, y, title, legend) in zip(
       (roc_ax, pr_ax), (("false positive rate", "true positive rate", "ROC", "AUC"),
                         ("recall", "precision", "precision-recall", "AP"))):
@@ -251,17 +257,24 @@ def optional_json(path: str, default=None):
     return default
 
 
+def uncertain_policy_of(config: dict) -> str:
+  """The train.uncertain_policy of a run's config.json, defaulting as training does
+  (loop.compute_metrics), so the ROC / PR curves count -1 labels as results.json did."""
+  return config.get("train", {}).get("uncertain_policy", "ignore")
+
+
 def run_figures(run_dir: str) -> list[str]:
   """Every training figure whose inputs are in `run_dir`; returns the written paths."""
   out_dir = os.path.join(run_dir, TRAINING_DIR)
   clear_figures(out_dir, TRAINING_FIGURES)
   results = optional_json(os.path.join(run_dir, "results.json"), {})
+  config = optional_json(os.path.join(run_dir, "config.json"), {})
   task = results.get("task", {})
   written = []
   metrics_path = os.path.join(run_dir, "metrics.jsonl")
   if os.path.exists(metrics_path):
     records = read_metrics(metrics_path)
-    metric = validation_metric(optional_json(os.path.join(run_dir, "config.json"), {}), records)
+    metric = validation_metric(config, records)
     written.append(training_curves(records, metric, os.path.join(out_dir, "training_curves.png"),
                                    results.get("best_step")))
   matrix = results.get("test", {}).get("confusion_matrix")
@@ -274,7 +287,8 @@ def run_figures(run_dir: str) -> list[str]:
       logits, labels = data["logits"], data["label"]
     multilabel = bool(task.get("multilabel", labels.ndim == 2))
     written.append(roc_pr_curves(logits, labels, task.get("class_names", []), multilabel,
-                                 os.path.join(out_dir, "roc_pr.png")))
+                                 os.path.join(out_dir, "roc_pr.png"),
+                                 uncertain_policy=uncertain_policy_of(config)))
   return [p for p in written if p]
 
 

@@ -156,6 +156,24 @@ def multiclass_metrics(logits: np.ndarray, labels: np.ndarray,
   }
 
 
+def masked_targets(labels: np.ndarray, uncertain_policy: str = "ignore"
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """(targets, mask), both bool [N, L], of {1, 0, -1, -2} labels [N, L] under a
+  train.uncertain_policy, as masked_multilabel_metrics counts them.
+
+  mask: the entries that count: not -2 (missing), nor -1 (uncertain) under "ignore".
+  targets: the positives: 1, and -1 under "ones" ("zeros" reads -1 as 0). One definition, so
+  that what else scores the predictions (run_figures' ROC / PR curves) counts the entries
+  results.json counted. The NumPy, bool counterpart of losses.multilabel_targets (the BCE's).
+  """
+  labels = np.asarray(labels)
+  if uncertain_policy == "ignore":
+    return labels == 1, (labels == 0) | (labels == 1)
+  if uncertain_policy in ("zeros", "ones"):
+    return (labels == 1) | ((labels == -1) & (uncertain_policy == "ones")), labels != -2
+  raise ValueError(f"Unknown uncertain_policy {uncertain_policy!r}; valid: ignore, zeros, ones")
+
+
 def masked_multilabel_metrics(logits: np.ndarray, labels: np.ndarray,
                               label_names: Optional[Sequence[str]] = None,
                               uncertain_policy: str = "ignore", threshold: float = 0.5,
@@ -174,14 +192,7 @@ def masked_multilabel_metrics(logits: np.ndarray, labels: np.ndarray,
   check_finite(logits, where)
   names = list(label_names or [str(k) for k in range(labels.shape[1])])
   probs = scipy.special.expit(logits)
-  if uncertain_policy == "ignore":
-    mask = (labels == 0) | (labels == 1)
-    targets = labels == 1
-  elif uncertain_policy in ("zeros", "ones"):
-    mask = labels != -2
-    targets = (labels == 1) | ((labels == -1) & (uncertain_policy == "ones"))
-  else:
-    raise ValueError(f"Unknown uncertain_policy {uncertain_policy!r}; valid: ignore, zeros, ones")
+  targets, mask = masked_targets(labels, uncertain_policy)
   per_label = {}
   accs, aucs, prs = [], [], []
   for k, name in enumerate(names):

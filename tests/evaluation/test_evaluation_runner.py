@@ -261,3 +261,19 @@ def test_consistency_and_drop_rows_leave_out_undefined_fs_cams():
   assert drops["cam"]["num_skipped"] == 0 and drops["fs_cam_top10"]["num_skipped"] == 2
   assert drops["fs_cam_top10"]["average_drop"] == pytest.approx(20.0, rel=1e-5)
   assert drops["fs_cam_top10"]["average_increase"] == 0.0
+
+
+def test_confounder_rate_of_the_other_classes_is_pooled_over_their_images():
+  # mel: 10 of 10 images with the artefact; nv: 5 of 100; df: 2 of 2. The other classes'
+  # share is 7 of 102 images, not the mean of their rates (0.525).
+  labels = np.array([0] * 10 + [1] * 100 + [2] * 2)
+  flags = np.zeros(112, np.int32)
+  flags[:10], flags[10:15], flags[110:] = 1, 1, 1
+  ecfg = ml_collections.ConfigDict({"confounder": {"field": "confounder", "method": "gradcam"},
+                                    "saliency_methods": (), "maps": "normalized", "seed": 0,
+                                    "alpha": 0.05})
+  finding = runner.confounder_finding({"label": labels, "confounder": flags}, ecfg, 0,
+                                      ["mel", "nv", "df"], {}, {})
+  assert finding["other_rate"] == pytest.approx(7 / 102)
+  assert "(confounder in 100% of its images, 7% of the other classes')" in (
+      runner.confounder_lines(finding))

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import scipy.special
 import scipy.stats
+from matplotlib.text import Text
 
 from jaxmm.data.atomic import write_npz_atomic
 from jaxmm.evaluation import agreement, fairness, fairness_runner, stats
-from jaxmm.report import fairness_figures
+from jaxmm.report import fairness_figures, report_runner
 from jaxmm.train import loop
 
 N = 120
@@ -202,6 +203,32 @@ def test_figures(analysed):
   for path in paths:
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_intervals_are_labelled_with_the_confidence_level_used(tmp_path, monkeypatch):
+  """config.fairness.confidence=0.975: the summary, the figures and the report's table title
+  say 97.5% (they said 95% whatever the level, and the summary rounded it to 98%)."""
+  root = str(tmp_path / "pipeline")
+  make_pipeline(root)
+  result = fairness_runner.run_fairness(fairness_config(confidence=0.975, num_resamples=20),
+                                        root)
+  assert result["config"]["confidence"] == 0.975
+  assert result["summary"][0] == "Fairness (test split): accuracy with bootstrap 97.5% CI"
+  drawn, save = {}, fairness_figures.save_figure
+
+  def record(fig, path):  # the texts of each figure, then the figure saved as before
+    drawn[os.path.basename(path)] = [t.get_text() for t in fig.findobj(Text)]
+    return save(fig, path)
+
+  monkeypatch.setattr(fairness_figures, "save_figure", record)
+  fairness_figures.fairness_figures(root)
+  assert "accuracy with bootstrap 97.5% CI (dashed: all examples)" in \
+      drawn["accuracy_jaxmm_concat.png"]
+  assert f"jaxmm: {N} examples, bootstrap 97.5% CIs (blue: fusion models)" in \
+      drawn["headline_ci_jaxmm.png"]
+  assert not any("95%" in t or "98%" in t for texts in drawn.values() for t in texts)
+  body = report_runner.fairness_body(root, root)
+  assert "Headline metrics with bootstrap 97.5% intervals" in body and "95%" not in body
 
 
 def test_headline_baseline_model_is_chosen_on_validation(analysed):

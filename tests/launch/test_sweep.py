@@ -215,6 +215,24 @@ def test_summary_means_and_t_intervals_match_scipy_by_hand(tmp_path):
   assert points[3]["test.accuracy"] == "0.5" and points[4]["test.accuracy"] == ""
 
 
+
+@pytest.mark.parametrize("confidence, level", [(0.975, "97.5%"), (0.995, "99.5%"),
+                                               (0.95, "95%"), (0.8, "80%")])
+def test_the_title_names_the_confidence_level_unrounded(tmp_path, confidence, level):
+  """0.975 was titled 98% and 0.995 100% (:.0%) above intervals of the requested level."""
+  workdir = tmp_path / "sweep"
+  plan = sweep.make_plan(SMOKE, str(workdir), ["seed=0,1,2"])
+  for seed, accuracy in enumerate([0.6, 0.7, 0.65]):
+    write_results(workdir, f"seed={seed}", {"accuracy": accuracy})
+  out = io.StringIO()
+  rows = sweep.summarize(plan, sweep.Options(metrics=("test.accuracy",),
+                                             confidence=confidence), out=out)
+  assert (rows[0]["ci_low"], rows[0]["ci_high"]) == pytest.approx(
+      by_hand([0.6, 0.7, 0.65], confidence)[2:], abs=1e-12)
+  title = f"mean ± sd [{level} t interval] over seed; n = runs with results."
+  assert out.getvalue().splitlines()[1].endswith(title)
+  assert title in (workdir / "sweep_summary.md").read_text().splitlines()[0]
+
 def test_the_printed_table_shows_axis_values_as_written(tmp_path):
   """The stdout table formats floats with 3 decimals: its axis cells are the --grid texts
   (1e-4 printed 0.000 before), as in the markdown; the metric cells keep their format."""

@@ -3,18 +3,22 @@ a pipeline dir around it, optional files added or left out, the page parsed and 
 import base64
 import json
 import os
+import re
 import shutil
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from matplotlib.text import Text
 from sklearn import metrics as skm
 
 from jaxmm import workflow
+from jaxmm.data.atomic import write_npz_atomic, write_text_atomic
 from jaxmm.evaluation import stats
 from jaxmm.report import html, report_runner, run_figures
 from jaxmm.report.saliency_figures import plt
-from jaxmm.train import config_lib, loop
+from jaxmm.train import config_lib, loop, writer
+from jaxmm.train import metrics as metrics_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VOID_TAGS = {"meta", "link", "img", "br", "hr", "input", "source", "col", "area", "base", "wbr"}
@@ -266,3 +270,104 @@ def test_comparison_bars_need_a_metric(tmp_path):
   written = run_figures.comparison_bars(rows, str(tmp_path / "bars.png"))
   with open(written, "rb") as f:
     assert f.read(8) == html.PNG_SIGNATURE
+
+
+def drawn_texts(monkeypatch, module) -> dict:
+  """{file name: every text drawn in it (titles, labels, legend entries)} of the figures
+  `module` saves from now on."""
+  drawn = {}
+  save = module.save_figure
+
+  def record(fig, path):
+    drawn[os.path.basename(path)] = [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+    return save(fig, path)
+
+  monkeypatch.setattr(module, "save_figure", record)
+  return drawn
+
+
+def write_multilabel_run(run_dir: str, policy: str) -> tuple[dict, np.ndarray, np.ndarray]:
+  """A synthetic_cxr run dir trained under train.uncertain_policy `policy`: config.json,
+  results.json (the metrics loop.compute_metrics writes) and predictions/test.npz, whose
+  uncertain (-1) entries score high, so that dropping them or not changes every AUC."""
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", "synthetic_cxr.py") +
+                                       ":smoke")
+  config.train.uncertain_policy = policy
+  names = ["Atelectasis", "Edema", "Effusion"]
+  rng = np.random.default_rng(0)
+  labels = rng.choice([1, 0, -1, -2], size=(200, 3), p=[0.3, 0.4, 0.2, 0.1])
+  logits = rng.normal(size=labels.shape) + 1.5 * (labels == 1) + 1.0 * (labels == -1)
+  metrics = metrics_lib.masked_multilabel_metrics(logits, labels, names, policy)
+  write_text_atomic(os.path.join(run_dir, "config.json"), config.to_json_best_effort(indent=2))
+  task = {"num_classes": 3, "class_names": names, "multilabel": True,
+          "split_sizes": {"test": len(labels)}}
+  write_text_atomic(os.path.join(run_dir, "results.json"), writer.dumps(
+      {"best_step": 1, "final_step": 1, "task": task, "test": metrics}))
+  write_npz_atomic(os.path.join(run_dir, "predictions", "test.npz"),
+                   {"logits": logits.astype(np.float32), "label": labels.astype(np.int32),
+                    "index": np.arange(len(labels))})
+  return metrics, logits.astype(np.float32), labels
+
+
+def test_multilabel_roc_curves_count_uncertain_labels_as_results_json_does(tmp_path,
+                                                                             monkeypatch):
+  """Under "zeros" (mimic_cxr's default) results.json reads a -1 as a negative; the ROC / PR
+  figure scored the -1 entries out, so its legend AUCs were not the Results table's."""
+  metrics, logits, labels = write_multilabel_run(str(tmp_path), "zeros")
+  drawn = drawn_texts(monkeypatch, run_figures)
+  run_figures.run_figures(str(tmp_path))
+  texts = drawn["roc_pr.png"]
+  for name, record in metrics["per_label"].items():
+    assert f"{name} ({record['roc_auc']:.3f})" in texts, texts  # ROC legend
+    assert f"{name} ({record['pr_auc']:.3f})" in texts, texts  # PR legend
+  assert {"ROC, test split, per label, uncertain_policy zeros",
+          "precision-recall, test split, per label, uncertain_policy zeros"} <= set(texts)
+  curves = run_figures.curve_targets(logits, labels, True, "zeros")
+  assert [k for k, _, _ in curves] == [0, 1, 2]
+  for k, targets, scores in curves:
+    assert skm.roc_auc_score(targets, scores) == pytest.approx(
+        list(metrics["per_label"].values())[k]["roc_auc"], rel=1e-6)
+  # Without config.json the figure falls back to training's default policy, "ignore".
+  os.remove(tmp_path / "config.json")
+  run_figures.run_figures(str(tmp_path))
+  ignore = metrics_lib.masked_multilabel_metrics(logits, labels, ["a", "b", "c"], "ignore")
+  assert f"Edema ({ignore['per_label']['b']['roc_auc']:.3f})" in drawn["roc_pr.png"]
+  assert "ROC, test split, per label, uncertain_policy ignore" in drawn["roc_pr.png"]
+
+
+def results_table_cells(body: str) -> tuple[list[str], dict]:
+  """(header, {split: its cells}) of the first table of a Results section body."""
+  table = body[:body.index("</table>")]
+  header = re.findall(r"<th scope=\"col\">(.*?)</th>", table)
+  rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)]
+  return header, {cells[0]: dict(zip(header, cells)) for cells in rows if cells}
+
+
+def test_a_null_metric_shows_as_a_dash_in_its_column(tmp_path):
+  """results.json writes NaN as null: the cell reads '-' (undefined) in its METRIC_ORDER
+  column; it was dropped, the column moved behind num_examples, or went when every split
+  was NaN."""
+  logits = np.random.default_rng(0).normal(size=(10, 2))
+  defined = metrics_lib.multiclass_metrics(logits, np.arange(10) % 2, ["x", "y"])
+  one_class = metrics_lib.multiclass_metrics(logits, np.zeros(10, int), ["x", "y"])
+  assert np.isnan(one_class["roc_auc"]) and np.isnan(one_class["pr_auc"])
+  for validation in (defined, one_class):  # NaN in the test split, then in every split
+    write_text_atomic(str(tmp_path / "results.json"), writer.dumps(
+        {"best_step": 1, "final_step": 1, "validation": validation, "test": one_class}))
+    header, rows = results_table_cells(report_runner.run_results_body(str(tmp_path)))
+    assert header == ["split", "accuracy", "macro_precision", "macro_recall", "macro_f1",
+                      "roc_auc", "pr_auc", "num_examples"]
+    assert rows["test"]["roc_auc"] == rows["test"]["pr_auc"] == "-"
+    assert rows["test"]["accuracy"] == html.format_number(one_class["accuracy"])
+    assert rows["validation"]["roc_auc"] == html.format_number(validation["roc_auc"])
+
+
+def test_results_columns_follow_metric_order_over_every_split():
+  """A metric one split lacks keeps its METRIC_ORDER place; its cell is blank, not '-'."""
+  rows, columns = report_runner.results_table({
+      "validation": {"loss": 0.5, "num_examples": 4, "accuracy": 0.75},
+      "test": {"num_examples": 4, "roc_auc": None, "accuracy": 0.5, "per_class": {}}})
+  assert columns == ["split", "accuracy", "roc_auc", "loss", "num_examples"]
+  assert np.isnan(rows[1]["roc_auc"]) and "roc_auc" not in rows[0]
+  table = html.table(rows, columns)
+  assert "<td class=\"num\">-</td>" in table and "<td></td>" in table

@@ -61,6 +61,34 @@ def test_masked_multilabel_pr_auc_matches_sklearn_on_counted_entries():
       np.isin(labels[counted, 0], [1, -1]), probs[counted, 0]))
 
 
+
+@pytest.mark.parametrize("policy, targets, mask", [
+    ("ignore", [[1, 0, 0, 0]], [[1, 1, 0, 0]]),
+    ("zeros", [[1, 0, 0, 0]], [[1, 1, 1, 0]]),
+    ("ones", [[1, 0, 1, 0]], [[1, 1, 1, 0]])])
+def test_masked_targets_read_uncertain_labels_by_policy(policy, targets, mask):
+  # Labels 1, 0, -1 (uncertain), -2 (missing): -2 never counts, -1 as the policy says.
+  got_targets, got_mask = metrics.masked_targets(np.array([[1, 0, -1, -2]]), policy)
+  np.testing.assert_array_equal(got_targets, np.array(targets, bool))
+  np.testing.assert_array_equal(got_mask, np.array(mask, bool))
+
+
+def test_masked_targets_are_what_the_multilabel_metrics_count():
+  rng = np.random.default_rng(4)
+  labels = rng.choice([1, 0, -1, -2], size=(80, 2), p=[0.3, 0.4, 0.2, 0.1])
+  logits = rng.normal(size=(80, 2)) + 1.5 * (labels == 1) + (labels == -1)
+  probs = 1 / (1 + np.exp(-logits))
+  for policy in ("ignore", "zeros", "ones"):
+    m = metrics.masked_multilabel_metrics(logits, labels, ["a", "b"], policy)
+    targets, mask = metrics.masked_targets(labels, policy)
+    for k, name in enumerate("ab"):
+      counted = mask[:, k]
+      assert m["per_label"][name]["support"] == counted.sum()
+      assert m["per_label"][name]["roc_auc"] == pytest.approx(
+          skm.roc_auc_score(targets[counted, k], probs[counted, k]))
+  with pytest.raises(ValueError, match="Unknown uncertain_policy 'maybe'"):
+    metrics.masked_targets(labels, "maybe")
+
 def absent_class_predictions():
   """5 classes: 3 is labelled but never predicted, 4 predicted but never labelled, 2 neither."""
   labels = np.array([0, 0, 0, 1, 1, 3, 3, 0, 1, 1])
