@@ -4,6 +4,12 @@ From the saliency runner's arrays: a per-image table of the ROI metrics of one m
 grouping columns), its case-level version (the best image of each case, per metric), summaries
 stratified by class x correctness and by demographic group with bootstrap 95% intervals, the
 tests between groups with a Bonferroni-adjusted alpha, and the top / bottom gallery indices.
+
+A map is scored against the ROI of what it explains, as in paper 004: top-k runs score the first
+target's map (`first_target`) against the saliency output's "roi_mask", which the saliency
+runner writes as that target's own mask where the data has one mask per class (synthetic_cxr's
+per-finding "roi_masks"; not their union) and as the image's ROI otherwise. An example whose
+mask is empty (no ROI, or the explained finding absent) is left out (`has_roi`).
 """
 
 import numpy as np
@@ -32,7 +38,8 @@ def selected_maps(data: dict, method: str, which: str = "normalized") -> np.ndar
 
 
 def has_roi(data: dict) -> np.ndarray:
-  """bool [N]: the example has a non-empty ROI mask (and says it has one, where it can)."""
+  """bool [N]: the example has a non-empty ROI mask (and says it has one, where it can); with
+  per-class masks, whether the first target's finding has pixels in the image."""
   masks = np.asarray(data["roi_mask"])
   ok = masks.reshape(len(masks), -1).any(1)
   if "has_roi_mask" in data:

@@ -4,10 +4,18 @@ Output, under `DIR/analysis/saliency/<split>/` (or `<output_name>/`): `manifest.
 options, checkpoint step, shard layout) and `shard_<i>.npz` files, each holding for its examples
 "index" (position in the split), "label", "logits", "targets", the id field, the uint8 "image"
 and "roi_mask" and the ANALYSIS_FIELDS when the dataset has them, and per method
-"<method>.raw" / "<method>.normalized" maps plus the method's extras. Shards are written
-atomically, so a killed run leaves only whole shards and re-running the same command computes
-exactly the missing ones. With several processes, shard i is computed by process
-i mod process_count.
+"<method>.raw" / "<method>.normalized" maps plus the method's extras.
+
+"roi_mask" [N, H, W] is the ROI the example's first map is scored against (the explanation
+evaluation takes the first target's map): the record's own "roi_mask" when the dataset has one
+ROI per image, and for data with a mask per class ("roi_masks" [K, H, W], synthetic_cxr's one
+per finding) the mask of the first target's class, not the union of every finding's mask. It is
+all zero where that finding is absent, so the example has no ROI. The manifest's "roi_mask"
+says which ("record" or "first_target"), so shards of one kind are never resumed as the other.
+
+Shards are written atomically, so a killed run leaves only whole shards and re-running the same
+command computes exactly the missing ones. With several processes, shard i is computed by
+process i mod process_count.
 """
 import json
 import os
@@ -32,11 +40,16 @@ from jaxmm.train import config_lib, distributed, loop
 ANALYSIS_FIELDS = ("lesion_id", "patient_id", "study_id", "sex", "age", "localization",
                    "has_roi_mask", "confounder", "confounder_mask")
 MANIFEST_KEYS = ("split", "methods", "options", "target", "top_k", "layer", "shard_size",
-                 "num_examples", "checkpoint_step", "seed", "save_images", "noise_keys")
+                 "num_examples", "checkpoint_step", "seed", "save_images", "noise_keys",
+                 "roi_mask")
 # How random methods (SmoothGrad) are keyed: per example, by its index in the split. Shards
 # written before manifests recorded it were keyed per shard and batch.
 NOISE_KEYS = "per_example"
-LEGACY_MANIFEST = {"noise_keys": "per_shard_batch"}
+# What a shard's "roi_mask" is (module docstring). Shards written before manifests recorded it
+# hold the record's roi_mask, for synthetic_cxr the union of every finding's mask.
+ROI_MASK_OF_RECORD = "record"
+ROI_MASK_OF_FIRST_TARGET = "first_target"
+LEGACY_MANIFEST = {"noise_keys": "per_shard_batch", "roi_mask": ROI_MASK_OF_RECORD}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -152,7 +165,7 @@ class ShardWriter:
     features = run.builder.info.features
     self.id_field = next((f for f in pipeline.ID_FIELDS if f in features), None)
     self.analysis_fields = tuple(f for f in ANALYSIS_FIELDS if f in features)
-    extras = [f for f in ("roi_mask", self.id_field) if f and f in features]
+    extras = [f for f in ("roi_mask", "roi_masks", self.id_field) if f and f in features]
     self.fields = tuple(dict.fromkeys(
         pipeline.raw_fields(run.config.data, run.preprocessor) + tuple(extras) +
         self.analysis_fields))
@@ -201,8 +214,9 @@ class ShardWriter:
         record["id"] = np.asarray(raw[self.id_field]).astype(str)
       if self.scfg.save_images and "image" in raw:
         record["image"] = np.asarray(raw["image"])
-      if "roi_mask" in raw:
-        record["roi_mask"] = np.asarray(raw["roi_mask"])
+      roi_mask = explained_roi_mask(raw, targets)
+      if roi_mask is not None:
+        record["roi_mask"] = roi_mask
       for field in self.analysis_fields:
         value = np.asarray(raw[field])
         record[field] = value.astype(str) if value.dtype == object else value
@@ -216,6 +230,26 @@ class ShardWriter:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def roi_mask_kind(features) -> str:
+  """What the shards' "roi_mask" of a dataset with these features is (module docstring)."""
+  return ROI_MASK_OF_FIRST_TARGET if "roi_masks" in features else ROI_MASK_OF_RECORD
+
+
+def explained_roi_mask(raw: dict, targets: np.ndarray) -> np.ndarray | None:
+  """The ROI each example's first map is scored against, uint8 [N, H, W] (None without one).
+
+  raw: the records' fields, with "roi_masks" [N, K, H, W] (a mask per class) or "roi_mask"
+  [N, H, W]; targets: int [N] or top-k [N, k]. Per-class masks give the first target's own
+  mask (all zero when that class is absent): a map of one finding is not penalised for
+  missing the other findings of the image, as it would be against their union.
+  """
+  if "roi_masks" in raw:
+    masks = np.asarray(raw["roi_masks"])
+    first = targets[:, 0] if targets.ndim == 2 else targets
+    return masks[np.arange(len(first)), first]
+  return np.asarray(raw["roi_mask"]) if "roi_mask" in raw else None
+
+
 def example_keys(seed: int, indices: np.ndarray, batch_size: int) -> jax.Array:
   """One key per row of a batch [batch_size]: fold_in(key(seed), index in the split), so an
   example's SmoothGrad noise is the same whatever the shard and batch sizes or the process
@@ -226,12 +260,13 @@ def example_keys(seed: int, indices: np.ndarray, batch_size: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(rows, jnp.uint32))
 
 
-def manifest_for(scfg, methods: tuple, n: int, step: int) -> dict:
+def manifest_for(scfg, methods: tuple, n: int, step: int, roi_mask: str) -> dict:
+  """The settings the shards are made with; roi_mask: `roi_mask_kind` of the dataset."""
   return {"split": scfg.split, "methods": list(methods), "options": {
       m: dict(scfg.options.get(m, {})) for m in methods}, "target": scfg.target,
       "top_k": scfg.top_k, "layer": scfg.layer, "shard_size": scfg.shard_size,
       "num_examples": n, "checkpoint_step": step, "seed": scfg.seed,
-      "save_images": bool(scfg.save_images), "noise_keys": NOISE_KEYS}
+      "save_images": bool(scfg.save_images), "noise_keys": NOISE_KEYS, "roi_mask": roi_mask}
 
 
 def check_manifest(path: str, manifest: dict) -> None:
@@ -271,7 +306,7 @@ def run_saliency(config, workdir: str) -> dict:
   n = min(n, scfg.max_examples) if scfg.max_examples else n
   out_dir = os.path.join(workdir, "analysis", "saliency", scfg.output_name or scfg.split)
   os.makedirs(out_dir, exist_ok=True)
-  manifest = manifest_for(scfg, methods, n, step)
+  manifest = manifest_for(scfg, methods, n, step, roi_mask_kind(run.builder.info.features))
   manifest_path = os.path.join(out_dir, "manifest.json")
   if os.path.exists(manifest_path):
     check_manifest(manifest_path, manifest)

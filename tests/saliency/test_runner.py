@@ -1,5 +1,5 @@
 """`--mode=saliency` on a trained smoke run: shards, resume without duplicates or gaps,
-settings checks, and the CXR (multilabel, text) path with top-k targets."""
+settings checks, and the CXR (multilabel, text) path with top-k targets and per-finding ROIs."""
 import glob
 import json
 import os
@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 
+from jaxmm.data import cxr_reports, pipeline
+from jaxmm.evaluation import agreement
 from jaxmm.saliency import runner
 from jaxmm.train import loop
 
@@ -100,6 +102,25 @@ def test_shards_written_with_per_batch_noise_keys_are_not_mixed_with_new_ones(tr
       f.write(saved)
 
 
+def test_single_roi_shards_from_before_roi_mask_was_recorded_are_resumed(trained, computed):
+  # The record's roi_mask is what shards of single-ROI data always held: nothing to recompute.
+  config, workdir = trained
+  summary, _ = computed
+  manifest = os.path.join(summary["directory"], "manifest.json")
+  with open(manifest) as f:
+    saved = f.read()
+  assert json.loads(saved)["roi_mask"] == "record"
+  legacy = json.loads(saved)
+  del legacy["roi_mask"]
+  with open(manifest, "w") as f:
+    json.dump(legacy, f)
+  try:
+    assert runner.run_saliency(config, workdir)["computed_shards"] == []
+  finally:
+    with open(manifest, "w") as f:
+      f.write(saved)
+
+
 def test_shards_with_different_arrays_name_the_odd_shard(computed, tmp_path):
   summary, _ = computed
   for path in glob.glob(os.path.join(summary["directory"], "*")):
@@ -134,15 +155,82 @@ def test_incomplete_directories_and_bad_config_keys_are_reported(trained, comput
     runner.run_saliency(bad, str(tmp_path / "w"))
 
 
-def test_multilabel_text_model_top_k_targets(smoke_config, tmp_path):
-  config = smoke_config("synthetic_cxr", "model=joint")
+@pytest.fixture(scope="module")
+def cxr_trained(tmp_path_factory, data_dir):
+  from tests.conftest import load_smoke_config
+  config = load_smoke_config(data_dir, "synthetic_cxr", "model=joint")
   config.saliency.update({"methods": ("gradcam", "multimodal_ig"), "target": "top_k",
                           "top_k": 2, "max_examples": 4, "shard_size": 4, "batch_size": 4,
                           "progress": False, "layer": "image/stage3"})
-  loop.train_and_evaluate(config, str(tmp_path))
-  data = runner.load_saliency(runner.run_saliency(config, str(tmp_path))["directory"])
+  workdir = str(tmp_path_factory.mktemp("cxr_saliency_run"))
+  loop.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def test_multilabel_text_model_top_k_targets(cxr_trained):
+  config, workdir = cxr_trained
+  data = runner.load_saliency(runner.run_saliency(config, workdir)["directory"])
   assert data["targets"].shape == (4, 2)
   np.testing.assert_array_equal(data["targets"], np.argsort(-data["logits"], 1)[:, :2])
   assert data["gradcam.normalized"].shape == (4, 2, 32, 32)
   assert data["multimodal_ig.text_tokens"].shape[:2] == (4, 2)
   assert data["tokens"][0][0] == "[CLS]"
+  source = pipeline.load_builder(config.data).as_data_source(config.saliency.split)
+  for i, target in zip(data["index"], data["targets"][:, 0]):
+    np.testing.assert_array_equal(data["roi_mask"][i], source[int(i)]["roi_masks"][target])
+
+
+def last_positive_finding(spec, logits, labels, top_k):
+  """Targets [N, 2] whose first column is each study's last positive finding (No Finding, 0,
+  where none is), the second the next class: with several findings, not the union's mask."""
+  del spec, logits, top_k
+  positive = np.asarray(labels) == 1
+  first = np.where(positive.any(1), positive.shape[1] - 1 - positive[:, ::-1].argmax(1), 0)
+  return np.stack([first, (first + 1) % positive.shape[1]], 1).astype(np.int32)
+
+
+def test_per_finding_masks_give_each_map_its_own_findings_roi(cxr_trained, monkeypatch):
+  # synthetic_cxr's roi_mask is the union of every positive finding's mask; the shards held it,
+  # so a perfect map of one finding was scored against the other findings' pixels as well.
+  config, workdir = cxr_trained
+  config = config.copy_and_resolve_references()
+  config.saliency.update({"methods": ("gradcam",), "max_examples": 24, "shard_size": 24,
+                          "batch_size": 8, "output_name": "per_finding_roi"})
+  monkeypatch.setattr(runner, "resolve_targets", last_positive_finding)
+  summary = runner.run_saliency(config, workdir)
+  data = runner.load_saliency(summary["directory"])
+  records = pipeline.load_builder(config.data).as_data_source(config.saliency.split)
+  records = [records[int(i)] for i in data["index"]]
+  first = data["targets"][:, 0]
+  own = np.stack([r["roi_masks"][k] for r, k in zip(records, first)])
+  union = np.stack([r["roi_mask"] for r in records])
+  assert (own != union).any(axis=(1, 2)).sum() >= 3  # studies with another finding's pixels
+  np.testing.assert_array_equal(data["roi_mask"], own)
+  # A map equal to its finding's mask is perfect; studies whose finding has no mask are left out.
+  perfect = dict(data, **{"gradcam.normalized": np.stack(
+      [np.stack([r["roi_masks"][k] for k in ks]) for r, ks in zip(records, data["targets"])]
+  ).astype(np.float32)})
+  table = agreement.per_image_table(perfect, "gradcam", cxr_reports.CHEXPERT_LABELS)
+  np.testing.assert_array_equal(table["index"], data["index"][own.any(axis=(1, 2))])
+  assert len(table["index"]) >= 5
+  np.testing.assert_allclose(table["dice"], 1.0)
+  with open(os.path.join(summary["directory"], "manifest.json")) as f:
+    assert json.load(f)["roi_mask"] == "first_target"
+
+
+def test_shards_with_union_roi_masks_are_not_mixed_with_per_finding_ones(cxr_trained):
+  config, workdir = cxr_trained
+  summary = runner.run_saliency(config, workdir)
+  manifest = os.path.join(summary["directory"], "manifest.json")
+  with open(manifest) as f:
+    saved = f.read()
+  legacy = json.loads(saved)
+  del legacy["roi_mask"]  # as written before manifests recorded it: union masks
+  with open(manifest, "w") as f:
+    json.dump(legacy, f)
+  try:
+    with pytest.raises(ValueError, match="roi_mask: \\['record'\\] now \\['first_target'\\]"):
+      runner.run_saliency(config, workdir)
+  finally:
+    with open(manifest, "w") as f:
+      f.write(saved)
