@@ -113,14 +113,19 @@ def method_panels(data: dict, methods: Sequence[str], class_names: Sequence[str]
 
 def top_k_panels(data: dict, method: str, class_names: Sequence[str], path: str,
                  max_examples: int = 4) -> str:
-  """Multilabel: per example, the input and the map of each of its top-k labels."""
+  """Multilabel: per example, the input and the map of each of its top-k labels. The input's
+  outline is the saved roi_mask: with a mask per class (synthetic_cxr) the first label's own
+  (saliency.runner.explained_roi_mask), which its title names."""
   maps = data[f"{method}.normalized"]  # [N, k, H, W]
   n, k = min(max_examples, maps.shape[0]), maps.shape[1]
   fig, axes = plt.subplots(n, 1 + k, figsize=(2.0 * (1 + k), 2.1 * n), squeeze=False)
   signed = is_signed(method, data)
   for i in range(n):
-    draw_input(axes[i, 0], data["image"][i], data["roi_mask"][i] if "roi_mask" in data else None,
-               str(data["id"][i]) if "id" in data else f"#{data['index'][i]}")
+    roi = data["roi_mask"][i] if "roi_mask" in data else None
+    title = str(data["id"][i]) if "id" in data else f"#{data['index'][i]}"
+    if roi is not None and roi.any():
+      title += f"\nROI: {class_names[int(data['targets'][i, 0])]}"
+    draw_input(axes[i, 0], data["image"][i], roi, title)
     for j in range(k):
       label = int(data["targets"][i, j])
       prob = 1 / (1 + np.exp(-data["logits"][i, label]))

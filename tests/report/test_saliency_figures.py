@@ -48,3 +48,19 @@ def test_multilabel_top_k_panels(tmp_path):
       "modalities.png", "tokens_0.png", "tokens_1.png", "tokens_2.png", "top_k_gradcam.png",
       "top_k_ig_smoothgrad.png"]
   assert matplotlib.image.imread(paths[0]).ndim == 3
+
+
+def test_top_k_inputs_name_the_class_of_their_roi_outline(tmp_path, monkeypatch):
+  # The saved roi_mask of a top-k run is the first label's own mask (synthetic_cxr), while
+  # the row shows k maps: the input's title says whose ROI the outline is.
+  titles = []
+  def keep_titles(fig, path):
+    titles.extend(ax.get_title() for ax in fig.axes)
+    return saliency_figures.plt.close(fig)
+  monkeypatch.setattr(saliency_figures, "save_figure", keep_titles)
+  data = runner_like(multilabel=True)
+  data["roi_mask"][1] = 0
+  saliency_figures.top_k_panels(data, "gradcam", list("abcd"), str(tmp_path / "x.png"))
+  first = [list("abcd")[t] for t in data["targets"][:, 0]]
+  assert titles[0] == f"a\nROI: {first[0]}" and titles[3] == "b"
+  assert titles[6] == f"c\nROI: {first[2]}"
