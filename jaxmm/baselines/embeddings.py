@@ -19,11 +19,14 @@ returns, per split, a dict of arrays with one row per example in split order:
   sex, age, localization, site   raw grouping fields, when the dataset has them
 
 Encoder features are present only for the model's modalities. The arrays are cached in
-`<workdir>/baselines/embeddings/<split>.npz` with a `manifest.json` (checkpoint step, a hash
-of the data and model config sections, class and metadata feature names, cached splits); a
-later call reuses the splits the manifest lists when its step and hash match the workdir's
-checkpoint and the config, and computes the rest (all of them, stale files deleted, when the
-step or the hash differs). Extraction runs in one process (every process reads every example).
+`<workdir>/baselines/embeddings/<split>.npz` with a `manifest.json` (checkpoint name and step,
+a fingerprint of the checkpoint's saved files, a hash of the config sections that change the
+model or its inputs (data, model, seed, train, optimizer), class and metadata feature names,
+the metadata encoder's age mean and std, cached splits); a later call reuses the splits the
+manifest lists when all of checkpoint name, step, fingerprint and hash match, and computes the
+rest (all of them, stale files deleted, when one differs). The fingerprint is what tells a
+retrained checkpoint saved at the same step from the old one. Extraction runs in one process
+(every process reads every example).
 """
 import hashlib
 import json
@@ -51,6 +54,10 @@ MULTICLASS_FIELD, BINARY_FIELD = "label", "malignant"
 BINARY_NAMES = ("benign", "malignant")
 # Data keys that change only throughput, not the features (left out of the config hash).
 THROUGHPUT_KEYS = ("batch_size", "eval_batch_size", "num_threads", "data_dir")
+# Train keys that change only what is shown (left out of the config hash).
+DISPLAY_KEYS = ("progress",)
+# Config sections whose change makes another model (hashed whole, but for the keys above).
+MODEL_SECTIONS = ("data", "model", "train", "optimizer")
 SPLITS = ("train", "validation", "test")
 
 
@@ -59,11 +66,31 @@ def cache_dir(workdir: str) -> str:
 
 
 def config_hash(config) -> str:
-  """sha256 (16 hex digits) of the data and model config sections, throughput keys left out."""
-  data = {k: v for k, v in config.data.to_dict().items() if k not in THROUGHPUT_KEYS}
-  text = json.dumps({"data": data, "model": config.model.to_dict()}, sort_keys=True,
-                    default=str)
+  """sha256 (16 hex digits) of config.seed and the MODEL_SECTIONS that exist, throughput and
+  display keys left out: a change of any of them trains (or feeds) another model."""
+  skip = THROUGHPUT_KEYS + DISPLAY_KEYS
+  parts = {name: {k: v for k, v in config[name].to_dict().items() if k not in skip}
+           for name in MODEL_SECTIONS if name in config}
+  parts["seed"] = config.get("seed")
+  text = json.dumps(parts, sort_keys=True, default=str)
   return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def checkpoint_fingerprint(workdir: str, which: str, step: int) -> str:
+  """sha256 (16 hex digits) of the relative paths and bytes of every file of the `which`
+  checkpoint's step folder: identifies the saved checkpoint itself (a retrained model saved
+  at the same step differs), reading the files once, cheaper than restoring them."""
+  root = os.path.join(os.path.abspath(workdir), "checkpoints", which, str(step))
+  digest = hashlib.sha256()
+  for directory, subdirs, files in sorted(os.walk(root)):
+    subdirs.sort()
+    for name in sorted(files):
+      path = os.path.join(directory, name)
+      digest.update(os.path.relpath(path, root).encode("utf-8") + b"\0")
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          digest.update(chunk)
+  return digest.hexdigest()[:16]
 
 
 def text_feature_key(model) -> str:
@@ -201,12 +228,17 @@ def split_file(workdir: str, split: str) -> str:
   return os.path.join(cache_dir(workdir), f"{split}.npz")
 
 
-def cached_splits(workdir: str, step: int, digest: str) -> dict[str, int]:
-  """{split: examples} of the cache's splits made from checkpoint `step` with config `digest`
-  (empty when the manifest is absent or stale)."""
+def cache_key(which: str, step: int, fingerprint: str, digest: str) -> dict:
+  """The manifest entries that must all match for a cached split to be reused."""
+  return {"checkpoint": which, "checkpoint_step": step, "checkpoint_fingerprint": fingerprint,
+          "config_hash": digest}
+
+
+def cached_splits(workdir: str, key: dict) -> dict[str, int]:
+  """{split: examples} of the cache's splits made with `key` (cache_key: the same checkpoint
+  name, step and files, and config hash); empty when the manifest is absent or stale."""
   manifest = read_manifest(workdir)
-  if manifest is None or manifest["checkpoint_step"] != step or \
-      manifest["config_hash"] != digest:
+  if manifest is None or any(manifest.get(k) != v for k, v in key.items()):
     return {}
   return {s: n for s, n in manifest["splits"].items() if os.path.exists(split_file(workdir, s))}
 
@@ -220,10 +252,12 @@ def remove_stale(workdir: str, keep: Sequence[str]) -> None:
         os.remove(os.path.join(directory, name))
 
 
-def compute_embeddings(config, workdir: str, splits: Sequence[str], which: str,
+def compute_embeddings(config, workdir: str, splits: Sequence[str], key: dict,
                        kept: Optional[dict] = None) -> dict:
-  """Restores the checkpoint, extracts `splits`, writes their npz files and the manifest
-  (which also lists the `kept` {split: examples} already cached from the same checkpoint)."""
+  """Restores the checkpoint key["checkpoint"], extracts `splits`, writes their npz files and
+  the manifest (with `key`, cache_key's entries, and the `kept` {split: examples} already
+  cached with the same key)."""
+  which = key["checkpoint"]
   run = loop.setup_run(config, workdir, record_run=False)
   try:
     variables, step = saliency_runner.restore_variables(run, which)
@@ -248,10 +282,13 @@ def compute_embeddings(config, workdir: str, splits: Sequence[str], which: str,
                                progress)
     if writer:
       write_npz_atomic(split_file(workdir, split), out[split])
-  manifest = {"checkpoint_step": step, "checkpoint": which,
-              "config_hash": config_hash(config), "feature_keys": keys,
-              "class_names": class_names(run),
+  if step != key["checkpoint_step"]:
+    raise RuntimeError(f"the {which} checkpoint changed during extraction (step "
+                       f"{key['checkpoint_step']} -> {step}); run again")
+  manifest = {**key, "feature_keys": keys, "class_names": class_names(run),
               "meta_feature_names": list(encoder.feature_names) if encoder else None,
+              "meta_age": ({"mean": encoder.age_mean, "std": encoder.age_std}
+                           if encoder else None),
               "splits": {**(kept or {}), **{s: int(len(out[s]["index"])) for s in splits}}}
   if writer:
     write_text_atomic(os.path.join(cache_dir(workdir), "manifest.json"),
@@ -262,16 +299,18 @@ def compute_embeddings(config, workdir: str, splits: Sequence[str], which: str,
 def extract_embeddings(config, workdir: str, splits: Sequence[str] = SPLITS,
                        which: str = "best") -> dict[str, dict]:
   """{split: {name: array}} (see the module docstring). Splits cached from the workdir's
-  current `which` checkpoint step with the same config are read back; the others are computed
-  and cached (a cache from another step or config is deleted first)."""
+  current `which` checkpoint (same step and saved files) with the same config are read back;
+  the others are computed and cached (a cache made with another key is deleted first)."""
   splits = tuple(dict.fromkeys(splits))
   step = checkpoint_step(workdir, which)
   if step is None:
     raise FileNotFoundError(f"no {which} checkpoint under {os.path.join(workdir, 'checkpoints')}"
                             f"; train first with --mode=train")
-  kept = cached_splits(workdir, step, config_hash(config))
+  key = cache_key(which, step, checkpoint_fingerprint(workdir, which, step),
+                  config_hash(config))
+  kept = cached_splits(workdir, key)
   missing = [s for s in splits if s not in kept]
-  out = compute_embeddings(config, workdir, missing, which, kept) if missing else {}
+  out = compute_embeddings(config, workdir, missing, key, kept) if missing else {}
   out.update(load_cached(workdir, [s for s in splits if s not in out]))
   return {s: out[s] for s in splits}
 

@@ -17,15 +17,19 @@ Output under `<workdir>/baselines/`:
   baselines.json          all of the above, per-class reports, confusion matrices, PCA
                           explained-variance ratios per PCA model, the class names and the
                           best (fusion) model by validation macro-F1
+A run first removes what an earlier one wrote there (baselines.json, every task folder; the
+embedding cache is kept), so a dropped task or an empty deltas table leaves no stale file.
 Model selection (tuning, best model, best unimodal) never uses test metrics.
 from which jaxmm.report.baselines_figures draws `<workdir>/figures/baselines/` (comparison bars,
 the best model's confusion matrix, the best fusion model's ROC / PR curves, PCA explained
 variance, a t-SNE view of the test image embeddings).
 """
 import os
+import shutil
 import time
 from typing import Callable, Optional
 
+import jax
 import ml_collections
 import numpy as np
 from ml_collections import config_dict
@@ -38,7 +42,7 @@ from jaxmm.baselines import shap_sklearn
 from jaxmm.data import pipeline as pipeline_lib
 from jaxmm.data.atomic import write_npz_atomic
 from jaxmm.evaluation import stats
-from jaxmm.train import config_lib
+from jaxmm.train import checkpointing, config_lib
 
 TASKS = ("multiclass", "binary")
 FEATURE_SET_NAMES = tuple(pipelines.FEATURE_SETS) + (pipelines.LATE,)
@@ -108,7 +112,30 @@ def baselines_config(config) -> ml_collections.ConfigDict:
     if feature_set not in pipelines.FEATURE_SETS:
       raise ValueError(f"config.baselines.pca: {feature_set!r} is not a fitted feature set; "
                        f"valid: {list(pipelines.FEATURE_SETS)}")
+  checkpointing.check_checkpoint_name(out.checkpoint, "config.baselines.checkpoint")
+  out.shap_models = check_shap_models(out.shap_models)
+  for key in ("shap_examples", "shap_background"):
+    if int(out[key]) < 1:
+      raise ValueError(f"config.baselines.{key} must be >= 1, got {out[key]}")
   return out
+
+
+def metadata_model_names() -> list[str]:
+  """Every name a metadata baseline can have: meta_<classifier>[_pca]."""
+  return [model_name("meta", c, pca) for c in pipelines.CLASSIFIERS for pca in (False, True)]
+
+
+def check_shap_models(names) -> tuple:
+  """config.baselines.shap_models as a tuple of metadata model names (SHAP is computed for
+  metadata models only); another name raises with the valid ones and the closest."""
+  names = (names,) if isinstance(names, str) else tuple(names or ())
+  valid = metadata_model_names()
+  for name in names:
+    if name not in valid:
+      raise ValueError(f"config.baselines.shap_models: {name!r} is not a metadata model "
+                       f"name (SHAP explains metadata models only); valid: {valid}."
+                       f"{config_lib.closest(str(name), valid)}")
+  return names
 
 
 # ------------------------------------------------------------------ data
@@ -337,12 +364,44 @@ def field_slices(feature_names: list[str]) -> list[tuple[str, slice]]:
   return out
 
 
+def explained_columns(test_probs: np.ndarray, classes: Optional[np.ndarray],
+                      num_outputs: int) -> np.ndarray:
+  """[N] column of each row's predicted class in SHAP values [N, F, num_outputs] whose
+  columns are the estimator's `classes` (the task classes seen in train), or column 0 of a
+  binary margin model's single output. test_probs [N, K] has zero columns for the classes
+  absent from train, so the argmax over the present ones is the model's predicted class."""
+  if num_outputs == 1:
+    return np.zeros(len(test_probs), np.int64)
+  if classes is None or num_outputs != len(classes):
+    raise ValueError(f"SHAP values have {num_outputs} outputs that are not the fitted "
+                     f"classes {classes}")
+  return np.asarray(test_probs)[:, classes].argmax(1).astype(np.int64)
+
+
+def age_in_years(data: np.ndarray, display: np.ndarray, field_names: list[str],
+                 age_scale: Optional[dict]) -> tuple[np.ndarray, np.ndarray]:
+  """Field data and display data with the "age" field's z-score (the encoded column) turned
+  back into years, z * std + mean (the MetadataEncoder's; missing ages are the imputed
+  median), as saliency.shap_runner's fields.npz holds it. Unchanged without `age_scale`."""
+  if not age_scale or "age" not in field_names:
+    return data, display
+  j = list(field_names).index("age")
+  data, display = np.array(data, np.float64), np.array(display, dtype=object)
+  data[:, j] = data[:, j] * age_scale["std"] + age_scale["mean"]
+  display[:, j] = [f"{a:.0f}" for a in data[:, j]]
+  return data, display.astype(str)
+
+
 def explain_metadata_models(data: TaskData, models: list[dict], cfg, meta_names: list[str],
-                            test_index: np.ndarray, task_dir: str) -> dict:
+                            test_index: np.ndarray, task_dir: str,
+                            age_scale: Optional[dict] = None) -> dict:
   """SHAP of the metadata models named in cfg.shap_models (shap_sklearn.explain_sklearn, one
   value per field), written as <task_dir>/shap/<model>/fields.npz in the layout of
-  saliency.shap_runner's fields.npz (values [N, F, C], base_values [N, C], data, display_data,
-  predicted, label, index, field_names, class_names = the explained outputs, output units)."""
+  saliency.shap_runner's fields.npz: values [N, F, C], base_values [N, C], data (age in years
+  when `age_scale` {"mean", "std"} is given, category indices), display_data, predicted (the
+  column of each row's predicted class), label, index, field_names, class_names [C] (the task's
+  names of the explained outputs), class_index [C] (their task class indices: the classes
+  seen in train, or the positive class of a binary margin model), output units."""
   out = {}
   chosen = [m for m in models if m["model"] in cfg.shap_models and m["features"] == "meta"]
   if not chosen or not meta_names:
@@ -354,18 +413,22 @@ def explain_metadata_models(data: TaskData, models: list[dict], cfg, meta_names:
   x = data.features("meta", "test")[:cfg.shap_examples]
   for m in chosen:
     e = shap_sklearn.explain_sklearn(m["pipeline"], background, x, meta_names,
-                                     field_slices(meta_names), seed=cfg.seed)
+                                     field_slices(meta_names), seed=cfg.seed,
+                                     class_names=data.class_names)
     values = np.asarray(e.values, np.float64)
-    predicted = (np.zeros(len(x), np.int64) if values.shape[2] == 1
-                 else m["test_probs"][:len(x)].argmax(1))
+    classes = shap_sklearn.explained_classes(shap_sklearn.split_pipeline(m["pipeline"])[1],
+                                             values.shape[2])
+    fields, display = age_in_years(e.data, e.display_data, e.feature_names, age_scale)
     path = os.path.join(task_dir, "shap", m["model"], "fields.npz")
     write_npz_atomic(path, {
         "values": values, "base_values": np.asarray(e.base_values, np.float64),
-        "data": np.asarray(e.data, np.float64), "display_data": np.asarray(e.display_data, str),
-        "predicted": predicted, "label": data.labels["test"][:len(x)],
+        "data": np.asarray(fields, np.float64), "display_data": np.asarray(display, str),
+        "predicted": explained_columns(m["test_probs"][:len(x)], classes, values.shape[2]),
+        "label": data.labels["test"][:len(x)],
         "index": np.asarray(test_index[:len(x)], np.int64),
         "field_names": np.asarray(e.feature_names, str),
-        "class_names": np.asarray(e.output_names, str), "output": np.asarray(e.model_output),
+        "class_names": np.asarray(e.output_names, str),
+        "class_index": np.asarray(classes, np.int64), "output": np.asarray(e.model_output),
         "explainer": np.asarray(e.explainer)})
     out[m["model"]] = {"file": path, "explainer": e.explainer, "output": e.model_output,
                        "mean_abs": dict(zip(e.feature_names,
@@ -375,8 +438,10 @@ def explain_metadata_models(data: TaskData, models: list[dict], cfg, meta_names:
 
 def run_task(task: str, splits: dict, labels: tuple, cfg, feature_sets: list[str],
              train_index: np.ndarray, curves: dict, workdir: str, print_fn,
-             progress: bool = False, meta_names: Optional[list] = None) -> dict:
-  """Fits and scores one task; writes its table, deltas, predictions and SHAP, prints the
+             progress: bool = False, meta_names: Optional[list] = None,
+             age_scale: Optional[dict] = None) -> dict:
+  """Fits and scores one task; writes its table, deltas, predictions and SHAP into
+  `<workdir>/baselines/<task>/` (files an earlier run left there removed first), prints the
   table. Returns the task's summary."""
   label_key, class_names = labels
   data = TaskData(splits, label_key, class_names, train_index, cfg.split_for_tuning)
@@ -384,6 +449,7 @@ def run_task(task: str, splits: dict, labels: tuple, cfg, feature_sets: list[str
   rows = [table_row(m) for m in models]
   summary = task_summary(label_key, data, models, rows, curves)
   task_dir = os.path.join(workdir, "baselines", task)
+  shutil.rmtree(task_dir, ignore_errors=True)
   stats.write_table_csv(os.path.join(task_dir, "table.csv"), rows)
   if summary["deltas"]:
     stats.write_table_csv(os.path.join(task_dir, "deltas.csv"), summary["deltas"])
@@ -393,8 +459,26 @@ def run_task(task: str, splits: dict, labels: tuple, cfg, feature_sets: list[str
   print_fn(f"Baselines, {task} task ({workdir}, test, {len(data.labels['test'])} examples):\n"
            f"{stats.format_table(rows, PRINTED_COLUMNS)}")
   summary["shap"] = explain_metadata_models(data, models, cfg, meta_names or [],
-                                            splits["test"]["index"], task_dir)
+                                            splits["test"]["index"], task_dir, age_scale)
+  unexplained = [name for name in cfg.shap_models if name not in summary["shap"]]
+  if unexplained:
+    print_fn(f"baselines: no SHAP of {', '.join(unexplained)} ({task} task): "
+             f"{'not fitted in this run' if meta_names else 'no encoded metadata'} "
+             f"(config.baselines.shap_models, models.meta, pca)")
   return summary
+
+
+def clear_outputs(workdir: str) -> None:
+  """Removes what an earlier baselines run wrote (baselines.json and every task folder, also
+  of tasks this run skips or no longer lists), so no stale table, deltas or predictions are
+  read as this run's; the embedding cache (baselines/embeddings/) is kept."""
+  if jax.process_index() != 0:
+    return
+  root = os.path.join(workdir, "baselines")
+  for task in TASKS:
+    shutil.rmtree(os.path.join(root, task), ignore_errors=True)
+  if os.path.exists(os.path.join(root, "baselines.json")):
+    os.remove(os.path.join(root, "baselines.json"))
 
 
 def run_baselines(config, workdir: str, print_fn: Callable[[str], None] = print_flush) -> dict:
@@ -402,6 +486,7 @@ def run_baselines(config, workdir: str, print_fn: Callable[[str], None] = print_
   start = time.time()
   cfg = baselines_config(config)
   progress = bool(config.train.get("progress", True))
+  clear_outputs(workdir)
   splits = embeddings_lib.extract_embeddings(config, workdir, ("train", cfg.split_for_tuning,
                                                                 "test"), which=cfg.checkpoint)
   manifest = embeddings_lib.embedding_manifest(workdir)
@@ -421,7 +506,8 @@ def run_baselines(config, workdir: str, print_fn: Callable[[str], None] = print_
         continue
       summary["tasks"][task] = run_task(task, splits, labels, cfg, feature_sets,
                                                  train_index, curves, workdir, print_fn,
-                                                 progress, manifest["meta_feature_names"])
+                                                 progress, manifest["meta_feature_names"],
+                                                 manifest.get("meta_age"))
   summary["pca_explained_variance"] = {fs: c.tolist() for fs, c in curves.items()}
   summary["seconds"] = time.time() - start
   stats.write_json(os.path.join(workdir, "baselines", "baselines.json"), summary)

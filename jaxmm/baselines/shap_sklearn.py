@@ -103,14 +103,29 @@ def composed_linear_model(model, dim: int) -> tuple[np.ndarray, np.ndarray]:
   return w @ a.T, w @ c + b
 
 
-def output_names(estimator, num_outputs: int) -> list[str]:
-  """Class names of the explained outputs (a binary margin model's one output: class 1)."""
-  classes = [str(c) for c in getattr(estimator, "classes_", [])]
+def explained_classes(estimator, num_outputs: int) -> np.ndarray | None:
+  """The estimator's `classes_` the explained outputs stand for: all of them (in order), or
+  classes_[1] for a binary margin model's one output; None when the outputs are not classes.
+  A class absent from the training labels has no output, so output c is not class c then."""
+  classes = np.asarray(getattr(estimator, "classes_", []))
   if len(classes) == num_outputs:
     return classes
   if num_outputs == 1 and len(classes) == 2:
-    return [classes[1]]
-  return [f"output {k}" for k in range(num_outputs)]
+    return classes[1:]
+  return None
+
+
+def output_names(estimator, num_outputs: int,
+                 class_names: Sequence[str] | None = None) -> list[str]:
+  """Names of the explained outputs: class_names[c] for each explained class c of
+  `explained_classes` (classes_ are then indices into class_names), str(c) without
+  class_names, "output k" when the outputs are not classes."""
+  classes = explained_classes(estimator, num_outputs)
+  if classes is None:
+    return [f"output {k}" for k in range(num_outputs)]
+  if class_names is not None:
+    return [str(class_names[int(c)]) for c in classes]
+  return [str(c) for c in classes]
 
 
 def as_3d(values, base_values, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +266,8 @@ def sum_fields(values: np.ndarray, data: np.ndarray, feature_names: Sequence[str
 def explain_sklearn(model, X_background: np.ndarray, X_explain: np.ndarray,
                     feature_names: Sequence[str],
                     field_slices: Sequence[tuple[str, slice]] | None = None, *, seed: int = 0,
-                    max_evals: int | None = None) -> shap.Explanation:
+                    max_evals: int | None = None,
+                    class_names: Sequence[str] | None = None) -> shap.Explanation:
   """SHAP values of a fitted sklearn estimator or Pipeline for the rows of X_explain.
 
   Args:
@@ -265,6 +281,8 @@ def explain_sklearn(model, X_background: np.ndarray, X_explain: np.ndarray,
     seed: the model-agnostic explainer's permutation seed (the others are deterministic).
     max_evals: model-agnostic evaluations per row (default enough for shap's exact
       enumeration up to 10 features, else max(500, 2 D + 1) permutation evaluations).
+    class_names: optional names of the label indices the model was fitted on; the outputs are
+      then named class_names[c] for the classes they explain (see output_names).
 
   Returns:
     shap.Explanation, values [N, F, C], base_values [N, C], data [N, F] (module docstring);
@@ -293,7 +311,7 @@ def explain_sklearn(model, X_background: np.ndarray, X_explain: np.ndarray,
     names = [name for name, _ in field_slices]
   explanation = shap.Explanation(
       values=values, base_values=base, data=data, display_data=display, feature_names=names,
-      output_names=output_names(split_pipeline(model)[1], values.shape[2]))
+      output_names=output_names(split_pipeline(model)[1], values.shape[2], class_names))
   explanation.model_output = units
   explanation.explainer = kind
   return explanation

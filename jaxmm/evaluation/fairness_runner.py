@@ -270,14 +270,25 @@ def selection_scores(data: dict, run_dir: str, task: str, models) -> dict | None
   return scores if all(m in scores for m in models) else None
 
 
+def baseline_tasks(run_dir: str) -> list | None:
+  """The tasks `<run_dir>/baselines/baselines.json` holds (None without the file), so a task
+  folder an earlier baselines run left is not scored as this run's (as the report does)."""
+  tasks = read_json(os.path.join(run_dir, "baselines", "baselines.json"), {}).get("tasks")
+  return None if tasks is None else list(tasks)
+
+
 def baseline_families(run_dir: str, run_name: str | None, split: str) -> tuple[list, list]:
   """(families, left out): one family per `<run_dir>/baselines/<task>/predictions.npz` of
-  `split` (none when absent), and "<name> (<its split>)" of each file of another split."""
+  `split` for the tasks baselines.json lists (baseline_tasks; none when absent), and
+  "<name> (<its split>)" of each file of another split."""
   pred_path = predictions_path(run_dir, split)
   predictions = read_npz(pred_path) if os.path.exists(pred_path) else None
   families, left_out = [], []
+  listed = baseline_tasks(run_dir)
   for path in sorted(glob.glob(os.path.join(run_dir, "baselines", "*", "predictions.npz"))):
     task = os.path.basename(os.path.dirname(path))
+    if listed is not None and task not in listed:
+      continue
     name = "/".join(filter(None, (run_name, "baselines", task)))
     data = read_npz(path)
     probs = {k[len(BASELINE_PROBS):]: np.asarray(v, np.float64) for k, v in data.items()

@@ -29,12 +29,27 @@ TOKENS_FILE = "tokens.json"
 SHAP_FIGURES = ("fields_summary.png", "fields_bar.png", "fields_waterfall_*.png", "tokens_*.png")
 
 
+def explained_columns(fields: dict) -> tuple[np.ndarray, int]:
+  """([N] output column drawn for each example, how many rows fell back): the `predicted`
+  entry, the column of the example's predicted class (values [N, F, C]). A row whose entry is
+  no column (files written before baselines mapped classes to columns, where a class absent
+  from train had none) gets the column with the highest explained output
+  (base + sum of values): the nearest class that has SHAP values."""
+  values = np.asarray(fields["values"])
+  predicted = np.asarray(fields["predicted"], np.int64)
+  undefined = (predicted < 0) | (predicted >= values.shape[2])
+  if undefined.any():
+    outputs = np.asarray(fields["base_values"]) + values.sum(1)
+    predicted = np.where(undefined, outputs.argmax(1), predicted)
+  return predicted, int(undefined.sum())
+
+
 def predicted_class_explanation(fields: dict) -> shap.Explanation:
   """fields.npz arrays -> a 2-D Explanation [N, F]: each example's values for its predicted
-  class (the `predicted` entry), with the field codes as data and readable display data."""
+  class (explained_columns), with the field codes as data and readable display data."""
   n = len(fields["values"])
   rows = np.arange(n)
-  predicted = np.asarray(fields["predicted"], np.int64)
+  predicted = explained_columns(fields)[0]
   return shap.Explanation(
       values=np.asarray(fields["values"])[rows, :, predicted],
       base_values=np.asarray(fields["base_values"])[rows, predicted],
@@ -115,13 +130,16 @@ def token_figure(tokens: Sequence[str], values: np.ndarray, label_names: Sequenc
 def field_figures(fields: dict, out_dir: str, example: int = 0, title_prefix: str = "") -> list[str]:
   """Summary, bar and waterfall figures of fields.npz's arrays."""
   explanation = predicted_class_explanation(fields)
+  columns, fallbacks = explained_columns(fields)
   classes = [str(c) for c in fields["class_names"]]
   n = explanation.shape[0]
   i = min(example, n - 1)
-  pred = classes[int(fields["predicted"][i])]
+  pred = classes[int(columns[i])]
   example_id = str(fields["id"][i]) if "id" in fields else str(i)
   units = str(fields["output"]) if "output" in fields else "probability"
   what = f"{title_prefix}predicted-class {units}".replace("_", "-")
+  if fallbacks:
+    what += f" ({fallbacks} with no SHAP column for it: highest explained class)"
   return [
       field_summary(explanation, os.path.join(out_dir, "fields_summary.png"),
                     f"metadata field SHAP, {what}, {n} examples"),

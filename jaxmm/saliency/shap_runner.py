@@ -38,7 +38,7 @@ from jaxmm.models.fusion import class_probabilities
 from jaxmm.saliency import model_fns
 from jaxmm.saliency import runner as saliency_runner
 from jaxmm.saliency import shap_explainers
-from jaxmm.train import config_lib, loop
+from jaxmm.train import checkpointing, config_lib, loop
 
 OUTPUT = "probability"
 
@@ -67,7 +67,8 @@ def shrink_for_smoke(shap_config: ml_collections.ConfigDict) -> ml_collections.C
 
 
 def shap_config(config) -> ml_collections.ConfigDict:
-  """The defaults updated with `config.shap` (unknown keys raise with the closest one)."""
+  """The defaults updated with `config.shap`, checked: unknown keys (with the closest one),
+  counts below 1 and a checkpoint other than "best" / "latest" raise."""
   out = default_config()
   for key, value in config_lib.checked_items(config.get("shap"), out, "config.shap"):
     if key == "mask_token":
@@ -78,6 +79,7 @@ def shap_config(config) -> ml_collections.ConfigDict:
   for key in ("num_examples", "background_size", "top_k", "max_evals", "text_batch_size"):
     if int(out[key]) < 1:
       raise ValueError(f"config.shap.{key} must be >= 1, got {out[key]}")
+  checkpointing.check_checkpoint_name(out.checkpoint, "config.shap.checkpoint")
   return out
 
 

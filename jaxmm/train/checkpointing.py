@@ -24,6 +24,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jaxmm.train import config_lib
+
 
 class CheckpointMismatch(ValueError):
   """A readable checkpoint whose parameter shapes do not match the configured model."""
@@ -31,6 +33,19 @@ class CheckpointMismatch(ValueError):
 
 class CheckpointUnreadable(RuntimeError):
   """No checkpoint of a manager could be read."""
+
+
+# The checkpoints a workdir keeps (`which` of restore / latest_step, config.*.checkpoint).
+CHECKPOINT_NAMES = ("best", "latest")
+
+
+def check_checkpoint_name(which: str, where: str = "checkpoint") -> str:
+  """`which` if it names a kept checkpoint; else ValueError naming `where` (e.g.
+  "config.shap.checkpoint") and the valid names, so a typo never restores another one."""
+  if which not in CHECKPOINT_NAMES:
+    raise ValueError(f"{where} must be one of {list(CHECKPOINT_NAMES)}, got {which!r}."
+                     f"{config_lib.closest(str(which), CHECKPOINT_NAMES)}")
+  return which
 
 
 def _key_name(key) -> str:
@@ -94,7 +109,7 @@ class Checkpointer:
     metadata first (CheckpointMismatch names the parameter). Without `step`, an unreadable
     checkpoint is moved aside with a warning and the next older one is tried.
     """
-    manager = self.best if which == "best" else self.latest
+    manager = self._manager(which)
     self.wait()
     steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
     bad = []
@@ -145,7 +160,11 @@ class Checkpointer:
                   RuntimeWarning, stacklevel=3)
 
   def latest_step(self, which: str = "latest") -> Optional[int]:
-    return (self.best if which == "best" else self.latest).latest_step()
+    return self._manager(which).latest_step()
+
+  def _manager(self, which: str):
+    """The manager of checkpoint `which` ("best" / "latest"; any other name raises)."""
+    return self.best if check_checkpoint_name(which, "checkpoint name") == "best" else self.latest
 
   def wait(self) -> None:
     self.latest.wait_until_finished()

@@ -313,3 +313,20 @@ def test_run_dir_and_errors(tmp_path):
   os.remove(fairness_runner.predictions_path(run_dir, "test"))
   with pytest.raises(FileNotFoundError, match="no predictions/test.npz"):
     fairness_runner.run_fairness(fairness_config(), run_dir)
+
+
+def test_only_the_tasks_of_baselines_json_are_scored(tmp_path):
+  """A task dropped from config.baselines.tasks kept its predictions.npz from the earlier
+  baselines run, and fairness scored it as this run's; baselines.json lists the tasks run."""
+  root = str(tmp_path / "pipeline")
+  make_pipeline(root)
+  run_dir = os.path.join(root, "concat")
+  shutil.copytree(os.path.join(run_dir, "baselines", "binary"),
+                  os.path.join(run_dir, "baselines", "multiclass"))
+  families, _ = fairness_runner.baseline_families(run_dir, None, "test")
+  assert [f.name for f in families] == ["baselines/binary", "baselines/multiclass"]
+  write_json(os.path.join(run_dir, "baselines", "baselines.json"), {"tasks": {"binary": {}}})
+  families, _ = fairness_runner.baseline_families(run_dir, None, "test")
+  assert [f.name for f in families] == ["baselines/binary"]
+  write_json(os.path.join(run_dir, "baselines", "baselines.json"), {"tasks": {}})
+  assert fairness_runner.baseline_families(run_dir, None, "test")[0] == []
