@@ -1,5 +1,10 @@
 """Procedural chest radiographs: body, dark lung fields, bright mediastinum/heart, faint ribs,
-and findings painted as local patterns with their exact pixel masks.
+and findings painted as local patterns with their pixel masks.
+
+The masks are the ground truth of explanation metrics, so a painter changes no pixel outside
+the mask it returns: soft findings (opacity, edema haze, fracture callus) fade to exactly zero
+at their mask's edge, and a pneumothorax's mask holds its pleural line. A mask may still hold
+pixels that its finding barely changes (the part of an enlarged heart over the normal one).
 
 Coordinates are in an "anatomy frame" (y down, x right, unit = image side) obtained from the
 pixel grid by a small random shift/scale/rotation (patient positioning). The patient's right
@@ -15,6 +20,10 @@ from jaxmm.data import cxr_reports
 from jaxmm.data.procedural import pixel_grid, smooth_field
 
 ZONE_OFFSETS = {"upper": -0.4, "mid": 0.0, "lower": 0.45, "": 0.45}
+OPACITY_LEVEL = 0.35  # the opacity's mask is where its Gaussian exceeds this share of its peak
+EDEMA_LEVEL = 0.5     # the edema's mask is where its perihilar haze exceeds this level
+CALLUS_SIGMA, CALLUS_RADIUS = 0.012, 0.02
+FRACTURE_RADIUS = 0.03  # the callus (0.01 beside the break, radius 0.02) lies inside it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +134,15 @@ def min_width(anat: Anatomy, width: float) -> float:
   return max(width, 0.6 / anat.size)
 
 
+def fade_out_at(field: np.ndarray, level: float) -> np.ndarray:
+  """`field` (peak 1) lowered by `level` and rescaled to keep its peak [S, S].
+
+  It is exactly 0 where field <= level, so a finding painted as amp * fade_out_at(field, level)
+  changes no pixel outside its mask `field > level` and keeps a soft edge (no step there).
+  """
+  return np.clip(field - level, 0, None) / (1 - level)
+
+
 def polyline_distance(anat: Anatomy, points) -> np.ndarray:
   """Distance of every pixel to a polyline of anatomy points [(y, x), ...] [S, S]."""
   dist = np.full(anat.ay.shape, np.inf)
@@ -146,14 +164,15 @@ def _blob_centre(anat, rng, side, zone, spread=0.45):
 
 
 def paint_opacity(img, anat, f, rng):
+  """A soft Gaussian blob per lung, faded out at its OPACITY_LEVEL mask."""
   mask = np.zeros(img.shape, bool)
   for side in anat.sides(f.side):
     y, x = _blob_centre(anat, rng, side, f.zone)
     sigma, amp = rng.uniform(0.03, 0.05) * (1 + 0.2 * f.grade), rng.uniform(0.18, 0.35)
-    field = amp * np.exp(-((anat.ay - y) ** 2 + (anat.ax - x) ** 2) / (2 * sigma ** 2))
+    blob = np.exp(-((anat.ay - y) ** 2 + (anat.ax - x) ** 2) / (2 * sigma ** 2))
     lung = anat.lung(side)
-    img = img + field * lung
-    mask |= (field > 0.35 * amp) & lung
+    img = img + amp * fade_out_at(blob, OPACITY_LEVEL) * lung
+    mask |= (blob > OPACITY_LEVEL) & lung
   return img, mask
 
 
@@ -201,14 +220,15 @@ def paint_lesion(img, anat, f, rng):
 
 
 def paint_edema(img, anat, f, rng):
+  """Bilateral perihilar ("bat wing") haze, faded out at its EDEMA_LEVEL mask."""
   amp = (0.10, 0.16, 0.24)[f.grade] * rng.uniform(0.85, 1.15)
   haze, lungs = np.zeros(img.shape), anat.lung("left") | anat.lung("right")
   for side in ("left", "right"):
     x = 0.5 + anat.lateral(side) * (anat.mediastinum_w + 0.04)
     haze = np.maximum(haze, np.exp(-((anat.ax - x) / 0.1) ** 2 / 2
                                    - ((anat.ay - anat.centre_y) / 0.14) ** 2 / 2))
-  img = img + amp * haze * lungs
-  return img, (haze > 0.5) & lungs
+  img = img + amp * fade_out_at(haze, EDEMA_LEVEL) * lungs
+  return img, (haze > EDEMA_LEVEL) & lungs
 
 
 def paint_effusion(img, anat, f, rng):
@@ -226,6 +246,7 @@ def paint_effusion(img, anat, f, rng):
 
 
 def paint_pneumothorax(img, anat, f, rng):
+  """Apical air free of lung markings; its mask holds the bright visceral pleural line too."""
   depth = (0.2, 0.35, 0.5)[f.grade] * rng.uniform(0.85, 1.15)
   radius = anat.lung_radius(f.side)
   cx, side_sign = anat.lung_cx(f.side), anat.lateral(f.side)
@@ -235,7 +256,7 @@ def paint_pneumothorax(img, anat, f, rng):
                         anat.centre_y - 0.9 * anat.lung_h, cx)
   edge = apical & ~region & (np.abs(radius - (1 - depth)) < 3.0 / anat.size)
   img = np.where(region, 0.08, np.where(edge, img + 0.15, img))
-  return img, region
+  return img, region | edge
 
 
 def paint_pleural_other(img, anat, f, rng):
@@ -268,13 +289,14 @@ def paint_fracture(img, anat, f, rng):
   y = anat.centre_y + (-0.55 + 0.25 * index) * anat.lung_h
   x = anat.lung_cx(f.side) + anat.lateral(f.side) * 0.6 * anat.lung_w
   y += 0.9 * (x - 0.5) ** 2
-  gap = np.abs(anat.ax - x) < min_width(anat, 0.006)
-  local = np.abs(anat.ay - y) < 0.02
-  img = np.where(gap & local, img - 0.15, img)
-  callus = np.exp(-((anat.ay - y) ** 2 + (anat.ax - x - 0.01) ** 2) / (2 * 0.012 ** 2))
-  img = img + 0.12 * callus
-  region = np.hypot(anat.ay - y, anat.ax - x) < 0.03
-  return img, ensure_pixel(region, anat, y, x)
+  region = ensure_pixel(np.hypot(anat.ay - y, anat.ax - x) < FRACTURE_RADIUS, anat, y, x)
+  # Minimum widths keep the break on the pixel nearest to it, which the region always holds.
+  gap = (np.abs(anat.ax - x) < min_width(anat, 0.006)) & (
+      np.abs(anat.ay - y) < min_width(anat, 0.02))
+  callus = np.exp(-((anat.ay - y) ** 2 + (anat.ax - x - 0.01) ** 2) / (2 * CALLUS_SIGMA ** 2))
+  callus = fade_out_at(callus, np.exp(-CALLUS_RADIUS ** 2 / (2 * CALLUS_SIGMA ** 2)))
+  # Cut at the region: below about 27 px the gap's minimum widths reach past it.
+  return img + (0.12 * callus - 0.15 * gap) * region, region
 
 
 def device_path(anat: Anatomy, f) -> list:

@@ -217,8 +217,14 @@ class SyntheticCxrConfig(synthetic_base.SyntheticConfig):
 class SyntheticCxr(synthetic_base.SyntheticBuilder):
   """MIMIC-CXR-shaped synthetic radiographs + reports (array_record, no TensorFlow needed)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "1.1.0": "A finding changes no pixel outside its ROI mask: Lung Opacity's blob and "
+               "Edema's haze fade to zero at their masks' edges (their masks are unchanged) "
+               "instead of extending past them, a Fracture's callus and break stay inside its "
+               "mask, and a Pneumothorax's mask holds its visceral pleural line.",
+  }
   BUILDER_CONFIGS = [
       SyntheticCxrConfig(name="small", num_examples=800, image_size=32,
                          description="800 studies of 32 px (tests, smoke runs)"),

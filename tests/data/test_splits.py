@@ -40,9 +40,34 @@ def test_deterministic_given_seed():
 
 
 @pytest.mark.parametrize("fraction,expected", [(0.2, (1, 5)), (0.1, (1, 10)), (0.25, (1, 4)),
-                                               (0.3, (3, 10)), (0.5, (1, 2))])
+                                               (0.3, (3, 10)), (0.5, (1, 2)), (0.05, (1, 20)),
+                                               (0.15, (3, 20)), (0.03, (1, 33))])
 def test_fold_fraction(fraction, expected):
   assert splits.fold_fraction(fraction) == expected
+
+
+def test_fold_fraction_keeps_every_fraction_of_up_to_ten_folds():
+  """m/n with n <= 10 keeps its reduced folds, so the 64/16/20 splits (1/5 twice) are unchanged."""
+  for n in range(2, 11):
+    for m in range(1, n):
+      g = np.gcd(m, n)
+      assert splits.fold_fraction(m / n) == (m // g, n // g), (m, n)
+  assert splits.fold_fraction(0.16 / 0.8) == (1, 5)
+
+
+def test_small_fractions_realised_within_one_percent():
+  """(0.9, 0.05, 0.05) needs 20 folds; at most 10 folds made it (0.81, 0.09, 0.10)."""
+  labels, groups = _data()
+  parts = splits.grouped_stratified_split(labels, groups, (0.9, 0.05, 0.05), seed=0)
+  fractions = [len(idx) / len(labels) for idx in parts.values()]
+  np.testing.assert_allclose(fractions, [0.9, 0.05, 0.05], atol=0.01)
+
+
+def test_fraction_too_fine_for_the_groups_is_refused():
+  """30 groups allow at most 30 folds: 1/30 is 0.013 from 0.02 (10 folds realised 0.1)."""
+  labels, groups = np.arange(30) % 2, np.arange(30)
+  with pytest.raises(ValueError, match=r"cannot hold out 0.020 of 30 groups.*1/30"):
+    splits.grouped_stratified_split(labels, groups, (0.96, 0.02, 0.02))
 
 
 def test_other_fractions_and_empty_validation():
