@@ -103,6 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "num_epochs": 30.0, "warmup_epochs": 0.0, "log_every_steps": 50,
       "eval_every_epochs": 1.0, "checkpoint_every_epochs": 1.0,
       "class_weights": "balanced", "uncertain_policy": "ignore",
+      # patience: evaluations without improvement before stopping; 0 = no early stopping.
       "early_stopping": {"metric": "macro_f1", "mode": "max", "patience": 6, "min_delta": 0.0},
       "final_eval_splits": ("validation", "test"), "progress": True, "async_checkpoints": True,
   })

@@ -100,6 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "num_epochs": 500.0, "warmup_epochs": 0.0, "log_every_steps": 50,
       "eval_every_epochs": 1.0, "checkpoint_every_epochs": 1.0,
       "class_weights": "balanced", "uncertain_policy": "ignore",
+      # patience: evaluations without improvement before stopping; 0 = no early stopping.
       "early_stopping": {"metric": "loss", "mode": "min", "patience": 10, "min_delta": 0.0},
       "final_eval_splits": ("validation", "test"), "progress": True, "async_checkpoints": True,
   })

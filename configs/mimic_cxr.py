@@ -129,8 +129,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "num_epochs": 10.0, "warmup_epochs": 0.0, "log_every_steps": 50,
       "eval_every_epochs": 1.0, "checkpoint_every_epochs": 1.0,
       "class_weights": None, "uncertain_policy": "zeros",
-      "early_stopping": {"metric": "roc_auc", "mode": "max",
-                         "patience": config_dict.placeholder(int), "min_delta": 0.0},
+      # patience: evaluations without improvement before stopping; 0 = no early stopping
+      # (the 10 epochs run to the end; the best validation checkpoint is still kept).
+      "early_stopping": {"metric": "roc_auc", "mode": "max", "patience": 0, "min_delta": 0.0},
       "final_eval_splits": ("validation", "test"), "progress": True, "async_checkpoints": True,
   })
   config.eval = {"splits": ("test",)}

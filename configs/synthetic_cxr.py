@@ -88,6 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "num_epochs": 10.0, "warmup_epochs": 0.5, "log_every_steps": 20,
       "eval_every_epochs": 1.0, "checkpoint_every_epochs": 1.0,
       "class_weights": None, "uncertain_policy": "ignore",
+      # patience: evaluations without improvement before stopping; 0 = no early stopping.
       "early_stopping": {"metric": "roc_auc", "mode": "max", "patience": 4, "min_delta": 0.0},
       "final_eval_splits": ("validation", "test"), "progress": True, "async_checkpoints": True,
   })

@@ -61,8 +61,9 @@ def main(argv):
 
 
 def preflight(argv) -> None:
-  """Fails early, with the valid keys, on a misspelt `--config.key=value` override."""
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  """Fails early, with the valid keys, on a misspelt `--config.key=value` override (the
+  config given as `--config=FILE` or `--config FILE`)."""
+  spec = config_lib.config_spec_in(argv)
   if spec and any(a.startswith("--config.") for a in argv):
     config_lib.check_override_paths(config_lib.load_config_file(spec), argv)
 

@@ -214,3 +214,69 @@ def test_early_stopping_on_validation_loss_keeps_the_lowest():
     improved.append(better)
   assert improved == [True, True, False, True, False, False]
   assert (record["best_value"], record["best_step"], record["stopped"]) == (0.6, 4, True)
+
+
+def parsed(spec: str, *overrides: str) -> ml_collections.ConfigDict:
+  """The config absl builds from `--config=configs/<spec>` and `--config.x=y` overrides, as
+  jaxmm.main defines the flag."""
+  from absl import flags
+  from ml_collections import config_flags
+  argv = ["main", f"--config={os.path.join(REPO, 'configs', spec)}", *overrides]
+  values = flags.FlagValues()
+  # The override flags are defined from the argv at definition time.
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+@pytest.mark.parametrize("spec", ["synthetic_derm.py", "synthetic_derm.py:smoke",
+                                  "mimic_cxr.py", "synthetic_cxr.py:smoke"])
+def test_patience_is_an_int_the_command_line_sets_and_zero_turns_off(spec):
+  assert parsed(spec, "--config.train.early_stopping.patience=3").train.early_stopping.patience == 3
+  off = parsed(spec, "--config.train.early_stopping.patience=0").train.early_stopping
+  assert off.patience == 0
+  assert not loop.early_stopping_update(ml_collections.ConfigDict({"train": {
+      "early_stopping": off}}), {"best_value": 0.9, "best_step": 1, "bad_evals": 99,
+                                 "stopped": False}, 0.1, 2)[0]["stopped"]
+
+
+def test_none_for_patience_on_the_command_line_says_to_pass_zero():
+  config = config_lib.load_config_file(os.path.join(REPO, "configs", "synthetic_derm.py"))
+  with pytest.raises(ValueError, match=r"patience is an int field and cannot be None \(0 turns "
+                                       r"early stopping off\)"):
+    config_lib.check_override_paths(config, ["--config.train.early_stopping.patience=None"])
+
+
+@pytest.mark.parametrize("text", ["None", "none"])
+def test_class_weights_none_on_the_command_line_turns_weighting_off(text):
+  import types
+  config = parsed("synthetic_derm.py:smoke", f"--config.train.class_weights={text}")
+  assert config.train.class_weights == text  # absl types it by the field's value, a string
+  loop.check_class_weights(config.train.class_weights)
+  info = types.SimpleNamespace(multilabel=False, num_classes=7)
+  # Unweighted: the train split's labels (read for 'balanced' weights) are never asked for.
+  loop.make_loss(config, info, lambda: pytest.fail("class weights were computed"))
+
+
+def test_preflight_reads_the_config_given_with_a_space(tmp_path):
+  from jaxmm import main
+  spec = os.path.join(REPO, "configs", "synthetic_derm.py") + ":smoke"
+  for argv in (["main", f"--config={spec}"], ["main", "--config", spec]):
+    with pytest.raises(ValueError, match="config.optimizer has no key 'learning_rat'"):
+      main.preflight(argv + [f"--workdir={tmp_path}", "--config.optimizer.learning_rat=1e-3"])
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_a_main_job_variant_resumes_under_its_model_argument(path):
+  # --mode=pipeline trains DIR/<variant> with variant_config; the README then runs single
+  # modes on DIR/<variant> with `:model=<variant>`: the trained-model settings must agree, or
+  # a training run there would be refused as another model.
+  import json
+  from jaxmm import workflow
+  settings = lambda config: loop.trained_model_settings(json.loads(config.to_json_best_effort()))
+  for smoke in ("", ",smoke"):
+    main_job = config_lib.load_config_file(path + (":smoke" if smoke else ""))
+    for variant in main_job.variants:
+      single = config_lib.load_config_file(f"{path}:model={variant}{smoke}")
+      assert settings(workflow.variant_config(main_job, variant)) == settings(single), variant

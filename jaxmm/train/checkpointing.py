@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from jaxmm.train import config_lib
+from jaxmm.train import distributed
 
 
 class CheckpointMismatch(ValueError):
@@ -62,16 +63,31 @@ def _leaf_shapes(tree) -> dict:
           for path, leaf in flat if hasattr(leaf, "shape")}
 
 
+# Leaves under these are the model's variables: one only the checkpoint or only the model has
+# means another model (e.g. another fusion head), not damage.
+MODEL_VARIABLES = ("params/", "batch_stats/")
+
+
 def check_shapes(abstract_state: Any, saved_tree: Any, where: str) -> None:
   """Raises CheckpointMismatch at the first parameter (in model order) whose saved shape
-  differs from the model's; leaves only one side has (e.g. optimizer internals) are skipped."""
-  saved = _leaf_shapes(saved_tree)
-  for name, shape in _leaf_shapes(abstract_state).items():
+  differs from the model's or that the checkpoint lacks, else at the first one only the
+  checkpoint has. Only MODEL_VARIABLES count as missing: leaves only one side has elsewhere
+  (e.g. optimizer internals) are skipped."""
+  saved, model = _leaf_shapes(saved_tree), _leaf_shapes(abstract_state)
+  advice = ("(was the run trained with other model settings? use a new --workdir for a new "
+            "model)")
+  for name, shape in model.items():
     if name in saved and saved[name] != shape:
       raise CheckpointMismatch(
           f"checkpoint {where} does not match the config: {name} has shape {saved[name]} in the "
-          f"checkpoint but {shape} in the model the config builds (was the run trained with "
-          f"other model settings? use a new --workdir for a new model)")
+          f"checkpoint but {shape} in the model the config builds {advice}")
+    if name not in saved and name.startswith(MODEL_VARIABLES):
+      raise CheckpointMismatch(f"checkpoint {where} does not match the config: {name} is in the "
+                               f"model the config builds but not in the checkpoint {advice}")
+  for name in saved:
+    if name not in model and name.startswith(MODEL_VARIABLES):
+      raise CheckpointMismatch(f"checkpoint {where} does not match the config: {name} is in the "
+                               f"checkpoint but not in the model the config builds {advice}")
 
 
 class Checkpointer:
@@ -99,6 +115,34 @@ class Checkpointer:
   def save_best(self, step: int, state: Any, record: dict) -> None:
     """Saves `state` and `record` as the best checkpoint (replacing the previous best)."""
     self.best.save(step, args=_save_args(state, record), force=True)
+
+  def set_aside_best_after(self, step: int) -> list:
+    """Moves best checkpoints of steps after `step` to checkpoints/superseded/ with a warning;
+    returns their new paths (process 0; [] elsewhere).
+
+    A run resumed at `step` (its newer latest checkpoints damaged, or never committed) trains
+    those steps again: orbax would refuse to save a best step that exists, and a best newer
+    than the restored record's best_step is not that run's best. Kept, not deleted.
+    """
+    self.wait()
+    newer = sorted(s for s in self.best.all_steps() if s > step)
+    if not newer:
+      return []
+    root = os.path.join(os.path.dirname(str(self.best.directory)), "superseded")
+    moved = []
+    if jax.process_index() == 0:
+      os.makedirs(root, exist_ok=True)
+      for s in newer:
+        target = os.path.join(root, f"best_{s}_{int(time.time())}")
+        os.replace(os.path.join(str(self.best.directory), str(s)), target)
+        moved.append(target)
+    distributed.barrier(f"jaxmm_best_set_aside_{step}")  # every process then sees the moves
+    self.best.reload()
+    warnings.warn(f"{self.best.directory} held step(s) {newer}, newer than the restored step "
+                  f"{step}: the resumed run trains them again and saves their best anew"
+                  + (f"; the old one is kept at {', '.join(moved)}" if moved else ""),
+                  RuntimeWarning, stacklevel=3)
+    return moved
 
   def restore(self, abstract_state: Any, *, which: str = "latest",
               step: Optional[int] = None) -> Optional[tuple[Any, dict]]:

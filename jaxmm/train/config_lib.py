@@ -2,7 +2,7 @@
 
 Config files call `parse_arg("model=film,smoke", model="concat", smoke=False)` (big_vision
 style) and `select_variant(config, name)`; `check_keys` reports a misspelt key together with
-the closest valid one.
+the closest valid one; `differences` compares two configs read back as JSON (config.json).
 """
 import difflib
 from typing import Any
@@ -132,24 +132,70 @@ def apply_smoke_schedule(train: ml_collections.ConfigDict, steps: int) -> None:
   train.eval_every_steps = steps
   train.checkpoint_every_steps = steps
   train.log_every_steps = 1
-  train.early_stopping.patience = None
+  # 0, not None: the field stays an int, so --config.train.early_stopping.patience=3 still
+  # parses on a smoke config (absl types an override by the field's current value).
+  train.early_stopping.patience = 0  # 0 = no early stopping
+
+
+# What to pass instead of None to an int field of the configs that has an "off" value.
+NONE_HINTS = {"train.early_stopping.patience": "0 turns early stopping off"}
 
 
 def check_override_paths(config: ml_collections.ConfigDict, argv, flag: str = "config") -> None:
   """Checks every `--config.a.b=value` in `argv` against `config` before absl applies it,
-  so a misspelt key fails with the valid keys at that level and the closest one."""
+  so a misspelt key fails with the valid keys at that level and the closest one, and None
+  given to an int field fails saying what to pass (absl's message is int() of 'None')."""
   prefix = f"--{flag}."
   for arg in argv:
     if not arg.startswith(prefix):
       continue
-    path = arg[len(prefix):].split("=", 1)[0].split(".")
+    dotted, has_value, value = arg[len(prefix):].partition("=")
     node, walked = config, flag
-    for key in path:
+    for key in dotted.split("."):
       if not isinstance(node, ml_collections.ConfigDict) or key not in node:
         valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
         raise ValueError(f"--{walked}.{key}: {walked} has no key {key!r}; valid keys: {valid}."
                          f"{closest(key, valid)}")
       node, walked = node[key], f"{walked}.{key}"
+    if (has_value and value.lower() == "none" and isinstance(node, int)
+        and not isinstance(node, bool)):
+      hint = NONE_HINTS.get(dotted)
+      raise ValueError(f"{arg}: {walked} is an int field and cannot be None"
+                       + (f" ({hint})" if hint else ""))
+
+
+def config_spec_in(argv, flag: str = "config") -> str | None:
+  """The FILE[:ARG] of `--config=FILE[:ARG]` or `--config FILE[:ARG]` in `argv`, else None."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{flag}="):
+      return arg.split("=", 1)[1]
+    if arg == f"--{flag}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+MISSING = "<absent>"  # a key one of two compared configs lacks
+
+
+def flat_items(tree: dict, prefix: str = "") -> dict:
+  """{"a.b.c": leaf} of a nested dict such as a config read back from JSON (an empty dict is
+  a leaf, lists are compared whole)."""
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict) and value:
+      flat.update(flat_items(value, f"{name}."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+  """(key, old value, new value) of every key of two flat dicts whose values differ, sorted by
+  key; a key one side lacks has MISSING there."""
+  return [(key, old.get(key, MISSING), new.get(key, MISSING))
+          for key in sorted(set(old) | set(new))
+          if old.get(key, MISSING) != new.get(key, MISSING)]
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

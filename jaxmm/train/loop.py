@@ -2,10 +2,20 @@
 
 `train_and_evaluate(config, workdir)` is resumable: run the same command on the same workdir
 and it continues from the latest checkpoint (step, params, optimizer state, batch stats, rng,
-data position = step, early-stopping state) and ends as an uninterrupted run would.
+data position = step, early-stopping state) and ends as an uninterrupted run would. A workdir
+whose config.json was written by a config that trains another model (RESUME_SECTIONS less
+RESUME_IGNORED: seed, model, data, optimizer, train) is refused before anything is built or
+written (WorkdirConfigMismatch lists the differing keys); config.json and env_info.json are
+written only once the checkpoint is restored, so a refused run leaves the workdir as it was.
+
+config.train.early_stopping: `metric` (a validation metric of the task, or "loss"), `mode`
+("max" or "min"), `patience` (evaluations without an improvement larger than `min_delta`
+before stopping; 0, or None, means no early stopping; negative is refused). All are checked
+before the first step. The best checkpoint is kept whatever the patience.
 """
 import dataclasses
 import functools
+import json
 import os
 import warnings
 from typing import Any
@@ -19,7 +29,8 @@ from tqdm import tqdm
 from jaxmm.data import pipeline
 from jaxmm.data.atomic import write_npz_atomic, write_text_atomic
 from jaxmm.models import build as model_build
-from jaxmm.train import checkpointing, distributed, losses, metrics as metrics_lib, optimizers
+from jaxmm.train import checkpointing, config_lib, distributed, losses, metrics as metrics_lib
+from jaxmm.train import optimizers
 from jaxmm.train import sharding, writer
 from jaxmm.train import pretrained
 from jaxmm.train.steps import TrainState, eval_step, train_step
@@ -70,17 +81,26 @@ def steps_from(config, steps_per_epoch: int, name: str, default: int = 0) -> int
 CLASS_WEIGHTS = (None, "balanced")
 
 
+def class_weights_choice(choice) -> Any:
+  """`config.train.class_weights` with the strings "None" / "none" read as None: absl types
+  `--config.train.class_weights=None` by the field's value ("balanced"), so it arrives as a
+  string, and a None field cannot be overridden at all."""
+  return None if isinstance(choice, str) and choice.lower() == "none" else choice
+
+
 def check_class_weights(choice) -> None:
-  """ValueError unless `config.train.class_weights` is one of CLASS_WEIGHTS."""
-  if choice not in CLASS_WEIGHTS:
+  """ValueError unless `config.train.class_weights` is one of CLASS_WEIGHTS ("None" / "none"
+  count as None)."""
+  if class_weights_choice(choice) not in CLASS_WEIGHTS:
     raise ValueError(f"config.train.class_weights={choice!r}; valid values: {list(CLASS_WEIGHTS)}"
-                     f" (None: unweighted; 'balanced': inverse class frequency of the train split)")
+                     f" (None: unweighted, also 'none' on the command line; 'balanced': inverse "
+                     f"class frequency of the train split)")
 
 
 def make_loss(config, info, train_columns) -> Any:
   """The task's loss; `balanced` class weights come from `train_columns()`' labels."""
   class_weights = None
-  choice = config.train.get("class_weights")
+  choice = class_weights_choice(config.train.get("class_weights"))
   check_class_weights(choice)
   if choice == "balanced" and info.multilabel:
     raise ValueError("config.train.class_weights='balanced' is for single-label tasks; "
@@ -96,12 +116,16 @@ def make_loss(config, info, train_columns) -> Any:
 def setup_run(config, workdir: str, record_run: bool = True) -> Run:
   """Builds data, model, optimizer, jitted steps and the checkpointer for `config`.
 
-  `record_run` writes config.json, env_info.json and requirements.lock (a training run does;
-  evaluating an existing workdir leaves the training run's records alone).
+  `record_run`: a training run, whose records train_and_evaluate writes (write_run_records).
+  It first checks that the workdir's config.json, if any, trains the same model
+  (check_workdir_config) and config.train.early_stopping (its metric once the task is known).
+  Evaluating an existing workdir (False) checks neither and leaves the training run's records
+  alone.
   """
+  if record_run:
+    check_workdir_config(config, workdir)
+    check_early_stopping(config.train.early_stopping)  # the metric once the task is known
   os.makedirs(workdir, exist_ok=True)
-  if record_run and jax.process_index() == 0:
-    writer.write_run_info(workdir, config.to_json_best_effort(indent=2), config.seed)
   builder = distributed.process_zero_first(lambda: pipeline.load_builder(config.data),
                                            "dataset prepared")
   # One pass over the training split serves the metadata statistics and the class weights.
@@ -117,6 +141,8 @@ def setup_run(config, workdir: str, record_run: bool = True) -> Run:
   pipeline.check_labels(np.stack([np.asarray(v) for v in train_labels]), info,
                         f"the training split of {config.data.name}")
   preprocessor.task = info
+  if record_run:
+    check_early_stopping(config.train.early_stopping, metric_names(info, config))
   model = model_build.build_model(model_config_for(config.model, info))
   mesh = sharding.make_mesh()
   batch_size = config.data.batch_size
@@ -139,6 +165,104 @@ def setup_run(config, workdir: str, record_run: bool = True) -> Run:
   return Run(config, workdir, builder, preprocessor, info, model, mesh, tx, schedule,
              steps_per_epoch, total_steps, train_fn, eval_fn, loss_fn, checkpointer,
              writer.MetricsWriter(workdir, enabled=jax.process_index() == 0))
+
+
+class WorkdirConfigMismatch(ValueError):
+  """A workdir trained (config.json) with a config that trains another model."""
+
+
+# The config.json keys that determine the trained model, less those that do not (paths, and
+# settings of speed, logging, checkpoint frequency or the final evaluation): a training run
+# on a workdir whose config.json differs in them would mix two models. Sections used only by
+# later stages (saliency, evaluation, shap, baselines, fairness, report, pipeline, eval,
+# variants) are not compared.
+RESUME_SECTIONS = ("seed", "model", "data", "optimizer", "train")
+RESUME_IGNORED = ("data.data_dir", "data.manual_dir", "data.eval_batch_size", "data.num_threads",
+                  "data.prefetch_to_device", "data.keep_fields", "train.log_every_steps",
+                  "train.progress", "train.async_checkpoints", "train.checkpoint_every_epochs",
+                  "train.checkpoint_every_steps", "train.final_eval_splits")
+
+
+def trained_model_settings(config_json: dict) -> dict:
+  """The flat {"a.b": value} settings of a config read back from JSON that determine the
+  trained model (RESUME_SECTIONS less RESUME_IGNORED), with the spellings of one setting made
+  one: class_weights "None" is None, patience None is 0."""
+  flat = config_lib.flat_items({k: config_json[k] for k in RESUME_SECTIONS if k in config_json})
+  flat = {k: v for k, v in flat.items()
+          if not any(k == i or k.startswith(f"{i}.") for i in RESUME_IGNORED)}
+  if "train.class_weights" in flat:
+    flat["train.class_weights"] = class_weights_choice(flat["train.class_weights"])
+  if "train.early_stopping.patience" in flat:
+    flat["train.early_stopping.patience"] = flat["train.early_stopping.patience"] or 0
+  return flat
+
+
+def check_workdir_config(config, workdir: str) -> None:
+  """WorkdirConfigMismatch listing the differing keys (old -> new) when `workdir` holds a
+  config.json whose trained-model settings differ from `config`'s; nothing without one. Keys
+  only one side has are named in a warning, not refused (a config of another jaxmm version)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError) as e:
+    raise WorkdirConfigMismatch(f"{path} is unreadable ({e}); use a new --workdir, or delete "
+                                f"{workdir} to train from scratch") from e
+  new = json.loads(config.to_json_best_effort())
+  diffs = config_lib.differences(trained_model_settings(old), trained_model_settings(new))
+  # A key only one side has is a setting added or removed by another jaxmm version, not a
+  # changed one: it is named, and the run resumes.
+  one_sided = [key for key, a, b in diffs if config_lib.MISSING in (a, b)]
+  if one_sided and jax.process_index() == 0:
+    warnings.warn(f"{path} and this run's config differ in keys only one of them has (another "
+                  f"jaxmm version?): {one_sided}; resuming", RuntimeWarning, stacklevel=2)
+  diffs = [d for d in diffs if d[0] not in one_sided]
+  if diffs:
+    listed = "; ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in diffs)
+    raise WorkdirConfigMismatch(
+        f"{workdir} was trained with another config ({path}); resuming would mix two models. "
+        f"Differing keys (workdir -> this run): {listed}. Use a new --workdir for this config, "
+        f"or delete {workdir} to train it from scratch (or rerun with the workdir's config).")
+
+
+ES_MODES = ("max", "min")
+
+
+def metric_names(info: pipeline.TaskInfo, config) -> list[str]:
+  """The names train.early_stopping.metric may take for the task: the scalar metrics of its
+  metrics function (of two dummy rows, so the list cannot drift from what validation
+  returns; num_examples is a count) and "loss"."""
+  k = info.num_classes
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    if info.multilabel:
+      values = metrics_lib.masked_multilabel_metrics(
+          np.zeros((2, k)), np.zeros((2, k), np.int64), info.class_names,
+          config.train.get("uncertain_policy", "ignore"))
+    else:
+      values = metrics_lib.multiclass_metrics(np.zeros((2, k)), np.arange(2) % k,
+                                              info.class_names)
+  return sorted(set(metrics_lib.headline(values)) - {"num_examples"}) + ["loss"]
+
+
+def check_early_stopping(es, valid_metrics=None) -> None:
+  """ValueError, before any step, for a config.train.early_stopping whose mode is not in
+  ES_MODES, whose patience is negative or whose metric is not in `valid_metrics` (unchecked
+  when None: metric_names needs the task)."""
+  mode, metric, patience = es.get("mode", "max"), es.get("metric"), es.get("patience")
+  if mode not in ES_MODES:
+    raise ValueError(f"config.train.early_stopping.mode={mode!r}; valid: {list(ES_MODES)}."
+                     f"{config_lib.closest(str(mode), ES_MODES)}")
+  if valid_metrics is not None and metric not in valid_metrics:
+    raise ValueError(f"config.train.early_stopping.metric={metric!r} is not a validation metric "
+                     f"of this task; valid: {list(valid_metrics)}."
+                     f"{config_lib.closest(str(metric), valid_metrics)}")
+  if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int)
+                               or patience < 0):
+    raise ValueError(f"config.train.early_stopping.patience={patience!r}; give an int >= 0 "
+                     f"(0 = no early stopping)")
 
 
 def sample_batch(preprocessor, builder, size: int = 2) -> dict:
@@ -178,16 +302,29 @@ def create_state(run: Run, load_pretrained: bool = True) -> TrainState:
 
 
 def restore_or_init(run: Run) -> tuple[TrainState, dict]:
-  """The latest checkpoint if there is one (loop record too), else a fresh state."""
+  """The latest checkpoint if there is one (loop record too), else a fresh state.
+
+  Best checkpoints newer than the restored step (the newer latest ones damaged, or never
+  committed) are set aside: the resumed run trains those steps again and saves their best anew.
+  """
   state = create_state(run, load_pretrained=run.checkpointer.latest_step() is None)
   restored = run.checkpointer.restore(checkpointing.abstract_like(state))
   if restored is None:  # a run killed before its first checkpoint starts over: drop its log
+    run.checkpointer.set_aside_best_after(0)
     run.writer.truncate_after(0)
     return state, {"best_value": None, "best_step": None, "bad_evals": 0, "stopped": False}
   state, record = restored
+  run.checkpointer.set_aside_best_after(int(state.step))
   run.writer.truncate_after(int(state.step))
   repair_best(run, state, record)
   return state, record
+
+
+def write_run_records(run: Run) -> None:
+  """config.json, env_info.json and requirements.lock of a training run (process 0); written
+  after the checks and the restore, so a refused run leaves the workdir's records as they were."""
+  if jax.process_index() == 0:
+    writer.write_run_info(run.workdir, run.config.to_json_best_effort(indent=2), run.config.seed)
 
 
 def repair_best(run: Run, state: TrainState, record: dict) -> None:
@@ -292,7 +429,10 @@ def log_train_metrics(run: Run, pending: list, first_step: int) -> None:
 
 
 def early_stopping_update(config, record: dict, value: float, step: int) -> tuple[dict, bool]:
-  """Updates the early-stopping record with a validation value; returns (record, improved)."""
+  """Updates the early-stopping record with a validation value; returns (record, improved).
+
+  The run stops after `patience` evaluations in a row without improvement; patience 0 or None
+  never stops (the best step is still tracked)."""
   es = config.train.early_stopping
   sign = 1.0 if es.get("mode", "max") == "max" else -1.0
   best = record["best_value"]
@@ -303,8 +443,8 @@ def early_stopping_update(config, record: dict, value: float, step: int) -> tupl
     record.update(best_value=float(value), best_step=int(step), bad_evals=0)
   else:
     record["bad_evals"] += 1
-  patience = es.get("patience", None)
-  record["stopped"] = bool(patience is not None and record["bad_evals"] >= patience)
+  patience = es.get("patience", None) or 0
+  record["stopped"] = bool(patience > 0 and record["bad_evals"] >= patience)
   return record, improved
 
 
@@ -415,6 +555,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   run = setup_run(config, workdir)
   try:
     state, record = restore_or_init(run)
+    write_run_records(run)
     state, record = train_loop(run, state, record)
     return final_evaluation(run, state, record)
   finally:

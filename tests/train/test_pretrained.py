@@ -169,6 +169,9 @@ class FakeCheckpointer:
       return None
     return types.SimpleNamespace(step=self.step), {"stopped": False}
 
+  def set_aside_best_after(self, step):
+    return []
+
 
 @pytest.mark.parametrize("latest_step,loads", [(None, True), (4, False)])
 def test_only_a_fresh_run_loads_pretrained_weights(monkeypatch, latest_step, loads):
