@@ -20,15 +20,15 @@ returns, per split, a dict of arrays with one row per example in split order:
 
 Encoder features are present only for the model's modalities. The arrays are cached in
 `<workdir>/baselines/embeddings/<split>.npz` with a `manifest.json` (checkpoint name and step,
-a fingerprint of the checkpoint's saved files, a hash of the config sections that change the
-model or its inputs (data, model, seed, train, optimizer), class and metadata feature names,
-the metadata encoder's age mean and std, cached splits); a later call reuses the splits the
-manifest lists when all of checkpoint name, step, fingerprint and hash match, and computes the
-rest (all of them, stale files deleted, when one differs). The fingerprint is what tells a
-retrained checkpoint saved at the same step from the old one. Extraction runs in one process
-(every process reads every example).
+the model's identity as checkpointing.model_identity gives it to every cache of a model's
+outputs: a fingerprint of the checkpoint's saved files and a hash of the config sections that
+change the model or its inputs (data, model, seed, train, optimizer); class and metadata
+feature names, the metadata encoder's age mean and std, cached splits); a later call reuses
+the splits the manifest lists when all of checkpoint name, step, fingerprint and hash match,
+and computes the rest (all of them, stale files deleted, when one differs). The fingerprint is
+what tells a retrained checkpoint saved at the same step from the old one. Extraction runs in
+one process (every process reads every example).
 """
-import hashlib
 import json
 import os
 from typing import Optional, Sequence
@@ -52,45 +52,11 @@ ENCODER_FEATURES = {
 }
 MULTICLASS_FIELD, BINARY_FIELD = "label", "malignant"
 BINARY_NAMES = ("benign", "malignant")
-# Data keys that change only throughput, not the features (left out of the config hash).
-THROUGHPUT_KEYS = ("batch_size", "eval_batch_size", "num_threads", "data_dir")
-# Train keys that change only what is shown (left out of the config hash).
-DISPLAY_KEYS = ("progress",)
-# Config sections whose change makes another model (hashed whole, but for the keys above).
-MODEL_SECTIONS = ("data", "model", "train", "optimizer")
 SPLITS = ("train", "validation", "test")
 
 
 def cache_dir(workdir: str) -> str:
   return os.path.join(workdir, "baselines", "embeddings")
-
-
-def config_hash(config) -> str:
-  """sha256 (16 hex digits) of config.seed and the MODEL_SECTIONS that exist, throughput and
-  display keys left out: a change of any of them trains (or feeds) another model."""
-  skip = THROUGHPUT_KEYS + DISPLAY_KEYS
-  parts = {name: {k: v for k, v in config[name].to_dict().items() if k not in skip}
-           for name in MODEL_SECTIONS if name in config}
-  parts["seed"] = config.get("seed")
-  text = json.dumps(parts, sort_keys=True, default=str)
-  return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def checkpoint_fingerprint(workdir: str, which: str, step: int) -> str:
-  """sha256 (16 hex digits) of the relative paths and bytes of every file of the `which`
-  checkpoint's step folder: identifies the saved checkpoint itself (a retrained model saved
-  at the same step differs), reading the files once, cheaper than restoring them."""
-  root = os.path.join(os.path.abspath(workdir), "checkpoints", which, str(step))
-  digest = hashlib.sha256()
-  for directory, subdirs, files in sorted(os.walk(root)):
-    subdirs.sort()
-    for name in sorted(files):
-      path = os.path.join(directory, name)
-      digest.update(os.path.relpath(path, root).encode("utf-8") + b"\0")
-      with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-          digest.update(chunk)
-  return digest.hexdigest()[:16]
 
 
 def text_feature_key(model) -> str:
@@ -228,10 +194,11 @@ def split_file(workdir: str, split: str) -> str:
   return os.path.join(cache_dir(workdir), f"{split}.npz")
 
 
-def cache_key(which: str, step: int, fingerprint: str, digest: str) -> dict:
-  """The manifest entries that must all match for a cached split to be reused."""
-  return {"checkpoint": which, "checkpoint_step": step, "checkpoint_fingerprint": fingerprint,
-          "config_hash": digest}
+def cache_key(config, workdir: str, which: str, step: int) -> dict:
+  """The manifest entries that must all match for a cached split to be reused: the checkpoint
+  name and step and checkpointing.model_identity (its files' fingerprint, the config hash)."""
+  return {"checkpoint": which, "checkpoint_step": step,
+          **checkpointing.model_identity(config, workdir, which, step)}
 
 
 def cached_splits(workdir: str, key: dict) -> dict[str, int]:
@@ -306,8 +273,7 @@ def extract_embeddings(config, workdir: str, splits: Sequence[str] = SPLITS,
   if step is None:
     raise FileNotFoundError(f"no {which} checkpoint under {os.path.join(workdir, 'checkpoints')}"
                             f"; train first with --mode=train")
-  key = cache_key(which, step, checkpoint_fingerprint(workdir, which, step),
-                  config_hash(config))
+  key = cache_key(config, workdir, which, step)
   kept = cached_splits(workdir, key)
   missing = [s for s in splits if s not in kept]
   out = compute_embeddings(config, workdir, missing, key, kept) if missing else {}

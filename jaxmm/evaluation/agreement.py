@@ -5,6 +5,18 @@ grouping columns), its case-level version (the best image of each case, per metr
 stratified by class x correctness and by demographic group with bootstrap 95% intervals, the
 tests between groups with a Bonferroni-adjusted alpha, and the top / bottom gallery indices.
 
+Cases (Sec. 3.5 of paper 004): a case counts once, by "only the image with the highest DS and
+SRCC across the case", and Fig. 7 files that case under its class and whether it was
+classified correctly. The paper classifies a case as a whole; here each image is classified on
+its own, so a case's images may differ in correctness (and, for multilabel data, in the class
+explained). A case's class and correctness are therefore those of the image its value comes
+from: each metric's summaries group its own case table (`metric_cases`), whose every column
+comes from the image with that metric's highest value. Keying cases by (case, class,
+correctness) instead would count a case with a right and a wrong image twice, each time with a
+value that need not be the case's best. The per-case table (`evaluate_method`'s "cases", the
+per-case CSV) takes its columns from the best-Dice image, the image its Dice and Dice threshold
+come from; its other metrics may come from other images.
+
 A map is scored against the ROI of what it explains, as in paper 004: top-k runs score the first
 target's map (`first_target`) against the saliency output's "roi_mask", which the saliency
 runner writes as that target's own mask where the data has one mask per class (synthetic_cxr's
@@ -97,14 +109,24 @@ def metric_names() -> tuple:
   return tuple(m for m in roi.METRICS if m != "dice_threshold")
 
 
-def summaries(table: dict, method: str, **bootstrap_kwargs) -> list:
-  """Overall and stratified summary rows of every metric (bootstrap 95% CI of the mean)."""
+def metric_cases(images: dict, metric: str) -> dict:
+  """One row per case with the case's best `metric` and every other column of the image that
+  value comes from (module docstring, Cases)."""
+  return stats.case_level(images, "case", [metric], source=metric)
+
+
+def summaries(images: dict, method: str, **bootstrap_kwargs) -> list:
+  """Overall and stratified summary rows of every metric over one value per case, each
+  metric's from its own case table (`metric_cases`: a case's class x correctness stratum is
+  that of the image its value comes from); bootstrap 95% CI of the mean. images: the per-image
+  table."""
+  cases = {metric: metric_cases(images, metric) for metric in metric_names()}
   rows = []
   for by in ((),) + STRATIFICATIONS:
-    if not all(column in table for column in by):
+    if not all(column in images for column in by):
       continue
     for metric in metric_names():
-      for row in stats.summarise(table, metric, by, **bootstrap_kwargs):
+      for row in stats.summarise(cases[metric], metric, by, **bootstrap_kwargs):
         group = " x ".join(str(row.pop(column)) for column in by) if by else "all"
         rows.append({"method": method, "stratification": " x ".join(by) or "all",
                      "group": group, **row})
@@ -132,27 +154,16 @@ def galleries(table: dict, fraction: float) -> dict:
   return {metric: stats.gallery_indices(table[metric], fraction) for metric in TESTED_METRICS}
 
 
-def best_dice_thresholds(images: dict, cases: dict) -> np.ndarray:
-  """The Dice threshold of each case's best-Dice image, the image its case-level Dice comes
-  from (`stats.case_level` takes other columns from a case's first image); the first such image
-  on ties, NaN where all of a case's Dice are NaN. images: per-image table; cases: its
-  case_level table. -> [num cases] (the images' dtype), in the order of cases["case"]."""
-  position = {case: i for i, case in enumerate(np.asarray(cases["case"]).tolist())}
-  case_of_row = np.array([position[c] for c in np.asarray(images["case"]).tolist()], np.int64)
-  dice = np.asarray(images["dice"], np.float64)
-  score = np.where(np.isnan(dice), -np.inf, dice)
-  order = np.lexsort((-score, case_of_row))  # by case, best Dice first; stable on ties
-  firsts = order[np.diff(case_of_row[order], prepend=-1) != 0]
-  return np.asarray(images["dice_threshold"])[firsts]
-
-
 def evaluate_method(data: dict, method: str, class_names, *, which: str = "normalized",
                     fraction: float = 0.1, **bootstrap_kwargs) -> dict:
-  """Everything paper 004 reports for one method: tables, summaries, tests, galleries."""
+  """Everything paper 004 reports for one method: tables, summaries, tests, galleries.
+
+  "cases": each case's best value of every metric, its other columns (id, index, predicted,
+  correct, dice_threshold, ...) from its best-Dice image (the first on ties; its first image
+  when all its Dice are NaN); the group tests run on it."""
   images = per_image_table(data, method, class_names, which)
-  cases = stats.case_level(images, "case", list(metric_names()))
-  cases["dice_threshold"] = best_dice_thresholds(images, cases)
+  cases = stats.case_level(images, "case", list(metric_names()), source="dice")
   return {"images": images, "cases": cases,
-          "summaries": summaries(cases, method, **bootstrap_kwargs),
+          "summaries": summaries(images, method, **bootstrap_kwargs),
           "tests": group_tests(cases, method),
           "galleries": galleries(images, fraction)}

@@ -4,8 +4,11 @@ Three pieces of evidence, each a plain record with its test:
   * ROI agreement: among images of the affected class (the class the confounder is most
     frequent in), those with the confounder have lower agreement (two-sample t-test).
   * Mass on the artefact: the share of a map's positive mass inside the confounder mask of
-    images that have it, against the same masks laid over maps of images without it (so the
-    control has the same place, size and shape; only the artefact differs).
+    images that have it, against the same mask laid over the map of a control image of the
+    same class without it (so the control has the same place, size, shape and class; only the
+    artefact differs); paired t-test, as each pair shares its mask. Controls from every class
+    would read a class difference in where maps put their mass as use of the artefact, the
+    artefact being frequent in one class.
   * Features: the importance matrix restricted to the artefact's pixels (what each feature
     adds to the affected class from there); its top features are the "confounder features",
     their share of the class's importance is reported, and their FS-CAM (paper 003, Eq. 5) is
@@ -41,28 +44,77 @@ def agreement_difference(values: np.ndarray, labels: np.ndarray, confounder: np.
           "n_with": int(np.isfinite(with_c).sum()), "n_without": int(np.isfinite(without).sum())}
 
 
-def control_pairs(confounder: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """(images with the confounder, a random image without it for each), fixed by `seed`."""
-  confounder = np.asarray(confounder).astype(bool)
+def control_pairs(confounder: np.ndarray, labels: np.ndarray,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+  """(images with the confounder [M], a control image without it for each [M], how they were
+  drawn), fixed by `seed`.
+
+  Each control is drawn from the images of its image's class without the confounder, without
+  replacement where the class has at least as many of them as images to pair, else with
+  replacement ("replaced_classes"); a class with none draws from every class's
+  ("pooled_classes"). No image without the confounder: no controls.
+  """
+  confounder, labels = np.asarray(confounder).astype(bool), np.asarray(labels)
   with_c, without = np.flatnonzero(confounder), np.flatnonzero(~confounder)
+  drawn = {"pooled_classes": [], "replaced_classes": []}
   if not len(with_c) or not len(without):
-    return with_c, np.zeros(0, np.int64)
-  return with_c, np.random.default_rng(seed).choice(without, len(with_c))
+    return with_c, np.zeros(0, np.int64), drawn
+  rng = np.random.default_rng(seed)
+  control = np.empty(len(with_c), np.int64)
+  for cls in np.unique(labels[with_c]):
+    rows = np.flatnonzero(labels[with_c] == cls)
+    candidates = without[labels[without] == cls]
+    if not len(candidates):
+      candidates = without
+      drawn["pooled_classes"].append(cls.item())
+    replace = len(candidates) < len(rows)
+    if replace:
+      drawn["replaced_classes"].append(cls.item())
+    control[rows] = rng.choice(candidates, len(rows), replace=replace)
+  return with_c, control, drawn
+
+
+def describe_controls(drawn: dict, class_names=None) -> str:
+  """How `control_pairs` drew the controls, in words; classes named by `class_names`."""
+  name = lambda cls: str(class_names[cls]) if class_names is not None else str(cls)
+  text = "same class, without replacement"
+  if drawn["replaced_classes"]:
+    text += (" (with replacement in " + ", ".join(map(name, drawn["replaced_classes"])) +
+             ": fewer images without the confounder than with it)")
+  if drawn["pooled_classes"]:
+    text += ("; from every class for " + ", ".join(map(name, drawn["pooled_classes"])) +
+             " (no image of the class without the confounder)")
+  return text
+
+
+def paired_ttest(a, b) -> dict:
+  """scipy.stats.ttest_rel of a vs b on the pairs where both are finite."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  ok = np.isfinite(a) & np.isfinite(b)
+  if ok.sum() < 2:
+    return {"test": "ttest_rel", "statistic": np.nan, "p": np.nan, "n": int(ok.sum()),
+            "note": "fewer than 2 pairs"}
+  result = scipy_stats.ttest_rel(a[ok], b[ok])
+  return {"test": "ttest_rel", "statistic": float(result.statistic),
+          "p": float(result.pvalue), "n": int(ok.sum())}
 
 
 def mass_on_artefact(maps: np.ndarray, masks: np.ndarray, confounder: np.ndarray,
-                     seed: int = 0) -> dict:
-  """Positive mass share inside the artefact: own masks vs the same masks on control maps."""
-  with_c, control = control_pairs(confounder, seed)
+                     labels: np.ndarray, seed: int = 0) -> dict:
+  """Positive mass share inside the artefact: each image's own mask on its map vs on its
+  control's map (`control_pairs`: same class, without the confounder); paired t-test.
+  "pooled_classes" / "replaced_classes" say how the controls were drawn (`describe_controls`
+  puts it in words)."""
+  with_c, control, drawn = control_pairs(confounder, labels, seed)
   if not len(control):
-    return {"test": "ttest_ind", "statistic": np.nan, "p": np.nan, "n": len(with_c),
-            "note": "needs images with and without the confounder"}
+    return {"test": "ttest_rel", "statistic": np.nan, "p": np.nan, "n": len(with_c),
+            "note": "needs images with and without the confounder", **drawn}
   region = np.asarray(masks)[with_c].astype(bool)
-  own = roi.mass_fraction(maps[with_c], region)
-  placebo = roi.mass_fraction(maps[control], region)
-  test = stats.two_sample_ttest(np.asarray(own), np.asarray(placebo))
+  own = np.asarray(roi.mass_fraction(maps[with_c], region))
+  placebo = np.asarray(roi.mass_fraction(maps[control], region))
+  test = paired_ttest(own, placebo)
   return {**test, "mass": float(np.nanmean(own)), "control_mass": float(np.nanmean(placebo)),
-          "area": float(region.mean()), "n_with": len(with_c)}
+          "area": float(region.mean()), "n_with": len(with_c), **drawn}
 
 
 def confounder_features(region_importance: np.ndarray, cls: int, fraction: float) -> np.ndarray:

@@ -14,14 +14,18 @@ A summary of the headline numbers goes to analysis/explanation_evaluation.json a
 Resuming: steps 2-4 are made of units, one per method (ROI agreement, IFA, deletion /
 insertion, cascading randomisation; deletion / insertion also for the random order). A unit
 writes its files atomically, then, last, its record analysis/evaluation_units/<unit>.json: the
-settings it was computed with (the saliency manifest, split, checkpoint step, number of
-examples, the data and model sections, and the config.evaluation keys it reads) and its results
-(arrays in <unit>.npz). Re-running the same command reuses every unit whose record matches and
-whose files are all there, so a run killed mid-way computes only the unfinished units. A unit
-whose settings changed is recomputed (the changed keys are printed); units no longer asked for
-are removed with their files. The combined tables (summary.csv, group_tests.csv, agreement.json,
-faithfulness.csv, sanity.csv, the confounder finding, the summary) are rebuilt on every run from
-the units' records, so they are the same whether a run was interrupted or not.
+settings it was computed with (the saliency manifest, split, the model: checkpoint step,
+fingerprint of the checkpoint's files and hash of config.seed/data/model/train/optimizer
+(checkpointing.model_identity), number of examples, the data and model sections, and the
+config.evaluation keys it reads) and its results (arrays in <unit>.npz). Re-running the same
+command reuses every unit whose record matches and whose files are all there, so a run killed
+mid-way computes only the unfinished units. A unit whose settings changed is recomputed (the
+changed keys are printed), every unit when the model did (a retrain, even one saved at the
+same step, changes checkpoint_fingerprint; the saliency runner then recomputes the maps too);
+units no longer asked for are removed with their files. The combined tables (summary.csv,
+group_tests.csv, agreement.json, faithfulness.csv, sanity.csv, the confounder finding, the
+summary) are rebuilt on every run from the units' records, so they are the same whether a run
+was interrupted or not.
 """
 import contextlib
 import functools
@@ -42,7 +46,7 @@ from jaxmm.evaluation import (agreement, confounder, faithfulness, ifa, ifa_data
 from jaxmm.saliency import methods as methods_lib
 from jaxmm.saliency import model_fns, normalize
 from jaxmm.saliency import runner as saliency_runner
-from jaxmm.train import config_lib, loop
+from jaxmm.train import checkpointing, config_lib, loop
 
 PIXEL_METHODS = ("hirescam", "layercam")  # CAMs whose weights are per pixel
 
@@ -181,14 +185,17 @@ def changed_keys(before: dict, now: dict) -> list:
 
 def run_settings(config, ecfg, scfg, workdir: str, step: int, data: dict) -> dict:
   """What every unit depends on: the evaluated maps (the saliency runner's manifest), the
-  split, checkpoint step and number of examples, and the data and model sections."""
+  split, the model (checkpoint step and checkpointing.model_identity: the step alone does not
+  tell a retrained model saved at the same step from the old one), number of examples, and
+  the data and model sections."""
   manifest = os.path.join(workdir, "analysis", "saliency", scfg.output_name, "manifest.json")
   with open(manifest) as f:
     saliency_manifest = json.load(f)
   data_section = {k: v for k, v in config.data.to_dict().items() if k not in RUNTIME_DATA_KEYS}
-  return {"split": ecfg.split, "checkpoint_step": step, "num_examples": len(data["index"]),
-          "saliency_manifest": saliency_manifest, "data": data_section,
-          "model": config.model.to_dict()}
+  return {"split": ecfg.split, "checkpoint_step": step,
+          **checkpointing.model_identity(config, workdir, scfg.checkpoint, step),
+          "num_examples": len(data["index"]), "saliency_manifest": saliency_manifest,
+          "data": data_section, "model": config.model.to_dict()}
 
 
 class UnitStore:
@@ -702,6 +709,10 @@ def sanity_method_rows(run, method: str, scfg, context, seed: int, count: int, v
 # ------------------------------------------------------------------ the confounder finding
 
 CONFOUNDER_FILES = ("confounder.json", "confounder_examples.npz")
+# How mass-on-artefact controls are drawn when every class has enough images without the
+# confounder (confounder.describe_controls); the summary names any other draw.
+CONTROLS_AS_PLANNED = confounder.describe_controls({"pooled_classes": [],
+                                                    "replaced_classes": []})
 
 
 def affected_class_of(data: dict, ecfg, num_classes: int) -> int | None:
@@ -716,8 +727,10 @@ def affected_class_of(data: dict, ecfg, num_classes: int) -> int | None:
 
 def confounder_finding(data: dict, ecfg, affected: int, class_names, roi_result: dict,
                        ifa_results: dict) -> dict:
-  """ROI agreement with vs without the confounder (affected class), mass on the artefact,
-  and the FS-CAM of the importance matrix's confounder features (module confounder)."""
+  """ROI agreement with vs without the confounder (affected class), mass on the artefact
+  against same-class controls (paired t-test; "mass_test" and "mass_controls" say which test
+  and how the controls were drawn), and the FS-CAM of the importance matrix's confounder
+  features (module confounder)."""
   flags = np.asarray(data[ecfg.confounder.field]).astype(bool)
   masks = np.asarray(data.get("confounder_mask"))
   rates = confounder.confounder_rates(data["label"], flags, len(class_names))
@@ -735,10 +748,14 @@ def confounder_finding(data: dict, ecfg, affected: int, class_names, roi_result:
                     "n_with": test["n_with"], "n_without": test["n_without"]})
     if masks.ndim == 3 and f"{method}.{ecfg.maps}" in data:
       mass = confounder.mass_on_artefact(agreement.selected_maps(data, method, ecfg.maps),
-                                         masks, flags, ecfg.seed)
+                                         masks, flags, np.asarray(data["label"]), ecfg.seed)
       row.update({"mass_on_artefact": mass.get("mass"), "control_mass": mass.get("control_mass"),
-                  "artefact_area": mass.get("area"), "mass_t": mass["statistic"],
-                  "mass_p": mass["p"]})
+                  "artefact_area": mass.get("area"), "mass_test": mass["test"],
+                  "mass_t": mass["statistic"], "mass_p": mass["p"], "mass_n": mass["n"]})
+      if "mass" in mass:  # controls were drawn
+        row["mass_controls"] = confounder.describe_controls(mass, class_names)
+      if "note" in mass:  # no controls, or too few pairs for the test
+        row["mass_note"] = mass["note"]
     rows.append(row)
   # The share of all other classes' images with the artefact (pooled: the mean of the
   # per-class rates would weigh a class of 7 images as one of 700).
@@ -939,12 +956,16 @@ def confounder_lines(finding: dict) -> str:
   lines = [f"Confounder finding: affected class {cls} (confounder in {rates[cls]:.0%} of its "
            f"images, {finding['other_rate']:.0%} of the other classes'); "
            f"alpha {finding['alpha']}",
-           "method        dice with/without (p)     mass on artefact / control (p)"]
+           "method        dice with/without (p)     mass on artefact / same-class control "
+           "(paired p)"]
   for r in finding["methods"]:
     lines.append(f"{r['method']:<13} {fmt(r.get('dice_with'))}/{fmt(r.get('dice_without'))} "
                  f"({fmt(r.get('dice_p'), '.2g')})".ljust(41) +
                  f"{fmt(r.get('mass_on_artefact'))} / {fmt(r.get('control_mass'))} "
                  f"({fmt(r.get('mass_p'), '.2g')})")
+  unusual = {r["mass_controls"] for r in finding["methods"]
+             if r.get("mass_controls") not in (None, CONTROLS_AS_PLANNED)}
+  lines += [f"mass on artefact controls: {text}" for text in sorted(unusual)]
   features = finding.get("features")
   if features:
     lines.append(f"{features['method']} importance matrix on the artefact: "

@@ -3,7 +3,8 @@
 A table is a dict of equal-length 1-D numpy arrays (columns), e.g. {"dice", "spearman",
 "label", "correct", "sex", "age", "case_id"}. The analysis follows Sec. 3.5 and 4.1-4.3 of
 004_0180605a8214b9d6.txt:
-  case_level                    one row per case, each metric's best image (Sec. 3.5)
+  case_level                    one row per case, each metric's best image (Sec. 3.5), the
+                                other columns from one image (the source metric's)
   summarise                     mean / std / median / bootstrap 95% CI per stratum (Sec. 4.2)
   compare_groups, bonferroni    t-test (sex), one-way ANOVA (skin tone), Pearson (age) at a
                                 Bonferroni-adjusted alpha (Sec. 4.3)
@@ -59,13 +60,26 @@ def bootstrap_ci(values, statistic=np.mean, num_resamples: int = 2000, confidenc
   return estimate, float(low), float(high)
 
 
-def case_level(table: dict, case_key: str, metrics) -> dict:
+def best_rows(case_of_row: np.ndarray, values, num_cases: int) -> np.ndarray:
+  """Row index of each case's highest value [num_cases], in case order; the first such row on
+  ties, the case's first row where all its values are NaN. case_of_row: int [N] in
+  0..num_cases-1, each case present."""
+  values = np.asarray(values, np.float64)
+  score = np.where(np.isnan(values), -np.inf, values)
+  order = np.lexsort((-score, case_of_row))  # by case, highest first; stable, so first on ties
+  return order[np.diff(case_of_row[order], prepend=-1) != 0]
+
+
+def case_level(table: dict, case_key: str, metrics, source: str | None = None) -> dict:
   """One row per case, in order of first appearance, plus a "num_images" column.
 
   Each metric takes the case's maximum over its images, each metric separately, so Dice and
   Spearman may come from different images (Sec. 3.5 of 004_...txt: "only the image with the
   highest DS and SRCC across the case"); NaNs are ignored unless all of a case's are NaN.
-  Other columns take the value of the case's first row.
+  Other columns take the values of one image of the case: with `source` (a metric), the image
+  that metric's value comes from (`best_rows`), so that a case's grouping columns (whether it
+  was classified correctly, its id) describe the image its agreement describes when a case's
+  images differ in them; without, the case's first row (columns constant within a case).
   """
   _, first, inverse = np.unique(np.asarray(table[case_key]), return_index=True,
                                 return_inverse=True)
@@ -73,7 +87,8 @@ def case_level(table: dict, case_key: str, metrics) -> dict:
   position = np.empty_like(order)
   position[order] = np.arange(order.size)
   case_of_row = position[inverse.ravel()]
-  out = {name: np.asarray(column)[first[order]] for name, column in table.items()}
+  rows = first[order] if source is None else best_rows(case_of_row, table[source], order.size)
+  out = {name: np.asarray(column)[rows] for name, column in table.items()}
   for metric in metrics:
     best = np.full(order.size, np.nan)
     np.fmax.at(best, case_of_row, np.asarray(table[metric], np.float64))  # fmax skips NaN

@@ -1,10 +1,11 @@
 """`--mode=saliency`: saliency maps of a trained checkpoint for a split, in resumable shards.
 
 Output, under `DIR/analysis/saliency/<split>/` (or `<output_name>/`): `manifest.json` (methods,
-options, checkpoint step, shard layout) and `shard_<i>.npz` files, each holding for its examples
-"index" (position in the split), "label", "logits", "targets", the id field, the uint8 "image"
-and "roi_mask" and the ANALYSIS_FIELDS when the dataset has them, and per method
-"<method>.raw" / "<method>.normalized" maps plus the method's extras.
+options, the model: checkpoint step, fingerprint and config hash; shard layout) and
+`shard_<i>.npz` files, each holding for its examples "index" (position in the split), "label",
+"logits", "targets", the id field, the uint8 "image" and "roi_mask" and the ANALYSIS_FIELDS
+when the dataset has them, and per method "<method>.raw" / "<method>.normalized" maps plus the
+method's extras.
 
 "roi_mask" [N, H, W] is the ROI the example's first map is scored against (the explanation
 evaluation takes the first target's map): the record's own "roi_mask" when the dataset has one
@@ -15,8 +16,14 @@ says which ("record" or "first_target"), so shards of one kind are never resumed
 
 Shards are written atomically, so a killed run leaves only whole shards and re-running the same
 command computes exactly the missing ones. With several processes, shard i is computed by
-process i mod process_count.
+process i mod process_count. Shards of another model are recomputed, not reused: the manifest
+records which model made them (checkpointing.model_identity: the fingerprint of the
+checkpoint's files and the hash of config.seed/data/model/train/optimizer, with the step), and
+when that differs (a retrain, even one saved at the same step; or a manifest written before it
+was recorded) the shards are deleted and computed again, with a line saying why. Other changed
+settings are refused: they are a choice, and the old shards may be wanted.
 """
+import glob
 import json
 import os
 
@@ -33,7 +40,7 @@ from jaxmm.data.atomic import write_npz_atomic, write_text_atomic
 from jaxmm.saliency import methods as methods_lib
 from jaxmm.saliency import model_fns, smoothgrad
 from jaxmm.saliency.targets import resolve_targets
-from jaxmm.train import config_lib, distributed, loop
+from jaxmm.train import checkpointing, config_lib, distributed, loop
 
 # Record fields kept next to the maps for the explanation evaluation (when the dataset has them):
 # case grouping, demographics, and the synthetic data's planted confounder and its mask.
@@ -41,7 +48,10 @@ ANALYSIS_FIELDS = ("lesion_id", "patient_id", "study_id", "sex", "age", "localiz
                    "has_roi_mask", "confounder", "confounder_mask")
 MANIFEST_KEYS = ("split", "methods", "options", "target", "top_k", "layer", "shard_size",
                  "num_examples", "checkpoint_step", "seed", "save_images", "noise_keys",
-                 "roi_mask")
+                 "roi_mask", "checkpoint_fingerprint", "config_hash")
+# The manifest keys that say which model made the shards (module docstring): a change means
+# maps of a model the workdir no longer has, recomputed rather than refused.
+MODEL_KEYS = ("checkpoint_step", "checkpoint_fingerprint", "config_hash")
 # How random methods (SmoothGrad) are keyed: per example, by its index in the split. Shards
 # written before manifests recorded it were keyed per shard and batch.
 NOISE_KEYS = "per_example"
@@ -49,7 +59,9 @@ NOISE_KEYS = "per_example"
 # hold the record's roi_mask, for synthetic_cxr the union of every finding's mask.
 ROI_MASK_OF_RECORD = "record"
 ROI_MASK_OF_FIRST_TARGET = "first_target"
-LEGACY_MANIFEST = {"noise_keys": "per_shard_batch", "roi_mask": ROI_MASK_OF_RECORD}
+# Manifests written before the model's identity was recorded cannot vouch for it (None).
+LEGACY_MANIFEST = {"noise_keys": "per_shard_batch", "roi_mask": ROI_MASK_OF_RECORD,
+                   "checkpoint_fingerprint": None, "config_hash": None}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -260,33 +272,54 @@ def example_keys(seed: int, indices: np.ndarray, batch_size: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(rows, jnp.uint32))
 
 
-def manifest_for(scfg, methods: tuple, n: int, step: int, roi_mask: str) -> dict:
-  """The settings the shards are made with; roi_mask: `roi_mask_kind` of the dataset."""
+def manifest_for(scfg, methods: tuple, n: int, step: int, roi_mask: str,
+                 identity: dict) -> dict:
+  """The settings the shards are made with; roi_mask: `roi_mask_kind` of the dataset;
+  identity: checkpointing.model_identity of the checkpoint (fingerprint, config hash)."""
   return {"split": scfg.split, "methods": list(methods), "options": {
       m: dict(scfg.options.get(m, {})) for m in methods}, "target": scfg.target,
       "top_k": scfg.top_k, "layer": scfg.layer, "shard_size": scfg.shard_size,
       "num_examples": n, "checkpoint_step": step, "seed": scfg.seed,
-      "save_images": bool(scfg.save_images), "noise_keys": NOISE_KEYS, "roi_mask": roi_mask}
+      "save_images": bool(scfg.save_images), "noise_keys": NOISE_KEYS, "roi_mask": roi_mask,
+      "checkpoint_fingerprint": identity["checkpoint_fingerprint"],
+      "config_hash": identity["config_hash"]}
 
 
-def check_manifest(path: str, manifest: dict) -> None:
-  """A rerun must use the settings the existing shards were made with (a setting that an older
-  manifest does not record is not compared, except those with a LEGACY_MANIFEST value)."""
+def check_manifest(path: str, manifest: dict) -> list:
+  """The MODEL_KEYS whose values differ from the existing shards' manifest (shards of another
+  model, to recompute); raises when another setting differs, as a rerun must use the settings
+  the existing shards were made with (a setting that an older manifest does not record is not
+  compared, except those with a LEGACY_MANIFEST value)."""
   with open(path) as f:
     existing = {**LEGACY_MANIFEST, **json.load(f)}
   changed = [k for k in MANIFEST_KEYS if k in existing and json.loads(json.dumps(existing[k]))
              != json.loads(json.dumps(manifest.get(k)))]
-  if changed:
+  if any(k not in MODEL_KEYS for k in changed):
     before = [existing.get(k) for k in changed]
     now = [manifest.get(k) for k in changed]
     raise ValueError(f"{path} was written with different settings ({', '.join(changed)}: "
                      f"{before} now {now})"
                      f"; delete {os.path.dirname(path)} to recompute, or keep it and rerun "
                      f"with the old settings")
+  return changed
 
 
 def shard_file(out_dir: str, shard_id: int) -> str:
   return os.path.join(out_dir, f"shard_{shard_id:05d}.npz")
+
+
+def write_manifest(out_dir: str, manifest: dict, other_model: list) -> None:
+  """Writes the manifest (process 0); `other_model`: the MODEL_KEYS in which the existing
+  shards' manifest differs, whose shards are deleted first (maps of another model)."""
+  if jax.process_index() != 0:
+    return
+  if other_model:
+    stale = glob.glob(os.path.join(out_dir, "shard_*.npz"))
+    for path in stale:
+      os.remove(path)
+    print(f"saliency: {out_dir} held maps of another model ({', '.join(other_model)} changed)"
+          f"; deleted its {len(stale)} shards, recomputing", flush=True)
+  write_text_atomic(os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=2))
 
 
 def run_saliency(config, workdir: str) -> dict:
@@ -306,12 +339,13 @@ def run_saliency(config, workdir: str) -> dict:
   n = min(n, scfg.max_examples) if scfg.max_examples else n
   out_dir = os.path.join(workdir, "analysis", "saliency", scfg.output_name or scfg.split)
   os.makedirs(out_dir, exist_ok=True)
-  manifest = manifest_for(scfg, methods, n, step, roi_mask_kind(run.builder.info.features))
+  identity = checkpointing.model_identity(config, workdir, scfg.checkpoint, step)
+  manifest = manifest_for(scfg, methods, n, step, roi_mask_kind(run.builder.info.features),
+                          identity)
   manifest_path = os.path.join(out_dir, "manifest.json")
-  if os.path.exists(manifest_path):
-    check_manifest(manifest_path, manifest)
-  elif jax.process_index() == 0:
-    write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
+  other_model = check_manifest(manifest_path, manifest) if os.path.exists(manifest_path) else []
+  if other_model or not os.path.exists(manifest_path):
+    write_manifest(out_dir, manifest, other_model)
   distributed.barrier(f"saliency manifest of {out_dir}")
   shards = [(i, np.arange(s, min(s + scfg.shard_size, n)))
             for i, s in enumerate(range(0, n, scfg.shard_size))]

@@ -15,6 +15,8 @@ RuntimeError: Event loop is closed" to stderr: orbax (0.12) closes its asyncio l
 first failed read while tensorstore still completes the others, whose callbacks then find the
 loop closed. It is noise from that teardown; the warning or error above it is the diagnosis.
 """
+import hashlib
+import json
 import os
 import time
 import warnings
@@ -233,3 +235,50 @@ def abstract_like(state: Any) -> Any:
 def _first_line(error: Exception) -> str:
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+# ------------------------------------------------------------------ which model a checkpoint is
+
+# Data keys that change only throughput, not the model or its inputs (left out of config_hash).
+THROUGHPUT_KEYS = ("batch_size", "eval_batch_size", "num_threads", "data_dir")
+# Train keys that change only what is shown (left out of config_hash).
+DISPLAY_KEYS = ("progress",)
+# Config sections whose change makes another model (hashed whole, but for the keys above).
+MODEL_SECTIONS = ("data", "model", "train", "optimizer")
+
+
+def config_hash(config) -> str:
+  """sha256 (16 hex digits) of config.seed and the MODEL_SECTIONS that exist, throughput and
+  display keys left out: a change of any of them trains (or feeds) another model."""
+  skip = THROUGHPUT_KEYS + DISPLAY_KEYS
+  parts = {name: {k: v for k, v in config[name].to_dict().items() if k not in skip}
+           for name in MODEL_SECTIONS if name in config}
+  parts["seed"] = config.get("seed")
+  text = json.dumps(parts, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def checkpoint_fingerprint(workdir: str, which: str, step: int) -> str:
+  """sha256 (16 hex digits) of the relative paths and bytes of every file of the `which`
+  checkpoint's step folder: identifies the saved checkpoint itself (a retrained model saved
+  at the same step differs), reading the files once, cheaper than restoring them."""
+  root = os.path.join(os.path.abspath(workdir), "checkpoints", which, str(step))
+  digest = hashlib.sha256()
+  for directory, subdirs, files in sorted(os.walk(root)):
+    subdirs.sort()
+    for name in sorted(files):
+      path = os.path.join(directory, name)
+      digest.update(os.path.relpath(path, root).encode("utf-8") + b"\0")
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          digest.update(chunk)
+  return digest.hexdigest()[:16]
+
+
+def model_identity(config, workdir: str, which: str, step: int) -> dict:
+  """Which model the workdir's `which` checkpoint at `step` is, as every cache of its outputs
+  records it (the embedding cache, saliency manifests, explanation-evaluation units): the
+  checkpoint's fingerprint and the config hash. The step alone does not tell a model retrained
+  from scratch and saved at the same step from the old one."""
+  return {"checkpoint_fingerprint": checkpoint_fingerprint(workdir, which, step),
+          "config_hash": config_hash(config)}

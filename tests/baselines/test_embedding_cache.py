@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 
 from jaxmm.baselines import embeddings
+from jaxmm.train import checkpointing
 from tests.saliency.test_shap_runner import checkpointed
 
 
@@ -49,7 +50,7 @@ def test_a_retrained_checkpoint_at_the_same_step_is_extracted_again(smoke_config
 def test_config_hash_covers_what_changes_the_model(smoke_config):
   """seed, train and optimizer were left out of the hash: a retrained model with another seed
   or learning rate shared the cache key. Throughput and display keys stay out."""
-  base = embeddings.config_hash(smoke_config("synthetic_derm", "model=concat"))
+  base = checkpointing.config_hash(smoke_config("synthetic_derm", "model=concat"))
   changes = {"seed": lambda c: setattr(c, "seed", c.seed + 1),
              "train": lambda c: setattr(c.train, "num_steps", (c.train.num_steps or 1) + 1),
              "optimizer": lambda c: setattr(c.optimizer, "learning_rate",
@@ -58,8 +59,8 @@ def test_config_hash_covers_what_changes_the_model(smoke_config):
     config = smoke_config("synthetic_derm", "model=concat")
     with config.unlocked():
       change(config)
-    assert embeddings.config_hash(config) != base, name
+    assert checkpointing.config_hash(config) != base, name
   same = smoke_config("synthetic_derm", "model=concat")
   same.data.eval_batch_size = 3
   same.train.progress = True
-  assert embeddings.config_hash(same) == base
+  assert checkpointing.config_hash(same) == base

@@ -122,7 +122,8 @@ def fake_evaluation(monkeypatch, workdir, data: dict) -> None:
                                                          multilabel=False))
   monkeypatch.setattr(runner, "restored_run", lambda config, workdir: (run, {}, 1))
   monkeypatch.setattr(runner, "saliency_maps", lambda config, workdir, ecfg, methods: (
-      data, ml_collections.ConfigDict({"output_name": "evaluation_test"})))
+      data, ml_collections.ConfigDict({"output_name": "evaluation_test",
+                                       "checkpoint": "best"})))
 
 
 def meta_only_data(n: int = 6) -> dict:

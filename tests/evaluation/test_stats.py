@@ -84,6 +84,19 @@ def test_case_level_takes_each_metrics_maximum_and_the_first_rows_other_columns(
   np.testing.assert_array_equal(cases["num_images"], [3, 2, 1])
 
 
+def test_case_level_with_a_source_takes_the_other_columns_from_its_best_image():
+  table = {"case_id": np.array(["b", "a", "b", "c", "a", "b"]),
+           "dice": np.array([0.2, 0.5, 0.4, np.nan, 0.1, 0.4]),
+           "correct": np.array([True, False, False, True, True, True]),
+           "image": np.array([0, 1, 2, 3, 4, 5])}
+  cases = stats.case_level(table, "case_id", ("dice",), source="dice")
+  np.testing.assert_array_equal(cases["dice"], [0.4, 0.5, np.nan])
+  # b: its best Dice (0.4, tied: the first of images 2 and 5); c: all NaN, its first image
+  np.testing.assert_array_equal(cases["image"], [2, 1, 3])
+  np.testing.assert_array_equal(cases["correct"], [False, False, True])
+  np.testing.assert_array_equal(cases["num_images"], [3, 2, 1])
+
+
 def test_summarise_by_two_columns_counts_and_means():
   table = {"dice": np.array([0.1, 0.3, 0.5, np.nan, 0.2, 0.6, 0.4]),
            "label": np.array(["acne", "acne", "acne", "acne", "melanoma", "melanoma", "acne"]),
