@@ -1,5 +1,6 @@
 """`--mode=saliency` on a trained smoke run: shards, resume without duplicates or gaps,
 settings checks, and the CXR (multilabel, text) path with top-k targets and per-finding ROIs."""
+import contextlib
 import glob
 import json
 import os
@@ -83,42 +84,39 @@ def test_an_examples_maps_do_not_depend_on_shard_or_batch_size(trained, computed
     np.testing.assert_allclose(second[key], first[key], rtol=1e-4, atol=1e-6, err_msg=key)
 
 
-def test_shards_written_with_per_batch_noise_keys_are_not_mixed_with_new_ones(trained, computed):
-  config, workdir = trained
-  summary, _ = computed
-  manifest = os.path.join(summary["directory"], "manifest.json")
+@contextlib.contextmanager
+def manifest_without(directory: str, key: str):
+  """The saliency manifest in `directory` as written before it recorded `key`; restored after."""
+  manifest = os.path.join(directory, "manifest.json")
   with open(manifest) as f:
     saved = f.read()
   legacy = json.loads(saved)
-  del legacy["noise_keys"]  # as written before manifests recorded it
+  del legacy[key]
   with open(manifest, "w") as f:
     json.dump(legacy, f)
   try:
-    with pytest.raises(ValueError, match="noise_keys: \\['per_shard_batch'\\] now "
-                                         "\\['per_example'\\]"):
-      runner.run_saliency(config, workdir)
+    yield json.loads(saved)
   finally:
     with open(manifest, "w") as f:
       f.write(saved)
+
+
+def test_shards_written_with_per_batch_noise_keys_are_not_mixed_with_new_ones(trained, computed):
+  config, workdir = trained
+  summary, _ = computed
+  with manifest_without(summary["directory"], "noise_keys"):
+    with pytest.raises(ValueError, match="noise_keys: \\['per_shard_batch'\\] now "
+                                         "\\['per_example'\\]"):
+      runner.run_saliency(config, workdir)
 
 
 def test_single_roi_shards_from_before_roi_mask_was_recorded_are_resumed(trained, computed):
   # The record's roi_mask is what shards of single-ROI data always held: nothing to recompute.
   config, workdir = trained
   summary, _ = computed
-  manifest = os.path.join(summary["directory"], "manifest.json")
-  with open(manifest) as f:
-    saved = f.read()
-  assert json.loads(saved)["roi_mask"] == "record"
-  legacy = json.loads(saved)
-  del legacy["roi_mask"]
-  with open(manifest, "w") as f:
-    json.dump(legacy, f)
-  try:
+  with manifest_without(summary["directory"], "roi_mask") as saved:
+    assert saved["roi_mask"] == "record"
     assert runner.run_saliency(config, workdir)["computed_shards"] == []
-  finally:
-    with open(manifest, "w") as f:
-      f.write(saved)
 
 
 def test_shards_with_different_arrays_name_the_odd_shard(computed, tmp_path):
@@ -221,16 +219,6 @@ def test_per_finding_masks_give_each_map_its_own_findings_roi(cxr_trained, monke
 def test_shards_with_union_roi_masks_are_not_mixed_with_per_finding_ones(cxr_trained):
   config, workdir = cxr_trained
   summary = runner.run_saliency(config, workdir)
-  manifest = os.path.join(summary["directory"], "manifest.json")
-  with open(manifest) as f:
-    saved = f.read()
-  legacy = json.loads(saved)
-  del legacy["roi_mask"]  # as written before manifests recorded it: union masks
-  with open(manifest, "w") as f:
-    json.dump(legacy, f)
-  try:
+  with manifest_without(summary["directory"], "roi_mask"):  # before it was recorded: unions
     with pytest.raises(ValueError, match="roi_mask: \\['record'\\] now \\['first_target'\\]"):
       runner.run_saliency(config, workdir)
-  finally:
-    with open(manifest, "w") as f:
-      f.write(saved)
