@@ -1,5 +1,6 @@
 """The CAM family on any named intermediate: Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM,
-HiResCAM (pixel-wise Grad-CAM) and Score-CAM.
+HiResCAM (pixel-wise Grad-CAM) and Score-CAM (the paper's probability weights, or
+pytorch-grad-cam's softmax over channels of logits).
 
 Gradient CAMs are functions of the layer's activations A [N, h, w, C] and the gradients
 G = d score / d A (same shape), which `model_fns.layer_activations_and_gradients` gets from
@@ -96,17 +97,45 @@ def channel_mask(a_c: jax.Array, size: tuple[int, int]) -> jax.Array:
   return normalize.min_max(normalize.upsample(a_c.astype(jnp.float32), size))[..., None]
 
 
+def paper_weights(scores: jax.Array) -> jax.Array:
+  """Score-CAM's weights (Wang et al. 2020; their official code): each channel's masked-input
+  target probability itself, [N, C]. The paper's increase of confidence f(X o H_k) - f(X_b)
+  also subtracts the baseline's score, a constant the official code leaves out, as here."""
+  return scores
+
+
+def pytorch_grad_cam_weights(scores: jax.Array) -> jax.Array:
+  """pytorch-grad-cam's ScoreCAM weights: the softmax over channels of the masked-input
+  target logits, [N, C]."""
+  return jax.nn.softmax(scores, axis=-1)
+
+
+# The score each masked input is given -> the channel weights built from it. A softmax over
+# channels of probabilities (what score="probability" used to do) keeps every weight within a
+# factor e of every other, so the map hardly depends on the class.
+SCORE_CAM_WEIGHTS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "probability": paper_weights,
+    "logit": pytorch_grad_cam_weights,
+}
+
+
 def score_cam(f: Callable[[jax.Array], jax.Array], x: jax.Array, a: jax.Array,
               targets: jax.Array, *, chunk_size: int = 32, baseline: jax.Array | float = 0.0,
               score: str = "probability", multilabel: bool = False, relu: bool = True,
               upsample_cam: bool = True) -> dict[str, jax.Array]:
   """Score-CAM (Wang et al.): channel c's score is the target score of f on the input masked
-  by channel c's upsampled, min-max scaled activation (baseline + M_c (x - baseline));
-  weights are the softmax of the scores over channels. Channels are vmapped `chunk_size` at
-  a time (lax.map). x [N, H, W, Cin] images, a [N, h, w, C] the layer's activations. Each
-  channel's mask is made inside the map, so memory is set by `chunk_size`, not by the
-  channel count.
+  by channel c's upsampled, min-max scaled activation (baseline + M_c (x - baseline)).
+
+  score="probability" (default) is the paper's method: the weight of channel c is that
+  score, the target's softmax (sigmoid if multilabel) probability on the masked input.
+  score="logit" is pytorch-grad-cam's variant: the weights are the softmax over channels of
+  the masked-input target logits. Channels are vmapped `chunk_size` at a time (lax.map);
+  each channel's mask is made inside the map, so memory is set by `chunk_size`, not by the
+  channel count. x [N, H, W, Cin] images, a [N, h, w, C] the layer's activations. Returns
+  the dict of the module docstring plus "scores" [N, C], the masked-input scores.
   """
+  if score not in SCORE_CAM_WEIGHTS:
+    raise ValueError(f"unknown Score-CAM score {score!r}; valid: {sorted(SCORE_CAM_WEIGHTS)}")
   size = x.shape[1:3]
 
   def channel_score(a_c):
@@ -114,8 +143,8 @@ def score_cam(f: Callable[[jax.Array], jax.Array], x: jax.Array, a: jax.Array,
     return target_scores(f(baseline + mask * (x - baseline)), targets, score, multilabel)
 
   scores = jax.lax.map(channel_score, jnp.moveaxis(a, -1, 0),
-                       batch_size=min(chunk_size, a.shape[-1]))  # [C, N]
-  out = weighted_cam(a, jax.nn.softmax(scores.T, axis=-1), relu,
+                       batch_size=min(chunk_size, a.shape[-1])).T  # [N, C]
+  out = weighted_cam(a, SCORE_CAM_WEIGHTS[score](scores), relu,
                      size if upsample_cam else None)
-  out["scores"] = scores.T
+  out["scores"] = scores
   return out

@@ -1,5 +1,5 @@
-"""CAM family against hand computations on a hand-built network, and Score-CAM on a
-2-channel example."""
+"""CAM family against hand computations on a hand-built network, and Score-CAM (the paper's
+probability weights and pytorch-grad-cam's logit softmax) on a 2-channel example."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -87,23 +87,46 @@ def test_upsampling_gives_the_input_size_and_unknown_methods_list_valid_ones(set
     cams.gradient_cam("gradcam2", a, g)
 
 
-def test_score_cam_on_a_two_channel_example():
-  # Channel 0 covers the left half, channel 1 the top half (values 1 and 0 after min-max).
+def two_channel_example():
+  """Channel 0 covers the left half, channel 1 the top half (masks 1 and 0 after min-max);
+  class 0 sums the input, class 1 doubles its right half, class 2 is constant."""
   a = np.zeros((1, 4, 4, 2), np.float32)
   a[0, :, :2, 0] = 3.0
   a[0, :2, :, 1] = 5.0
   x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1) / 16
-  f = lambda v: jnp.stack([v.sum((1, 2, 3)), 2 * v[:, :, 2:].sum((1, 2, 3))], -1)
-  out = cams.score_cam(f, jnp.asarray(x), jnp.asarray(a), jnp.array([1]), score="logit",
-                       chunk_size=1)
+  f = lambda v: jnp.stack([v.sum((1, 2, 3)), 2 * v[:, :, 2:].sum((1, 2, 3)),
+                           jnp.zeros(v.shape[0])], -1)
   left, top = x.copy(), x.copy()
   left[0, :, 2:] = 0
   top[0, 2:] = 0
-  scores = np.array([2 * left[0, :, 2:].sum(), 2 * top[0, :, 2:].sum()])
+  logits = np.array([[v.sum(), 2 * v[0, :, 2:].sum(), 0.0] for v in (left, top)])  # [C, K]
+  return a, x, f, logits
+
+
+def test_score_cam_weights_are_the_masked_input_probabilities():
+  # The paper's (and official code's) weight of channel k is softmax(f(x o M_k))[class]; a
+  # softmax over channels of those probabilities kept every weight within a factor e.
+  a, x, f, logits = two_channel_example()
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  for target in range(3):
+    out = cams.score_cam(f, jnp.asarray(x), jnp.asarray(a), jnp.array([target]), chunk_size=1)
+    np.testing.assert_allclose(out["scores"][0], probs[:, target], rtol=1e-5)
+    np.testing.assert_allclose(out["weights"][0], probs[:, target], rtol=1e-5)
+    np.testing.assert_allclose(out["cam"][0], np.maximum((a[0] * probs[:, target]).sum(-1), 0),
+                               rtol=1e-5)
+
+
+def test_score_cam_logit_is_pytorch_grad_cams_softmax_over_channels():
+  a, x, f, logits = two_channel_example()
+  out = cams.score_cam(f, jnp.asarray(x), jnp.asarray(a), jnp.array([1]), score="logit",
+                       chunk_size=1)
+  scores = logits[:, 1]
   np.testing.assert_allclose(out["scores"][0], scores, rtol=1e-6)
   weights = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
   np.testing.assert_allclose(out["weights"][0], weights, rtol=1e-5)
   np.testing.assert_allclose(out["cam"][0], np.maximum((a[0] * weights).sum(-1), 0), rtol=1e-5)
+  with pytest.raises(ValueError, match=r"unknown Score-CAM score 'logits'.*'logit'"):
+    cams.score_cam(f, jnp.asarray(x), jnp.asarray(a), jnp.array([1]), score="logits")
 
 
 def test_score_cam_memory_is_set_by_the_chunk_not_the_channel_count():
