@@ -48,10 +48,11 @@ ANALYSIS_FIELDS = ("lesion_id", "patient_id", "study_id", "sex", "age", "localiz
                    "has_roi_mask", "confounder", "confounder_mask")
 MANIFEST_KEYS = ("split", "methods", "options", "target", "top_k", "layer", "shard_size",
                  "num_examples", "checkpoint_step", "seed", "save_images", "noise_keys",
-                 "roi_mask", "checkpoint_fingerprint", "config_hash")
-# The manifest keys that say which model made the shards (module docstring): a change means
-# maps of a model the workdir no longer has, recomputed rather than refused.
-MODEL_KEYS = ("checkpoint_step", "checkpoint_fingerprint", "config_hash")
+                 "roi_mask", "checkpoint_fingerprint", "config_hash", "definitions")
+# The manifest keys that say which model and which method definitions made the shards (module
+# docstring): a change means maps that this workdir and code no longer make, recomputed rather
+# than refused.
+MODEL_KEYS = ("checkpoint_step", "checkpoint_fingerprint", "config_hash", "definitions")
 # How random methods (SmoothGrad) are keyed: per example, by its index in the split. Shards
 # written before manifests recorded it were keyed per shard and batch.
 NOISE_KEYS = "per_example"
@@ -272,6 +273,19 @@ def example_keys(seed: int, indices: np.ndarray, batch_size: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(rows, jnp.uint32))
 
 
+def definition_version(method: str, options) -> int:
+  """The version of `method`'s definition with `options`, raised when its maps change so that
+  shards made before are recomputed, not mixed with new ones. 2: Score-CAM weights are the
+  masked-input probabilities (no softmax across channels); VarGrad (kind "vargrad") is
+  accumulated from deviations from the first sample's map."""
+  return 2 if method == "scorecam" or dict(options).get("kind") == "vargrad" else 1
+
+
+def definitions(methods, options) -> dict:
+  """{method: definition_version} of the manifest."""
+  return {m: definition_version(m, options.get(m, {})) for m in methods}
+
+
 def manifest_for(scfg, methods: tuple, n: int, step: int, roi_mask: str,
                  identity: dict) -> dict:
   """The settings the shards are made with; roi_mask: `roi_mask_kind` of the dataset;
@@ -282,7 +296,8 @@ def manifest_for(scfg, methods: tuple, n: int, step: int, roi_mask: str,
       "num_examples": n, "checkpoint_step": step, "seed": scfg.seed,
       "save_images": bool(scfg.save_images), "noise_keys": NOISE_KEYS, "roi_mask": roi_mask,
       "checkpoint_fingerprint": identity["checkpoint_fingerprint"],
-      "config_hash": identity["config_hash"]}
+      "config_hash": identity["config_hash"],
+      "definitions": definitions(methods, scfg.options)}
 
 
 def check_manifest(path: str, manifest: dict) -> list:
@@ -292,6 +307,8 @@ def check_manifest(path: str, manifest: dict) -> list:
   compared, except those with a LEGACY_MANIFEST value)."""
   with open(path) as f:
     existing = {**LEGACY_MANIFEST, **json.load(f)}
+  # Written before definitions were versioned: every method's first definition.
+  existing.setdefault("definitions", dict.fromkeys(existing["methods"], 1))
   changed = [k for k in MANIFEST_KEYS if k in existing and json.loads(json.dumps(existing[k]))
              != json.loads(json.dumps(manifest.get(k)))]
   if any(k not in MODEL_KEYS for k in changed):
@@ -317,7 +334,8 @@ def write_manifest(out_dir: str, manifest: dict, other_model: list) -> None:
     stale = glob.glob(os.path.join(out_dir, "shard_*.npz"))
     for path in stale:
       os.remove(path)
-    print(f"saliency: {out_dir} held maps of another model ({', '.join(other_model)} changed)"
+    print(f"saliency: {out_dir} held maps of another model or method definition "
+          f"({', '.join(other_model)} changed)"
           f"; deleted its {len(stale)} shards, recomputing", flush=True)
   write_text_atomic(os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=2))
 

@@ -222,3 +222,21 @@ def test_shards_with_union_roi_masks_are_not_mixed_with_per_finding_ones(cxr_tra
   with manifest_without(summary["directory"], "roi_mask"):  # before it was recorded: unions
     with pytest.raises(ValueError, match="roi_mask: \\['record'\\] now \\['first_target'\\]"):
       runner.run_saliency(config, workdir)
+
+
+def test_shards_of_an_older_method_definition_are_recomputed(trained, computed, capsys):
+  # Score-CAM's weights changed (definition 2): its older shards are maps this code no longer
+  # makes, recomputed rather than mixed with new ones; other methods keep definition 1.
+  assert runner.definitions(("gradcam", "scorecam", "smoothgrad"),
+                            {"smoothgrad": {"kind": "vargrad"}}) == {
+      "gradcam": 1, "scorecam": 2, "smoothgrad": 2}
+  config, workdir = trained
+  summary, _ = computed
+  with manifest_without(summary["directory"], "definitions") as saved:
+    assert runner.run_saliency(config, workdir)["computed_shards"] == []  # all version 1
+    legacy = {**saved, "definitions": {m: 0 for m in saved["methods"]}}
+    with open(os.path.join(summary["directory"], "manifest.json"), "w") as f:
+      json.dump(legacy, f)
+    again = runner.run_saliency(config, workdir)
+    assert again["computed_shards"] == list(range(again["num_shards"]))
+    assert "another model or method definition (definitions changed)" in capsys.readouterr().out
