@@ -11,6 +11,12 @@ integrated feature analysis, faithfulness, sanity, the confounder finding) with 
 scikit-learn baselines on the embeddings of `config.pipeline.baselines_variant` (with SHAP of
 its metadata models), SHAP of the saliency variant's metadata fields / report tokens, the
 fairness slices and significance tests across every model, and `workdir/report.html`.
+
+Several processes: every one trains (together) and makes its share of the saliency maps;
+after that, process 0 alone evaluates, fits, draws and writes (the comparison, evaluation
+units, baselines, SHAP files, fairness tables, figures, the report), while the others wait
+for it at a barrier (distributed.on_process_zero). Computation that spans every process's
+devices (restoring a checkpoint, SHAP's model calls) still runs on all of them.
 """
 import csv
 import io
@@ -28,7 +34,7 @@ from jaxmm.report import evaluation_figures, fairness_figures, report_runner, sa
 from jaxmm.report import baselines_figures, shap_figures
 from jaxmm.saliency import runner as saliency_runner
 from jaxmm.saliency import shap_runner
-from jaxmm.train import config_lib, loop
+from jaxmm.train import config_lib, distributed, loop
 
 TABLE_COLUMNS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "pr_auc")
 MULTILABEL_COLUMNS = ("masked_accuracy", "roc_auc", "pr_auc")
@@ -56,18 +62,28 @@ def shrink_analysis_sections(config) -> ml_collections.ConfigDict:
 
 
 def run_fairness(config, workdir: str) -> dict:
-  """`--mode=fairness`: the fairness tables (evaluation.fairness_runner), then their figures."""
-  summary = fairness_runner.run_fairness(config, workdir)
-  paths = fairness_figures.fairness_figures(workdir)
-  print(f"fairness figures: {os.path.join(workdir, 'figures', 'fairness')} ({len(paths)} files)",
-        flush=True)
-  return summary
+  """`--mode=fairness`: the fairness tables (evaluation.fairness_runner), then their figures;
+  on process 0 ({} elsewhere: the others wait for it)."""
+  def tables_and_figures():
+    summary = fairness_runner.run_fairness(config, workdir)
+    paths = fairness_figures.fairness_figures(workdir)
+    print(f"fairness figures: {os.path.join(workdir, 'figures', 'fairness')} ({len(paths)} "
+          f"files)", flush=True)
+    return summary
+  return distributed.on_process_zero(tables_and_figures, f"fairness of {workdir}") or {}
 
 
 def run_baselines(config, workdir: str) -> dict:
   """`--mode=baselines`: the scikit-learn baselines, then their figures (figures/baselines/)
   and the SHAP figures of their metadata models (figures/shap/baselines_<task>_<model>/)."""
-  summary = baselines_runner.run_baselines(config, workdir)
+  summary = baselines_runner.run_baselines(config, workdir)  # {} on processes other than 0
+  distributed.on_process_zero(lambda: draw_baselines_figures(workdir, summary),
+                              f"baselines figures of {workdir}")
+  return summary
+
+
+def draw_baselines_figures(workdir: str, summary: dict) -> None:
+  """figures/baselines/ and the SHAP figures of the metadata models `summary` explains."""
   paths = baselines_figures.baselines_figures(workdir)
   print(f"baselines figures: {os.path.join(workdir, 'figures', 'baselines')} ({len(paths)} "
         f"files)", flush=True)
@@ -76,15 +92,19 @@ def run_baselines(config, workdir: str) -> dict:
       shap_figures.shap_figures(os.path.dirname(info["file"]), os.path.join(
           workdir, "figures", "shap", f"baselines_{task}_{model}"),
           title_prefix=f"{model} ({task}, {info['explainer']}): ")
-  return summary
 
 
 def run_shap(config, workdir: str) -> dict:
-  """`--mode=shap`: SHAP of the run's metadata fields / report tokens, then their figures."""
+  """`--mode=shap`: SHAP of the run's metadata fields / report tokens (computed by every
+  process, written by process 0), then their figures (drawn by process 0)."""
   summary = shap_runner.run_shap(config, workdir)
-  paths = shap_figures.shap_figures(summary["directory"], os.path.join(workdir, "figures", "shap"))
-  print(f"SHAP figures: {os.path.join(workdir, 'figures', 'shap')} ({len(paths)} files)",
-        flush=True)
+
+  def draw():
+    paths = shap_figures.shap_figures(summary["directory"],
+                                      os.path.join(workdir, "figures", "shap"))
+    print(f"SHAP figures: {os.path.join(workdir, 'figures', 'shap')} ({len(paths)} files)",
+          flush=True)
+  distributed.on_process_zero(draw, f"SHAP figures of {workdir}")
   return summary
 
 
@@ -106,9 +126,18 @@ def comparison_rows(results: dict, split: str = "test") -> list:
   return rows
 
 
+def metric_score(value) -> float:
+  """A metric value to rank rows by; an undefined one (None, NaN) ranks below every other."""
+  return float("-inf") if value is None or value != value else float(value)
+
+
 def fusion_margins(rows: list, metric: str) -> dict:
   """For each multimodal row, its `metric` minus the best unimodal row of each modality."""
-  unimodal = {r["modalities"]: r for r in rows if "+" not in r["modalities"]}
+  unimodal = {}
+  for r in (r for r in rows if "+" not in r["modalities"]):
+    best = unimodal.get(r["modalities"])
+    if best is None or metric_score(r[metric]) > metric_score(best[metric]):
+      unimodal[r["modalities"]] = r
   margins = {}
   for row in rows:
     if "+" not in row["modalities"]:
@@ -129,6 +158,15 @@ def write_comparison(workdir: str, rows: list, margins: dict) -> None:
                     json.dumps({"rows": rows, "fusion_margins": margins}, indent=2))
 
 
+def report_comparison(workdir: str, rows: list, margins: dict, metric: str) -> None:
+  """Writes comparison.{csv,json} and prints the table and the fusion margins."""
+  write_comparison(workdir, rows, margins)
+  print(f"\nTest-split comparison ({workdir}/comparison.csv):\n{format_table(rows)}")
+  for model, deltas in margins.items():
+    text = ", ".join(f"{k[3:]} {v:+.3f}" for k, v in deltas.items())
+    print(f"{model} {metric} margin over unimodal models: {text}")
+
+
 def run_pipeline(config, workdir: str) -> dict:
   """Trains and evaluates each of `config.pipeline.variants`, then prints the comparison."""
   results = {}
@@ -140,11 +178,8 @@ def run_pipeline(config, workdir: str) -> dict:
   rows = comparison_rows(results)
   metric = "roc_auc" if config.data.get("multilabel") else "macro_f1"
   margins = fusion_margins(rows, metric)
-  write_comparison(workdir, rows, margins)
-  print(f"\nTest-split comparison ({workdir}/comparison.csv):\n{format_table(rows)}")
-  for model, deltas in margins.items():
-    text = ", ".join(f"{k[3:]} {v:+.3f}" for k, v in deltas.items())
-    print(f"{model} {metric} margin over unimodal models: {text}")
+  distributed.on_process_zero(lambda: report_comparison(workdir, rows, margins, metric),
+                              f"comparison of {workdir}")
   figures = explain_sample(config, workdir, results)
   evaluation = evaluate_explanations(config, workdir, results)
   baselines = run_variant_step(config, workdir, results, "baselines_variant", "baselines",
@@ -184,12 +219,16 @@ def evaluate_explanations(config, workdir: str, results: dict) -> dict:
 
 def run_evaluate_explanations(config, workdir: str, class_names=None) -> dict:
   """`--mode=evaluate_explanations`: the explanation evaluation (evaluation.runner), then its
-  figures (figures/evaluation/). class_names: None reads them from the analysis files."""
-  summary = evaluation_runner.run_evaluation(config, workdir)
-  if summary:
-    paths = evaluation_figures.evaluation_figures(workdir, class_names)
-    print(f"evaluation figures: {os.path.join(workdir, 'figures', 'evaluation')} "
-          f"({len(paths)} files)", flush=True)
+  figures (figures/evaluation/), on process 0 after the maps. class_names: None reads them
+  from the analysis files."""
+  summary = evaluation_runner.run_evaluation(config, workdir)  # {} on processes other than 0
+
+  def draw():
+    if summary:
+      paths = evaluation_figures.evaluation_figures(workdir, class_names)
+      print(f"evaluation figures: {os.path.join(workdir, 'figures', 'evaluation')} "
+            f"({len(paths)} files)", flush=True)
+  distributed.on_process_zero(draw, f"evaluation figures of {workdir}")
   return summary
 
 
@@ -210,12 +249,15 @@ def explain_sample(config, workdir: str, results: dict) -> list:
     cfg.saliency.output_name = f"{cfg.saliency.split}_sample"
     cfg.saliency.progress = cfg.train.get("progress", True)
   run_dir = os.path.join(workdir, name)
-  summary = saliency_runner.run_saliency(cfg, run_dir)
-  data = saliency_runner.load_saliency(summary["directory"])
-  paths = saliency_figures.saliency_figures(
-      data, summary["methods"], res["task"]["class_names"], cfg.model.modalities,
-      os.path.join(run_dir, "figures", "saliency"), summary["meta_field_names"],
-      max_examples=len(data["index"]))
-  print(f"saliency overlays of {len(data['index'])} test examples of {name} "
-        f"({', '.join(summary['methods'])}): {', '.join(paths)}", flush=True)
-  return paths
+  summary = saliency_runner.run_saliency(cfg, run_dir)  # every process: its shards
+
+  def draw() -> list:
+    data = saliency_runner.load_saliency(summary["directory"])
+    paths = saliency_figures.saliency_figures(
+        data, summary["methods"], res["task"]["class_names"], cfg.model.modalities,
+        os.path.join(run_dir, "figures", "saliency"), summary["meta_field_names"],
+        max_examples=len(data["index"]))
+    print(f"saliency overlays of {len(data['index'])} test examples of {name} "
+          f"({', '.join(summary['methods'])}): {', '.join(paths)}", flush=True)
+    return paths
+  return distributed.on_process_zero(draw, f"saliency figures of {run_dir}") or []

@@ -23,6 +23,13 @@ def test_fusion_margins_against_each_contained_modality():
   margins = workflow.fusion_margins(rows, "macro_f1")
   assert margins.keys() == {"concat"}
   assert margins["concat"] == pytest.approx({"vs_image": 0.2, "vs_meta": 0.4})
+  # Against the best model of a modality, whichever is listed last (the last one was kept);
+  # an undefined metric is never the best.
+  more = rows[:1] + [{"model": "image_small", "modalities": "image", "macro_f1": 0.4},
+                     {"model": "meta_nan", "modalities": "meta", "macro_f1": float("nan")},
+                     {"model": "meta_none", "modalities": "meta", "macro_f1": None}] + rows[1:]
+  assert workflow.fusion_margins(more, "macro_f1")["concat"] == pytest.approx(
+      {"vs_image": 0.2, "vs_meta": 0.4})
 
 
 def test_format_table_aligns_columns():

@@ -26,8 +26,11 @@ change the model or its inputs (data, model, seed, train, optimizer); class and 
 feature names, the metadata encoder's age mean and std, cached splits); a later call reuses
 the splits the manifest lists when all of checkpoint name, step, fingerprint and hash match,
 and computes the rest (all of them, stale files deleted, when one differs). The fingerprint is
-what tells a retrained checkpoint saved at the same step from the old one. Extraction runs in
-one process (every process reads every example).
+what tells a retrained checkpoint saved at the same step from the old one.
+
+With several processes every one takes part in restoring the checkpoint (orbax restores
+together); process 0 alone then extracts every example on its own devices and writes the
+cache and manifest, while the others wait for it and read the cache back.
 """
 import json
 import os
@@ -41,7 +44,7 @@ from jaxmm.data import metadata as metadata_lib
 from jaxmm.data import pipeline
 from jaxmm.data.atomic import write_npz_atomic, write_text_atomic
 from jaxmm.saliency import runner as saliency_runner
-from jaxmm.train import checkpointing, loop, sharding
+from jaxmm.train import checkpointing, distributed, loop, sharding
 
 # Modality -> (the name given to its features here, the `out` keys holding the pooled features
 # the encoder hands to the fusion head, first present wins).
@@ -145,20 +148,23 @@ def saved_arrays(batch: dict, raw: dict, features: dict, fields: tuple,
 
 
 def extract_split(run, variables: dict, preprocessor, split: str, fields: tuple,
-                  feature_fn, progress: bool) -> dict[str, np.ndarray]:
-  """Features, labels and raw fields of every example of one split, in split order."""
+                  feature_fn, progress: bool, mesh) -> dict[str, np.ndarray]:
+  """Features, labels and raw fields of every example of one split, in split order; each
+  batch is sharded over `mesh`, this process's own devices (distributed.local_mesh), which
+  hold `variables`."""
   source = run.builder.as_data_source(split)
   batch_size = run.config.data.get("eval_batch_size", run.config.data.batch_size)
-  sharding.check_batch_size(batch_size, run.mesh, "config.data.eval_batch_size")
+  sharding.check_batch_size(batch_size, mesh, "config.data.eval_batch_size")
   read = tuple(dict.fromkeys(pipeline.raw_fields(run.config.data, preprocessor) + fields))
+  on_mesh = sharding.batch_sharding(mesh)
   parts = []
   with tqdm(total=len(source), desc=f"embeddings {split}", disable=not progress,
             leave=False) as bar:
     for start in range(0, len(source), batch_size):
       indices = np.arange(start, min(start + batch_size, len(source)))
       batch, raw = pipeline.read_examples(source, preprocessor, indices, read, batch_size)
-      device_batch = sharding.shard_batch(
-          {k: v for k, v in batch.items() if k in pipeline.MODEL_KEYS}, run.mesh)
+      device_batch = {k: jax.device_put(v, on_mesh) for k, v in batch.items()
+                      if k in pipeline.MODEL_KEYS}
       features = jax.device_get(feature_fn(variables, device_batch))
       parts.append(saved_arrays(batch, raw, features, fields, run.config.data.label_key))
       bar.update(len(indices))
@@ -221,45 +227,52 @@ def remove_stale(workdir: str, keep: Sequence[str]) -> None:
 
 def compute_embeddings(config, workdir: str, splits: Sequence[str], key: dict,
                        kept: Optional[dict] = None) -> dict:
-  """Restores the checkpoint key["checkpoint"], extracts `splits`, writes their npz files and
-  the manifest (with `key`, cache_key's entries, and the `kept` {split: examples} already
-  cached with the same key)."""
+  """Restores the checkpoint key["checkpoint"] (every process), then on process 0 extracts
+  `splits` and writes their npz files and the manifest (with `key`, cache_key's entries, and
+  the `kept` {split: examples} already cached with the same key); the other processes wait
+  for it. Returns the extracted splits on process 0, {} on the others."""
   which = key["checkpoint"]
   run = loop.setup_run(config, workdir, record_run=False)
   try:
     variables, step = saliency_runner.restore_variables(run, which)
   finally:
     run.checkpointer.close()
+  if step != key["checkpoint_step"]:
+    raise RuntimeError(f"the {which} checkpoint changed since it was looked up (step "
+                       f"{key['checkpoint_step']} -> {step}); run again")
   for split in splits:
     if split not in run.info.split_sizes:
       raise ValueError(f"unknown split {split!r}; {config.data.name} has "
                        f"{sorted(run.info.split_sizes)}")
+  write = lambda: write_cache(config, run, variables, workdir, splits, key, kept)
+  return distributed.on_process_zero(write, f"embedding cache of {workdir}") or {}
+
+
+def write_cache(config, run, variables: dict, workdir: str, splits: Sequence[str], key: dict,
+                kept: Optional[dict]) -> dict:
+  """Extracts `splits` on this process's devices, writes them and the manifest (after
+  deleting cached splits other than `kept`); returns the extracted splits."""
   encoder = metadata_encoder(run)
   preprocessor = pipeline.Preprocessor(config.data, encoder, run.preprocessor.tokenizer)
   keys = feature_keys(run.model)
   feature_fn = make_feature_fn(run.model, keys)
   fields = extra_fields(run)
   progress = config.train.get("progress", True)
-  writer = jax.process_index() == 0
-  if writer:
-    remove_stale(workdir, tuple(kept or ()))
+  mesh = distributed.local_mesh()
+  variables = distributed.local_replica(variables)
+  remove_stale(workdir, tuple(kept or ()))
   out = {}
   for split in splits:
     out[split] = extract_split(run, variables, preprocessor, split, fields, feature_fn,
-                               progress)
-    if writer:
-      write_npz_atomic(split_file(workdir, split), out[split])
-  if step != key["checkpoint_step"]:
-    raise RuntimeError(f"the {which} checkpoint changed during extraction (step "
-                       f"{key['checkpoint_step']} -> {step}); run again")
+                               progress, mesh)
+    write_npz_atomic(split_file(workdir, split), out[split])
   manifest = {**key, "feature_keys": keys, "class_names": class_names(run),
               "meta_feature_names": list(encoder.feature_names) if encoder else None,
               "meta_age": ({"mean": encoder.age_mean, "std": encoder.age_std}
                            if encoder else None),
               "splits": {**(kept or {}), **{s: int(len(out[s]["index"])) for s in splits}}}
-  if writer:
-    write_text_atomic(os.path.join(cache_dir(workdir), "manifest.json"),
-                      json.dumps(manifest, indent=2))
+  write_text_atomic(os.path.join(cache_dir(workdir), "manifest.json"),
+                    json.dumps(manifest, indent=2))
   return out
 
 
@@ -276,6 +289,9 @@ def extract_embeddings(config, workdir: str, splits: Sequence[str] = SPLITS,
   key = cache_key(config, workdir, which, step)
   kept = cached_splits(workdir, key)
   missing = [s for s in splits if s not in kept]
+  # Every process has read the manifest before process 0 may replace it: they must agree on
+  # whether to restore the checkpoint, which they do together.
+  distributed.barrier(f"embedding cache of {workdir} looked up")
   out = compute_embeddings(config, workdir, missing, key, kept) if missing else {}
   out.update(load_cached(workdir, [s for s in splits if s not in out]))
   return {s: out[s] for s in splits}

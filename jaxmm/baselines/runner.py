@@ -19,11 +19,14 @@ Output under `<workdir>/baselines/`:
                           best (fusion) model by validation macro-F1
 A run first removes what an earlier one wrote there (baselines.json, every task folder; the
 embedding cache is kept), so a dropped task or an empty deltas table leaves no stale file.
+With several processes, process 0 writes all of it (and the embedding cache); the others
+wait for it.
 Model selection (tuning, best model, best unimodal) never uses test metrics.
 from which jaxmm.report.baselines_figures draws `<workdir>/figures/baselines/` (comparison bars,
 the best model's confusion matrix, the best fusion model's ROC / PR curves, PCA explained
 variance, a t-SNE view of the test image embeddings).
 """
+import functools
 import os
 import shutil
 import time
@@ -42,7 +45,7 @@ from jaxmm.baselines import shap_sklearn
 from jaxmm.data import pipeline as pipeline_lib
 from jaxmm.data.atomic import write_npz_atomic
 from jaxmm.evaluation import stats
-from jaxmm.train import checkpointing, config_lib
+from jaxmm.train import checkpointing, config_lib, distributed
 
 TASKS = ("multiclass", "binary")
 FEATURE_SET_NAMES = tuple(pipelines.FEATURE_SETS) + (pipelines.LATE,)
@@ -482,13 +485,22 @@ def clear_outputs(workdir: str) -> None:
 
 
 def run_baselines(config, workdir: str, print_fn: Callable[[str], None] = print_flush) -> dict:
-  """Runs config.baselines on the workdir's checkpoint; writes baselines.json and returns it."""
+  """Runs config.baselines on the workdir's checkpoint; writes baselines.json and returns it.
+
+  With several processes all take part in the embeddings (they restore the checkpoint
+  together); process 0 alone fits and writes, the others wait for it and return {}."""
   start = time.time()
   cfg = baselines_config(config)
-  progress = bool(config.train.get("progress", True))
   clear_outputs(workdir)
   splits = embeddings_lib.extract_embeddings(config, workdir, ("train", cfg.split_for_tuning,
                                                                 "test"), which=cfg.checkpoint)
+  fit = functools.partial(fit_and_write, config, cfg, workdir, splits, print_fn, start)
+  return distributed.on_process_zero(fit, f"baselines of {workdir}") or {}
+
+
+def fit_and_write(config, cfg, workdir: str, splits: dict, print_fn, start: float) -> dict:
+  """Every task's baselines on the embeddings `splits`, their files and baselines.json."""
+  progress = bool(config.train.get("progress", True))
   manifest = embeddings_lib.embedding_manifest(workdir)
   feature_sets = available_feature_sets(splits["train"])
   note_absent(cfg, feature_sets, manifest, print_fn)
@@ -505,9 +517,9 @@ def run_baselines(config, workdir: str, print_fn: Callable[[str], None] = print_
         print_fn(f"baselines: {task} task skipped: {labels}")
         continue
       summary["tasks"][task] = run_task(task, splits, labels, cfg, feature_sets,
-                                                 train_index, curves, workdir, print_fn,
-                                                 progress, manifest["meta_feature_names"],
-                                                 manifest.get("meta_age"))
+                                        train_index, curves, workdir, print_fn,
+                                        progress, manifest["meta_feature_names"],
+                                        manifest.get("meta_age"))
   summary["pca_explained_variance"] = {fs: c.tolist() for fs, c in curves.items()}
   summary["seconds"] = time.time() - start
   stats.write_json(os.path.join(workdir, "baselines", "baselines.json"), summary)

@@ -32,7 +32,10 @@ Into <workdir>/analysis/fairness/ (paper 000, sections 8-9):
                          t-test / ANOVA between categories, one value per case (when
                          roi_agreement per-case tables exist)
   fairness.json          all of the above, the families and the config
+A table that comes out empty has no CSV (an earlier run's is removed). With several processes
+jaxmm.workflow.run_fairness runs this on process 0 alone.
 """
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -474,9 +477,15 @@ OUTPUT_TABLES = (("slices", "slices.csv"), ("ztests", "ztests.csv"),
 
 
 def write_outputs(out_dir: str, result: dict) -> None:
+  """Each non-empty table as CSV and fairness.json; an empty table's file from an earlier run
+  is removed, so that the report cannot show it as this run's."""
   for key, name in OUTPUT_TABLES:
+    path = os.path.join(out_dir, name)
     if result[key]:
-      stats.write_table_csv(os.path.join(out_dir, name), result[key])
+      stats.write_table_csv(path, result[key])
+    else:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
   stats.write_json(os.path.join(out_dir, "fairness.json"), result)
 
 

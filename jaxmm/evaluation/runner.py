@@ -26,6 +26,10 @@ units no longer asked for are removed with their files. The combined tables (sum
 group_tests.csv, agreement.json, faithfulness.csv, sanity.csv, the confounder finding, the
 summary) are rebuilt on every run from the units' records, so they are the same whether a run
 was interrupted or not.
+
+Several processes: each makes its share of the maps (step 1, the saliency runner's shards);
+process 0 alone runs steps 2-5 on its own devices and writes their files, while the others
+wait for it.
 """
 import contextlib
 import functools
@@ -46,7 +50,7 @@ from jaxmm.evaluation import (agreement, confounder, faithfulness, ifa, ifa_data
 from jaxmm.saliency import methods as methods_lib
 from jaxmm.saliency import model_fns, normalize
 from jaxmm.saliency import runner as saliency_runner
-from jaxmm.train import checkpointing, config_lib, loop
+from jaxmm.train import checkpointing, config_lib, distributed, loop
 
 PIXEL_METHODS = ("hirescam", "layercam")  # CAMs whose weights are per pixel
 
@@ -108,7 +112,8 @@ def evaluation_config(config) -> ml_collections.ConfigDict:
 
 
 def saliency_maps(config, workdir: str, ecfg, methods: tuple) -> tuple[dict, dict]:
-  """The split's maps from the saliency runner (computed, or reused when already there)."""
+  """The split's maps from the saliency runner (computed, or reused when already there; None
+  on processes other than 0) and the saliency config they were made with."""
   cfg = ml_collections.ConfigDict(config.to_dict())
   with cfg.unlocked():
     cfg.saliency = saliency_runner.saliency_config(cfg)
@@ -120,8 +125,10 @@ def saliency_maps(config, workdir: str, ecfg, methods: tuple) -> tuple[dict, dic
     cfg.saliency.max_examples = ecfg.max_examples
     cfg.saliency.target = "top_k" if config.data.get("multilabel") else "predicted"
     cfg.saliency.progress = config.train.get("progress", True)
-  summary = saliency_runner.run_saliency(cfg, workdir)
-  return saliency_runner.load_saliency(summary["directory"]), cfg.saliency
+  summary = saliency_runner.run_saliency(cfg, workdir)  # every process: its shards
+  # Only process 0 evaluates the maps (run_evaluation); the others need not read them.
+  data = saliency_runner.load_saliency(summary["directory"]) if jax.process_index() == 0 else None
+  return data, cfg.saliency
 
 
 def write_rows(path: str, rows: list) -> str | None:
@@ -841,7 +848,9 @@ def restored_run(config, workdir: str):
 
 
 def run_evaluation(config, workdir: str) -> dict:
-  """Evaluates the explanations of the workdir's checkpoint (module docstring)."""
+  """Evaluates the explanations of the workdir's checkpoint (module docstring). With several
+  processes every one makes its share of the saliency maps; process 0 alone then evaluates
+  them (on its own devices) and writes, the others wait for it and return {}."""
   ecfg = evaluation_config(config)
   for name in tuple(ecfg.saliency_methods) + tuple(ecfg.sanity.methods):
     methods_lib.get_method(name)
@@ -857,6 +866,16 @@ def run_evaluation(config, workdir: str) -> dict:
     return {}
   with timed(f"saliency maps of {ecfg.split}"):
     data, scfg = saliency_maps(config, workdir, ecfg, ecfg.saliency_methods)
+  evaluate = functools.partial(evaluate_maps, config, workdir, ecfg, scfg, run, variables,
+                               step, data)
+  return distributed.on_process_zero(evaluate, f"explanation evaluation of {workdir}") or {}
+
+
+def evaluate_maps(config, workdir: str, ecfg, scfg, run, variables, step: int,
+                  data: dict) -> dict:
+  """Steps 2-5 of the module docstring on the saliency output `data`: their files under
+  DIR/analysis/ and the summary, which it returns. Runs on one process, on its own devices."""
+  variables = distributed.local_replica(variables)
   out_dir = os.path.join(workdir, "analysis")
   units = UnitStore(out_dir, run_settings(config, ecfg, scfg, workdir, step, data))
   class_names = list(run.info.class_names)

@@ -33,6 +33,7 @@ import numpy as np
 from jaxmm.data.atomic import write_text_atomic
 from jaxmm.report import fairness_figures, html, run_figures
 from jaxmm.report.run_figures import optional_json
+from jaxmm.train import distributed
 
 REPORT_NAME = "report.html"
 RUN_FILES = ("config.json", "env_info.json", "requirements.lock")
@@ -781,11 +782,17 @@ def build_report(config, workdir: str) -> str:
 def run_report(config, workdir: str) -> str:
   """Draws the training figures, then writes `<workdir>/report.html` atomically; returns
   its path. `config` is the resolved config (shown for a pipeline dir; a run dir shows its
-  own config.json)."""
+  own config.json). With several processes process 0 alone draws and writes; the others
+  wait for it."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"no workdir {workdir!r}")
-  draw_figures(workdir)
   path = os.path.join(workdir, REPORT_NAME)
+  distributed.on_process_zero(lambda: write_report(config, workdir, path),
+                              f"report of {workdir}")
+  return path
+
+
+def write_report(config, workdir: str, path: str) -> None:
+  draw_figures(workdir)
   write_text_atomic(path, build_report(config, workdir))
   print(f"report: {path}", flush=True)
-  return path

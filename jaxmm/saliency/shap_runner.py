@@ -38,7 +38,7 @@ from jaxmm.models.fusion import class_probabilities
 from jaxmm.saliency import model_fns
 from jaxmm.saliency import runner as saliency_runner
 from jaxmm.saliency import shap_explainers
-from jaxmm.train import checkpointing, config_lib, loop
+from jaxmm.train import checkpointing, config_lib, distributed, loop
 
 OUTPUT = "probability"
 
@@ -246,6 +246,9 @@ def run_shap(config, workdir: str) -> dict:
       if jax.process_index() == 0:
         write(summary[name], result)
       summary["seconds"][name] = time.perf_counter() - t
+  # Every process computes (the model spans their devices); process 0 writes, and no process
+  # goes on (to draw figures from the files, say) before it has.
+  distributed.barrier(f"shap files of {out_dir}")
   summary["seconds"]["total"] = time.perf_counter() - start
   print(f"shap: {n} {scfg.split} examples of checkpoint step {step}: "
         f"{', '.join(k for k in ('fields', 'tokens') if k in summary)} in {out_dir}, "

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MODES = ("auto", "on", "off")
 # Set inside a SLURM job step (srun) with more than one task, under Open MPI's mpirun with more
@@ -147,6 +148,31 @@ def host_copy(tree):
       return np.asarray(x.addressable_data(0))
     return np.asarray(x)
   return jax.tree.map(local, tree)
+
+
+def local_mesh() -> Mesh:
+  """A 1-D mesh ("data") over this process's own devices, for work no other process joins."""
+  return Mesh(np.asarray(jax.local_devices()), ("data",))
+
+
+def local_replica(tree):
+  """`tree` (e.g. restored variables, replicated over every process's devices) replicated
+  over this process's own devices only, so process 0 can compute with it alone; unchanged
+  with one process, where every device is local."""
+  if jax.process_count() == 1:
+    return tree
+  return jax.device_put(host_copy(tree), NamedSharding(local_mesh(), PartitionSpec()))
+
+
+def on_process_zero(fn, name: str):
+  """fn() on process 0 alone, then a barrier: the other processes wait there until process 0
+  is done, so none reads its files before they are written. Returns fn's result on process 0
+  and None elsewhere. fn must join no collective (a barrier, orbax, a computation over
+  devices of other processes): only process 0 runs it. Every process must call this, with
+  the same name, whatever fn will find to do (a condition inside fn, never around the call)."""
+  result = fn() if jax.process_index() == 0 else None
+  barrier(name)
+  return result
 
 
 def process_zero_first(fn, name: str):

@@ -330,3 +330,19 @@ def test_only_the_tasks_of_baselines_json_are_scored(tmp_path):
   assert [f.name for f in families] == ["baselines/binary"]
   write_json(os.path.join(run_dir, "baselines", "baselines.json"), {"tasks": {}})
   assert fairness_runner.baseline_families(run_dir, None, "test")[0] == []
+
+
+def test_a_table_that_comes_out_empty_leaves_no_file_of_an_earlier_run(tmp_path):
+  """A rerun without explanation metrics kept the earlier run's explanation_slices.csv and
+  explanation_tests.csv, and report.html showed them as this run's."""
+  root = str(tmp_path / "pipeline")
+  make_pipeline(root)
+  out = os.path.join(root, "analysis", "fairness")
+  fairness_runner.run_fairness(fairness_config(), root)
+  assert os.path.exists(os.path.join(out, "explanation_slices.csv"))
+  result = fairness_runner.run_fairness(fairness_config(explanation_metrics=()), root)
+  assert result["explanation_slices"] == result["explanation_tests"] == []
+  assert sorted(os.listdir(out)) == ["fairness.json", "headline_ci.csv", "paired_tests.csv",
+                                     "slices.csv", "ztests.csv"]
+  body = report_runner.fairness_body(root, root)
+  assert "slices.csv" in body and "explanation_slices.csv" not in body

@@ -1,19 +1,27 @@
 """Two real JAX processes of 2 CPU devices each (jax.distributed on localhost, CPU collectives
 over gloo), started by launch/slurm.sh through a stand-in `srun`: training on the 4-device mesh
 ends with the parameters of one single-device process fed the same global batches, and the
-saliency runner writes every example exactly once."""
+saliency runner writes every example exactly once. The stages after training (baselines,
+explanation evaluation, SHAP, fairness, report) run with two processes as with one, and every
+file but a saliency shard is written by process 0 alone."""
+import collections
+import csv
 import glob
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from jaxmm.baselines import runner as baselines_runner
 from jaxmm.data import pipeline
 from jaxmm.train import distributed, loop, sharding
 from tests.conftest import load_smoke_config, xla_flags
@@ -136,15 +144,23 @@ def test_tasks_that_cannot_share_the_gpus_evenly_are_refused():
     distributed.slurm_local_device_ids({**STEP, "SLURM_STEP_TASKS_PER_NODE": "3(x2)"})
 
 
-def test_two_processes_train_like_one_and_share_saliency(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def one_process_run(data_dir, tmp_path_factory):
+  """(config, workdir) of the smoke concat model trained in this process, as the two-process
+  runs are (SGD)."""
+  config = load_smoke_config(data_dir, "synthetic_derm", "model=concat")
+  config.optimizer.name = "sgd"
+  one = str(tmp_path_factory.mktemp("one_process") / "one")
+  loop.train_and_evaluate(config, one)
+  return config, one
+
+
+def test_two_processes_train_like_one_and_share_saliency(data_dir, tmp_path, one_process_run):
   two = str(tmp_path / "two")
   log = slurm_launch(two, data_dir, tmp_path)
   assert "process 1 of 2: 2 local / 4 global devices" in log
 
-  config = load_smoke_config(data_dir, "synthetic_derm", "model=concat")
-  config.optimizer.name = "sgd"
-  one = str(tmp_path / "one")
-  loop.train_and_evaluate(config, one)
+  one = one_process_run[1]
 
   step = max(int(os.path.basename(p)) for p in glob.glob(f"{two}/checkpoints/latest/*"))
   params_two = read_params(f"{two}/checkpoints/latest/{step}/state")
@@ -173,6 +189,95 @@ def test_two_processes_train_like_one_and_share_saliency(data_dir, tmp_path):
   logits = np.concatenate([np.load(s)["logits"] for s in shards])
   best = np.load(f"{two}/predictions/test.npz")["logits"][:14]
   np.testing.assert_allclose(logits, best, rtol=1e-4, atol=1e-5)
+
+
+# The stages after training, cut to seconds: logistic-regression baselines of the binary task;
+# Grad-CAM maps of 8 test examples in 2 shards (one per process) and their evaluation; SHAP
+# of 2 examples.
+STAGES = ("baselines", "evaluate_explanations", "shap", "fairness", "report")
+BASELINE_MODELS = {"tasks": ("binary",), "pca": (),
+                   "models": {fs: ("logreg",) for fs in ("image", "meta", "fusion", "late")}}
+STAGE_FLAGS = (
+    "--config.baselines.tasks=('binary',)", "--config.baselines.pca=()",
+    *(f"--config.baselines.models.{fs}=('logreg',)" for fs in BASELINE_MODELS["models"]),
+    "--config.saliency.shard_size=4", "--config.saliency.batch_size=4",
+    "--config.evaluation.saliency_methods=('gradcam',)", "--config.evaluation.max_examples=8",
+    "--config.evaluation.ifa.methods=('gradcam',)", "--config.evaluation.ifa.max_examples=8",
+    "--config.shap.num_examples=2", "--config.shap.background_size=4")
+SHARD = re.compile(r"analysis/saliency/[^/]+/shard_\d+\.npz")
+
+
+def run_two_processes(workdir: str, data_dir: str, tmp_path, stages, flags) -> dict:
+  """tests/train/two_process_stages.py as processes 0 and 1 on `workdir`; asserts both
+  succeed. Returns {path under workdir: the processes that replaced or removed it}."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  log = str(tmp_path / "writes")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAXMM_DATA_DIR=data_dir, WRITE_LOG=log,
+             XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"))
+  args = [sys.executable, os.path.join(REPO, "tests", "train", "two_process_stages.py"),
+          f"--config={SPEC}", f"--workdir={workdir}", f"--stages={','.join(stages)}",
+          f"--coordinator_address=localhost:{port}", "--num_processes=2", *OVERRIDES, *flags]
+  outs = [open(tmp_path / f"process_{i}.log", "w+") for i in range(2)]
+  procs = [subprocess.Popen(args + [f"--process_id={i}"], env=env, stdout=out,
+                            stderr=subprocess.STDOUT, cwd=REPO) for i, out in enumerate(outs)]
+  deadline = time.time() + 300
+  # A failed process leaves the other waiting at a barrier: stop it then.
+  while (any(p.poll() is None for p in procs) and time.time() < deadline
+         and all(p.poll() in (None, 0) for p in procs)):
+    time.sleep(0.2)
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    p.wait()
+    out.seek(0)
+    assert p.returncode == 0, f"process {i} (rc {p.returncode}):\n{out.read()[-4000:]}"
+  writers = collections.defaultdict(set)
+  for i in range(2):
+    with open(f"{log}.{i}") as f:
+      for line in f:
+        writers[os.path.relpath(line.rstrip("\n").split("\t")[1], workdir)].add(i)
+  return writers
+
+
+def table_rows(path: str) -> list:
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_stages_after_training_run_with_two_processes_and_write_once(data_dir, tmp_path,
+                                                                     one_process_run):
+  """--mode=baselines crashed with two processes (each process's whole batch sharded as its
+  share of a global one, then fetched whole); every other stage was computed and written by
+  both processes, and figures were drawn from files process 0 had not yet written."""
+  config, one = one_process_run
+  two, single = str(tmp_path / "two"), str(tmp_path / "single")
+  shutil.copytree(one, two)
+  shutil.copytree(one, single)
+  writers = run_two_processes(two, data_dir, tmp_path, STAGES, STAGE_FLAGS)
+
+  assert [p for p, w in writers.items() if w != {0} and not SHARD.fullmatch(p)] == []
+  assert [p for p, w in writers.items() if len(w) > 1] == []
+  shards = sorted(p for p in writers if SHARD.fullmatch(p))
+  assert [writers[p] for p in shards] == [{0}, {1}]  # the maps are still shared
+  for path in ("baselines/embeddings/manifest.json", "baselines/binary/table.csv",
+               "baselines/baselines.json", "analysis/explanation_evaluation.json",
+               "analysis/ifa/gradcam/importance.npz", "analysis/shap/fields.npz",
+               "figures/shap/fields_bar.png", "analysis/fairness/fairness.json", "report.html"):
+    assert writers.get(path) == {0}, path
+
+  cfg = config.copy_and_resolve_references()
+  cfg.baselines.update({k: v for k, v in BASELINE_MODELS.items() if k != "models"})
+  cfg.baselines.models.update(BASELINE_MODELS["models"])
+  baselines_runner.run_baselines(cfg, single, print_fn=lambda _: None)
+  got, expected = (table_rows(os.path.join(d, "baselines", "binary", "table.csv"))
+                   for d in (two, single))
+  assert [r["model"] for r in got] == [r["model"] for r in expected] and len(got) == 4
+  for a, b in zip(got, expected):
+    for key in baselines_runner.TABLE_METRICS:
+      np.testing.assert_allclose(float(a[key]), float(b[key]), atol=1e-6, err_msg=key)
 
 
 def test_two_processes_save_latest_and_best_at_the_same_step(tmp_path):
