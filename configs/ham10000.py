@@ -13,14 +13,32 @@ dataset is first built into $JAXMM_DATA_DIR (default ~/jaxmm_datasets):
   python -m jaxmm.main --config=configs/ham10000.py:model=late,binary --workdir=runs/ham_late \
       --config.data.manual_dir=~/data/HAM10000 --config.model.image.init_from=~/w/resnet50.pth
 
-Variants (`model=`): image, meta, concat (early fusion), late (mean of the per-modality
-probabilities); `binary` is malignant (mel, bcc, akiec) vs benign instead of the 7 classes;
-`smoke` runs a few steps at 32 px with tiny encoders. Paper 000's setup: ResNet-50 features
-(`model.image.init_from`: local torchvision/Hugging Face weights, None = random init), metadata
-as age (training-median imputed, z-scored) + one-hot sex / localization / dx_type, fusion MLP
-128-64 with dropout 0.3, class-weighted cross-entropy, Adam 1e-3, batch 64, 64/16/20 splits
-grouped by lesion_id. Bad rows of the release stop the build with their CSV line; skip and
-count them with --config.data.builder_overrides.skip_bad_rows=True.
+Variants (`model=`): image, meta, concat (early fusion), late (decision-level fusion, below);
+`binary` is malignant (mel, bcc, akiec) vs benign instead of the 7 classes; `smoke` runs a few
+steps at 32 px with tiny encoders. Bad rows of the release stop the build with their CSV line;
+skip and count them with --config.data.builder_overrides.skip_bad_rows=True.
+
+What follows paper 000: ResNet-50 image encoder (`model.image.init_from`: local torchvision /
+Hugging Face weights, the paper's are ImageNet's; None = random init), metadata as age
+(training-median imputed, z-scored) + one-hot sex / localization / dx_type, fusion MLP 128-64
+with dropout 0.3, class-weighted cross-entropy, Adam 1e-3, batch 64, 64/16/20 splits grouped
+by lesion_id.
+
+What does not: the paper extracts fixed ImageNet-pretrained ResNet-50 embeddings (2048-d,
+classification head removed), compresses them with PCA (95 % of the variance) and trains its
+FusionMLP on those embeddings concatenated with the encoded metadata, for 10 epochs, seed 42.
+jaxmm's variants train end to end instead: the ResNet-50 is trained with the head at Adam 1e-3
+(optimizer.freeze is empty), the metadata goes through a metadata MLP (64, 64; dropout 0.1)
+before fusion (fused width 2048 + 64), with no PCA, for up to 30 epochs with early stopping
+on validation macro-F1 (patience 6), seed 0. The paper's models on fixed embeddings (the
+scikit-learn classifiers, raw and with PCA, and its late fusion) are what --mode=baselines fits
+(jaxmm.baselines), on the embeddings of the `pipeline.baselines_variant` checkpoint (here the
+image variant's ResNet-50 as trained by jaxmm, not the untouched ImageNet one).
+`late` is a jointly trained decision-level fusion: one network, a Dense head per modality,
+trained on the cross-entropy of the log of the mean of the heads' probabilities, so each head
+learns alongside the other; the paper's late fusion averages the probabilities of two
+separately trained unimodal models (its image and metadata logistic regressions), which is the
+late-fusion row of --mode=baselines.
 """
 import ml_collections
 from ml_collections import config_dict

@@ -9,10 +9,12 @@ $JAXMM_MANUAL_DIR/isic2020). It is read once, when the dataset is first built:
   python -m jaxmm.main --config=configs/isic2020.py:encoder=resnet --workdir=runs/isic_resnet \
       --config.data.manual_dir=~/data/isic2020 --config.model.image.init_from=~/w/resnet50.pth
 
-Paper 002's setup: the six-conv CNN (`small_cnn`, 292k parameters) on 32 x 32 RGB images in
-[0, 1], binary softmax, early stopping on the validation loss (train.early_stopping metric
-"loss", mode "min"); `encoder=resnet` swaps in a ResNet-50 at 224 px with ImageNet
-normalisation (`model.image.init_from`: local pretrained weights, None = random init). The
+Paper 002's setup: the six-conv CNN (`small_cnn` with dropout 0.25 after each block, then
+flatten -> one Dense(2): head.hidden=(), 292,002 trainable parameters as the paper's table) on
+32 x 32 RGB images in [0, 1], binary softmax, early stopping on the validation loss
+(train.early_stopping metric "loss", mode "min"); `encoder=resnet` swaps in a ResNet-50 at
+224 px with ImageNet normalisation and the fusion MLP head 128-64, dropout 0.3
+(`model.image.init_from`: local pretrained weights, None = random init). The
 paper balanced its subsample by drawing; on the full, 1.8 % malignant release the loss is
 class-weighted ("balanced") instead. Splits are 64/16/20 grouped by patient_id. `smoke` runs a
 few steps at 32 px with tiny encoders.
@@ -68,6 +70,19 @@ def data_config(encoder: str) -> ml_collections.ConfigDict:
   })
 
 
+def head_config(encoder: str) -> dict:
+  """The classifier on the encoder's features (fusion.FusionMLP).
+
+  cnn: paper 002's table ends flatten (2048) -> dense_1 Dense(2), 292,002 trainable parameters
+  in all: hidden=() is that one Dense. Its dropout layers (dropout_1..3, `model.image.dropout`)
+  sit inside the encoder, the last before the flatten, so the linear head drops nothing
+  (dropout 0; a nonzero one would drop the flattened features). resnet: paper 000's fusion MLP.
+  """
+  if encoder == "cnn":
+    return {"hidden": (), "dropout": 0.0, "late_weights": None, "joint_hidden": 512}
+  return {"hidden": (128, 64), "dropout": 0.3, "late_weights": None, "joint_hidden": 512}
+
+
 def model_config(encoder: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "modalities": ("image",),
@@ -78,7 +93,7 @@ def model_config(encoder: str) -> ml_collections.ConfigDict:
       "image": {"encoder": ENCODERS[encoder][0], "in_channels": 3,
                 "width": config_dict.placeholder(int), "zero_init_last_bn": True,
                 "dropout": 0.25, "init_from": config_dict.placeholder(str)},
-      "head": {"hidden": (128, 64), "dropout": 0.3, "late_weights": None, "joint_hidden": 512},
+      "head": head_config(encoder),
   })
 
 

@@ -15,17 +15,32 @@ when the dataset is first built:
   python -m jaxmm.main --config=configs/mimic_cxr.py:model=image,split=grouped \
       --workdir=runs/mimic_image --config.data.manual_dir=~/physionet/mimic-cxr-jpg
 
-Paper 001's setup: frontal (PA/AP) images at 224 px, grayscale ResNet-18 (1-channel conv1) with
-conv1, bn1, layer1 and layer2 frozen; a frozen BERT-base-sized CXR-BERT whose [CLS] vector
-(768) is concatenated with the image's 512 features -> 2-layer head (512 hidden, dropout 0.5);
-the image-only model's classifier is one linear layer 512 -> 14 (`image`: concat fusion with
-no hidden layer), the text-only model's an MLP on [CLS] (`text`: the same 2-layer head);
-masked BCE over the 14 labels (blank = -2 ignored; uncertain -1 clamped to 0, as the paper's
-torch.clamp(targets, 0, 1)); AdamW 1e-5, batch 32, 10 epochs. `init_from` loads local
+Paper 001's setup: images at 224 px with pixel values in [0, 1] (image_mean 0, image_std 1),
+grayscale ResNet-18 (1-channel conv1); BERT-base-sized CXR-BERT whose [CLS] vector (768) is
+concatenated with the image's 512 features -> 2-layer head (512 hidden, dropout 0.5); the
+image-only model's classifier is one linear layer 512 -> 14 (`image`: concat fusion with no
+hidden layer; its dropout 0.5, paper 001 sec. 4's "both models also used a dropout of 0.5", is
+applied to the 512 features before that layer, fusion.FusionMLP), the text-only model's an MLP
+on [CLS] (`text`: the same 2-layer head); masked BCE over the 14 labels (blank = -2 ignored;
+uncertain -1 clamped to 0, as the paper's torch.clamp(targets, 0, 1)); AdamW 1e-5, batch 32,
+10 epochs. Frozen parameters follow the paper per variant (`freeze`, default on): `image`
+freezes conv1, bn1, layer1 and layer2 (the paper trains layer3, layer4 and the head); `text`
+freezes the whole text encoder (CXR-BERT "used as is"; its head is trained); `joint` freezes
+nothing (sec. 3: trained "under similar conditions to the ResNet-18 model, except no layers
+were frozen"). freeze=false trains every parameter of every variant. `init_from` loads local
 pretrained weights (None = random init); with a text `init_from` its Hugging Face directory's
-tokenizer is used, otherwise a WordPiece vocabulary built from the training reports. Arguments:
-`model=image|text|joint`, `freeze` (default on; freeze=false trains everything), `split=
-official|grouped` (grouped: 64/16/20 by subject), `smoke` (a few steps, 32 px, tiny encoders).
+tokenizer is used, otherwise a WordPiece vocabulary built from the training reports.
+Arguments: `model=image|text|joint`, `freeze`, `split=official|grouped`, `smoke` (a few
+steps, 32 px, tiny encoders).
+
+Where jaxmm differs from paper 001: the paper split a random subsample of 10,850 datapoints
+(image, report, labels) 70/20/10 into train / validation / test; here `split=official` uses
+MIMIC-CXR-JPG's official split of the whole release and `split=grouped` a 64/16/20 split
+grouped by subject, with no subsample. Keeping only frontal (PA/AP) images is jaxmm's
+choice, not stated in the paper (--config.data.builder_overrides.views=... changes it).
+Saliency explains the top-1 predicted label by default; the paper explains the top-3 labels
+(--config.saliency.target=top_k --config.saliency.top_k=3). The test split is scored with
+the best-validation-AUC checkpoint, not the one after epoch 10.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -37,25 +52,24 @@ CHEXPERT_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
                    "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion", "Lung Opacity",
                    "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
                    "Pneumothorax", "Support Devices")
-FROZEN_BY_PAPER_001 = ("image/(conv1|bn1|layer1|layer2)/", "text/")
-
-
-def frozen_patterns(modalities, freeze: bool) -> tuple:
-  """Paper 001's frozen parameters, restricted to the modalities the model has."""
-  return config_lib.patterns_of(FROZEN_BY_PAPER_001, modalities) if freeze else ()
+# Paper 001 trains each model with its own frozen layers: the image-only ResNet-18 up to and
+# including layer2, the text-only CXR-BERT whole ("as is"), the multimodal model none.
+FROZEN_BY_PAPER_001 = {"image": ("image/(conv1|bn1|layer1|layer2)/",), "text": ("text/",),
+                       "joint": ()}
 
 
 def variants(freeze: bool) -> ml_collections.ConfigDict:
-  """Each variant also sets optimizer.freeze (config_lib.select_variant) to its modalities'
-  share of paper 001's frozen layers. Paper 001 (sec. 3) projects the image-only model's 512
-  features "to 14 outputs using a linear layer": concat fusion with head.hidden=() is that one
-  Dense; its text-only model passes [CLS] "to a multi-layer perceptron classifier" and its
-  multimodal model has a 2-layer head: the joint head."""
+  """Each variant also sets optimizer.freeze (config_lib.select_variant): paper 001's frozen
+  layers for that model (FROZEN_BY_PAPER_001), or none when freeze is off. Paper 001 (sec. 3)
+  projects the image-only model's 512 features "to 14 outputs using a linear layer": concat
+  fusion with head.hidden=() is that one Dense; its text-only model passes [CLS] "to a
+  multi-layer perceptron classifier" and its multimodal model has a 2-layer head: the joint
+  head."""
   out = {"image": (("image",), "concat"), "text": (("text",), "joint"),
          "joint": (("image", "text"), "joint")}
   return ml_collections.ConfigDict({
       name: {"modalities": modalities, "fusion": fusion,
-             "freeze": frozen_patterns(modalities, freeze)}
+             "freeze": FROZEN_BY_PAPER_001[name] if freeze else ()}
       for name, (modalities, fusion) in out.items()})
 
 
@@ -84,8 +98,9 @@ def data_config(arg) -> ml_collections.ConfigDict:
       "use_text": True,
       "text_key": "report",
       "max_text_len": 256,
-      "image_mean": (0.5,),
-      "image_std": (0.25,),
+      # paper 001 sec. 2: "normalized pixel values to [0, 1]"
+      "image_mean": (0.0,),
+      "image_std": (1.0,),
       "batch_size": 32,
       "eval_batch_size": 128,
       "num_threads": 2,
@@ -107,7 +122,8 @@ def model_config() -> ml_collections.ConfigDict:
                "type_vocab_size": 2, "dropout": 0.1, "use_pooler": False,
                "init_from": config_dict.placeholder(str)},
       # hidden=(): concat fusion (the image variant) is a single Dense, paper 001's image-only
-      # classifier; the joint head (text, joint variants) is Dense(joint_hidden) -> Dense.
+      # classifier, with dropout 0.5 on its input features (fusion.FusionMLP); the joint head
+      # (text, joint variants) is Dense(joint_hidden) -> ReLU -> dropout 0.5 -> Dense.
       "head": {"hidden": (), "dropout": 0.5, "late_weights": None, "joint_hidden": 512},
   })
 

@@ -103,8 +103,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ResNetTiny's stage4 is 2x2 at 64 px: CAMs read the 8x8 stage2, fine enough to see the ruler.
   config.saliency.layer = "image/stage2"
   # The main job evaluates every test image within its budget: IG + SmoothGrad with 16 steps x
-  # 4 samples (paper 004 uses 50 x 10: --config.evaluation.saliency_options.ig_smoothgrad...),
-  # the integrated feature analysis for Grad-CAM and HiResCAM (pixel-wise Grad-CAM).
+  # 4 samples (config.saliency's default is 50 x 10: paper 004's 50-step path from a black
+  # baseline, and 10 SmoothGrad samples, a count the paper does not give;
+  # --config.evaluation.saliency_options.ig_smoothgrad...), the integrated feature analysis
+  # for Grad-CAM and HiResCAM (pixel-wise Grad-CAM).
   config.evaluation.saliency_options = {
       "ig_smoothgrad": {"steps": 16, "num_samples": 4, "path_chunk_size": 16}}
   config.evaluation.ifa.methods = ("gradcam", "hirescam")

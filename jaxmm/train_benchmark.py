@@ -201,9 +201,10 @@ def measure_interleaved(steppers: dict[str, Stepper], warmup: int,
 # ---------------------------------------------------------------- jaxmm side
 
 def jaxmm_model_config(spec: ModelSpec, dtype: str) -> dict:
-  """build_model config: one modality, its encoder, one Dense head (no hidden layers)."""
+  """build_model config: one modality, its encoder, one Dense head (no hidden
+  layers, no dropout: the torch peers have none before their classifier)."""
   return {"modalities": (spec.modality,), "num_classes": num_classes(spec), "dtype": dtype,
-          spec.modality: dict(spec.jaxmm_encoder), "head": {"hidden": ()}}
+          spec.modality: dict(spec.jaxmm_encoder), "head": {"hidden": (), "dropout": 0.0}}
 
 
 def jaxmm_optimizer(spec: ModelSpec, params: Any):

@@ -323,3 +323,19 @@ def test_saliency_warns_of_non_finite_maps():
   assert checks["warnings"] == ["non-finite ig_smoothgrad maps in the timed calls: their speed "
                                 "may not be representative"]
   assert checks["map_parity"]["gradcam"] == {"max_abs_diff": 0.0, "relative": 0.0}
+
+
+def test_jaxmm_model_has_no_dropout_before_its_classifier_like_the_torch_peer():
+  # A linear head applies head.dropout to its input (paper 001's image model); the torch
+  # ResNet peers have no dropout there, so the benchmarked jaxmm model must not either.
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  from jaxmm.models.build import build_model
+  spec = tb.model_spec("resnet_tiny", types.SimpleNamespace())
+  model = build_model(ml_collections.ConfigDict(tb.jaxmm_model_config(spec, "float32")))
+  batch = {"image": jax.random.normal(jax.random.key(3), (2, 16, 16, 3))}
+  variables = model.init(jax.random.key(0), batch, train=False)
+  logits = [model.apply(variables, batch, train=True, rngs={"dropout": jax.random.key(k)},
+                        mutable=["batch_stats"])[0][0] for k in (1, 2)]
+  assert jnp.array_equal(*logits)

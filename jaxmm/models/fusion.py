@@ -1,7 +1,8 @@
 """The multimodal model: one encoder per modality, combined by a fusion head.
 
 Fusions (registry `FUSIONS`):
-  concat  early fusion of paper 000: concat features -> "fused" -> FusionMLP (128, 64).
+  concat  early fusion of paper 000: concat features -> "fused" -> FusionMLP (128, 64);
+          head_hidden=() is a linear classifier with dropout on "fused" (`FusionMLP`).
   late    decision-level: a Dense head per modality, probabilities averaged -> "fused";
           logits = log(mean prob) (softmax) or logit(mean prob) (sigmoid, multilabel),
           computed in log space from the heads' logits (`mean_probability_logits`).
@@ -76,7 +77,12 @@ def mean_probability_logits(logits: Sequence[Array], weights: Sequence[float],
 class FusionMLP(nn.Module):
   """Dense -> ReLU -> dropout per width in `hidden`, then Dense(num_classes) named "logits".
 
-  Paper 000's FusionMLP is hidden=(128, 64), dropout 0.3. [N, D] -> [N, num_classes].
+  Paper 000's FusionMLP is hidden=(128, 64), dropout 0.3. With hidden=() the head is a linear
+  classifier, and a nonzero `dropout` is applied to its input features instead (dropout ->
+  Dense, torch's usual `Sequential(Dropout(p), Linear)` head): paper 001's image-only model
+  (ResNet-18 features -> linear, "dropout of 0.5") has nowhere else to put its dropout. A linear
+  head that must not drop its inputs (paper 002's CNN, whose dropout comes before the flatten,
+  inside the encoder) sets dropout 0. [N, D] -> [N, num_classes].
   """
   num_classes: int
   hidden: Sequence[int] = (128, 64)
@@ -85,6 +91,8 @@ class FusionMLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
+    if not self.hidden and self.dropout > 0:
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
     for i, width in enumerate(self.hidden):
       x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"dense_{i}")(x))
       x = nn.Dropout(self.dropout, deterministic=not train)(x)

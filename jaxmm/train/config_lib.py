@@ -57,12 +57,6 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
-def patterns_of(patterns, modalities) -> tuple:
-  """The parameter patterns (e.g. optimizer.freeze's "image/layer1/") whose first path part is
-  one of `modalities`: a variant's share of a model's patterns."""
-  return tuple(p for p in patterns if p.split("/")[0] in modalities)
-
-
 def select_variant(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   """Sets `config.model` modalities/fusion (and the data the modalities need) from
   `config.variants[name]`, and `config.optimizer.freeze` when the variant has a `freeze`

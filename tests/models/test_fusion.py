@@ -312,6 +312,40 @@ def test_training_mode_uses_dropout_and_batch_statistics():
   assert not np.allclose(old["mean"], new["mean"])
 
 
+def test_linear_head_drops_its_input_features_in_training_only():
+  # hidden=() with dropout > 0 is a linear classifier with dropout on its input (paper 001's
+  # image-only model); before, that dropout was never applied. Identity kernel, zero bias: the
+  # logits are the dropped features, each 0 or x / (1 - p).
+  x = jnp.asarray(np.random.RandomState(0).uniform(1.0, 2.0, (64, 8)), jnp.float32)
+  params = {"logits": {"kernel": jnp.eye(8), "bias": jnp.zeros(8)}}
+  head = FusionMLP(8, (), 0.5)
+  train = lambda key: head.apply({"params": params}, x, train=True, rngs={"dropout": key})
+  a, b = np.asarray(train(jax.random.key(1))), np.asarray(train(jax.random.key(2)))
+  assert not np.allclose(a, b)
+  kept = a != 0
+  np.testing.assert_allclose(a[kept], 2 * np.asarray(x)[kept], rtol=1e-6)
+  assert 0.3 < kept.mean() < 0.7
+  np.testing.assert_array_equal(head.apply({"params": params}, x, train=False), x)
+  # dropout 0: no dropout layer, training mode is the plain Dense
+  np.testing.assert_array_equal(FusionMLP(8, (), 0.0).apply(
+      {"params": params}, x, train=True, rngs={"dropout": jax.random.key(1)}), x)
+
+
+def test_hidden_layer_head_keeps_its_input_and_drops_after_each_hidden_layer():
+  # Paper 000's FusionMLP: the input is not dropped, only each hidden layer's output. Ones in,
+  # ones kernels: every hidden unit is 6 (input dropout would make it 2 x the inputs kept), so
+  # each logit is 12 x the hidden units kept by the one dropout after the hidden layer.
+  x = jnp.ones((64, 6))
+  params = {"dense_0": {"kernel": jnp.ones((6, 5)), "bias": jnp.zeros(5)},
+            "logits": {"kernel": jnp.ones((5, 1)), "bias": jnp.zeros(1)}}
+  head = FusionMLP(1, (5,), 0.5)
+  out = np.asarray(head.apply({"params": params}, x, train=True,
+                              rngs={"dropout": jax.random.key(3)}))
+  np.testing.assert_array_equal(out % 12, 0)
+  assert len(np.unique(out)) > 1
+  np.testing.assert_array_equal(head.apply({"params": params}, x, train=False), 30.0)
+
+
 def test_missing_batch_key_names_modality_and_keys():
   model = build_model(tiny_config(("image", "text"), "concat"))
   with pytest.raises(KeyError, match=r"modality 'text' needs batch keys \['text_mask'\]"):
