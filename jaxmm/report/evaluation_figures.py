@@ -350,13 +350,14 @@ def draw_confounder_input(ax, examples: dict, i: int, title: str) -> None:
 
 def mass_bars(ax, finding: dict) -> None:
   """Per method: positive map mass on the artefact (images with it) vs the same region on
-  images without it (control); the artefact's area is what a uniform map would put there."""
+  same-class images without it (control, confounder.control_pairs); the artefact's area is
+  what a uniform map would put there."""
   rows = [r for r in finding.get("methods", []) if r.get("mass_on_artefact") is not None]
   x, width = np.arange(len(rows)), 0.38
   ax.bar(x - width / 2, [r["mass_on_artefact"] for r in rows], width, color="tab:red",
          label="on the artefact (images with it)")
   ax.bar(x + width / 2, [r.get("control_mass") or 0 for r in rows], width, color="tab:gray",
-         label="control (same region, images without it)")
+         label="control (same region, same-class images without it)")
   for xi, r in zip(x, rows):
     if r.get("mass_p") is not None:
       top = max(r["mass_on_artefact"], r.get("control_mass") or 0)
