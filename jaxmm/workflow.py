@@ -167,8 +167,17 @@ def report_comparison(workdir: str, rows: list, margins: dict, metric: str) -> N
     print(f"{model} {metric} margin over unimodal models: {text}")
 
 
+def check_analysis_sections(config) -> None:
+  """Each analysis section checked by its runner's own config function (ANALYSIS_RUNNERS:
+  unknown keys, bad names, a checkpoint other than best / latest), so the main job fails at
+  once, not after training every variant."""
+  for name, runner in ANALYSIS_RUNNERS.items():
+    getattr(runner, f"{name}_config")(config)
+
+
 def run_pipeline(config, workdir: str) -> dict:
   """Trains and evaluates each of `config.pipeline.variants`, then prints the comparison."""
+  check_analysis_sections(config)
   results = {}
   for name in config.pipeline.variants:
     cfg = variant_config(config, name)

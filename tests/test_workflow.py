@@ -32,6 +32,22 @@ def test_fusion_margins_against_each_contained_modality():
       {"vs_image": 0.2, "vs_meta": 0.4})
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("baselines", {"checkpoint": "bset"}, "config.baselines.checkpoint"),
+    ("shap", {"num_examples": 0}, "config.shap.num_examples must be >= 1"),
+    ("fairness", {"confidenc": 0.9}, "unknown config.fairness key 'confidenc'"),
+])
+def test_main_job_checks_every_analysis_section_before_training(tmp_path, data_dir, key, value,
+                                                                message):
+  # A bad later-stage setting used to fail only after every variant had trained.
+  from tests.conftest import load_smoke_config
+  config = load_smoke_config(data_dir, "synthetic_derm")
+  config[key].update(value)
+  with pytest.raises(ValueError, match=message):
+    workflow.run_pipeline(config, str(tmp_path / "job"))
+  assert not (tmp_path / "job").exists()
+
+
 def test_format_table_aligns_columns():
   table = workflow.format_table([{"model": "image", "macro_f1": 0.51234},
                                  {"model": "concat", "macro_f1": 0.7}])
