@@ -69,7 +69,7 @@ def test_a_retrain_at_the_same_step_recomputes_the_maps_and_every_unit(smoke_con
   retrain(smoke_config, workdir, seed=1)  # evaluated with the same config: only the files differ
   runner.run_evaluation(config, workdir)
   out = capsys.readouterr().out
-  assert "held maps of another model (checkpoint_fingerprint changed)" in out
+  assert "held maps of another model or method definition (checkpoint_fingerprint changed)" in out
   lines = unit_lines(out)
   assert lines and not any("reused" in line for line in lines), lines
   assert all("checkpoint_fingerprint" in line for line in lines), lines
