@@ -120,6 +120,9 @@ def baselines_config(config) -> ml_collections.ConfigDict:
   for key in ("shap_examples", "shap_background"):
     if int(out[key]) < 1:
       raise ValueError(f"config.baselines.{key} must be >= 1, got {out[key]}")
+  if out.max_train_examples is not None and int(out.max_train_examples) < 1:
+    raise ValueError(f"config.baselines.max_train_examples must be >= 1 (or None for the whole "
+                     f"train split), got {out.max_train_examples}")
   return out
 
 

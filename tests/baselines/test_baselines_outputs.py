@@ -168,6 +168,7 @@ def test_a_rerun_without_a_task_removes_its_folder(fake_extraction, tmp_path):
      r"config.baselines.shap_models: 'fusion_logreg' is not a metadata model name"),
     ({"shap_examples": 0}, r"config.baselines.shap_examples must be >= 1, got 0"),
     ({"shap_background": 0}, r"config.baselines.shap_background must be >= 1, got 0"),
+    ({"max_train_examples": 0}, r"config.baselines.max_train_examples must be >= 1 \(or None"),
 ])
 def test_checkpoint_and_shap_keys_are_checked(section, message):
   with pytest.raises(ValueError, match=message):
