@@ -330,9 +330,14 @@ def test_a_main_job_variant_resumes_under_its_model_argument(path):
   # a training run there would be refused as another model.
   import json
   from jaxmm import workflow
-  settings = lambda config: loop.trained_model_settings(json.loads(config.to_json_best_effort()))
+  # The caches of its outputs (saliency shards, evaluation units, embeddings) are keyed on
+  # the same settings, so single modes there reuse what the main job computed.
+  from jaxmm.train import checkpointing
+  settings = lambda config: config_lib.model_settings(json.loads(config.to_json_best_effort()))
   for smoke in ("", ",smoke"):
     main_job = config_lib.load_config_file(path + (":smoke" if smoke else ""))
     for variant in main_job.variants:
       single = config_lib.load_config_file(f"{path}:model={variant}{smoke}")
-      assert settings(workflow.variant_config(main_job, variant)) == settings(single), variant
+      trained = workflow.variant_config(main_job, variant)
+      assert settings(trained) == settings(single), variant
+      assert checkpointing.config_hash(trained) == checkpointing.config_hash(single), variant

@@ -239,22 +239,11 @@ def _first_line(error: Exception) -> str:
 
 # ------------------------------------------------------------------ which model a checkpoint is
 
-# Data keys that change only throughput, not the model or its inputs (left out of config_hash).
-THROUGHPUT_KEYS = ("batch_size", "eval_batch_size", "num_threads", "data_dir")
-# Train keys that change only what is shown (left out of config_hash).
-DISPLAY_KEYS = ("progress",)
-# Config sections whose change makes another model (hashed whole, but for the keys above).
-MODEL_SECTIONS = ("data", "model", "train", "optimizer")
-
-
 def config_hash(config) -> str:
-  """sha256 (16 hex digits) of config.seed and the MODEL_SECTIONS that exist, throughput and
-  display keys left out: a change of any of them trains (or feeds) another model."""
-  skip = THROUGHPUT_KEYS + DISPLAY_KEYS
-  parts = {name: {k: v for k, v in config[name].to_dict().items() if k not in skip}
-           for name in MODEL_SECTIONS if name in config}
-  parts["seed"] = config.get("seed")
-  text = json.dumps(parts, sort_keys=True, default=str)
+  """sha256 (16 hex digits) of config_lib.model_settings of `config`: the settings that train
+  (or feed) another model, the same ones a training run compares before it resumes a workdir."""
+  settings = config_lib.model_settings(json.loads(config.to_json_best_effort()))
+  text = json.dumps(settings, sort_keys=True, default=str)
   return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

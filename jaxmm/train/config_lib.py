@@ -168,6 +168,41 @@ def config_spec_in(argv, flag: str = "config") -> str | None:
   return None
 
 
+# The config settings that determine the trained model: the seed and the model, data,
+# optimizer and train sections, less the keys that do not change it (paths, and settings of
+# speed, logging, checkpoint frequency or the final evaluation). One definition serves both
+# uses: a training run refuses a workdir whose config.json differs in them
+# (loop.check_workdir_config), and checkpointing.config_hash keys every cache of a model's
+# outputs on them. Sections used only by later stages (saliency, evaluation, shap, baselines,
+# fairness, report, pipeline, eval, variants) are not part of them.
+MODEL_SECTIONS = ("seed", "model", "data", "optimizer", "train")
+MODEL_IGNORED = ("data.data_dir", "data.manual_dir", "data.eval_batch_size", "data.num_threads",
+                 "data.prefetch_to_device", "data.keep_fields", "train.log_every_steps",
+                 "train.progress", "train.async_checkpoints", "train.checkpoint_every_epochs",
+                 "train.checkpoint_every_steps", "train.final_eval_splits")
+
+
+def class_weights_choice(choice) -> Any:
+  """`config.train.class_weights` with the strings "None" / "none" read as None: absl types
+  `--config.train.class_weights=None` by the field's value ("balanced"), so it arrives as a
+  string, and a None field cannot be overridden at all."""
+  return None if isinstance(choice, str) and choice.lower() == "none" else choice
+
+
+def model_settings(config_json: dict) -> dict:
+  """The flat {"a.b": value} settings of a config read back from JSON (MODEL_SECTIONS less
+  MODEL_IGNORED) that determine the trained model, with the spellings of one setting made
+  one: class_weights "None" is None, patience None is 0."""
+  flat = flat_items({k: config_json[k] for k in MODEL_SECTIONS if k in config_json})
+  flat = {k: v for k, v in flat.items()
+          if not any(k == i or k.startswith(f"{i}.") for i in MODEL_IGNORED)}
+  if "train.class_weights" in flat:
+    flat["train.class_weights"] = class_weights_choice(flat["train.class_weights"])
+  if "train.early_stopping.patience" in flat:
+    flat["train.early_stopping.patience"] = flat["train.early_stopping.patience"] or 0
+  return flat
+
+
 MISSING = "<absent>"  # a key one of two compared configs lacks
 
 

@@ -3,10 +3,11 @@
 `train_and_evaluate(config, workdir)` is resumable: run the same command on the same workdir
 and it continues from the latest checkpoint (step, params, optimizer state, batch stats, rng,
 data position = step, early-stopping state) and ends as an uninterrupted run would. A workdir
-whose config.json was written by a config that trains another model (RESUME_SECTIONS less
-RESUME_IGNORED: seed, model, data, optimizer, train) is refused before anything is built or
-written (WorkdirConfigMismatch lists the differing keys); config.json and env_info.json are
-written only once the checkpoint is restored, so a refused run leaves the workdir as it was.
+whose config.json was written by a config that trains another model (config_lib.model_settings:
+seed, model, data, optimizer, train, less paths and speed settings) is refused before anything
+is built or written (WorkdirConfigMismatch lists the differing keys); config.json and
+env_info.json are written only once the checkpoint is restored, so a refused run leaves the
+workdir as it was.
 
 config.train.early_stopping: `metric` (a validation metric of the task, or "loss"), `mode`
 ("max" or "min"), `patience` (evaluations without an improvement larger than `min_delta`
@@ -81,17 +82,10 @@ def steps_from(config, steps_per_epoch: int, name: str, default: int = 0) -> int
 CLASS_WEIGHTS = (None, "balanced")
 
 
-def class_weights_choice(choice) -> Any:
-  """`config.train.class_weights` with the strings "None" / "none" read as None: absl types
-  `--config.train.class_weights=None` by the field's value ("balanced"), so it arrives as a
-  string, and a None field cannot be overridden at all."""
-  return None if isinstance(choice, str) and choice.lower() == "none" else choice
-
-
 def check_class_weights(choice) -> None:
   """ValueError unless `config.train.class_weights` is one of CLASS_WEIGHTS ("None" / "none"
   count as None)."""
-  if class_weights_choice(choice) not in CLASS_WEIGHTS:
+  if config_lib.class_weights_choice(choice) not in CLASS_WEIGHTS:
     raise ValueError(f"config.train.class_weights={choice!r}; valid values: {list(CLASS_WEIGHTS)}"
                      f" (None: unweighted, also 'none' on the command line; 'balanced': inverse "
                      f"class frequency of the train split)")
@@ -100,7 +94,7 @@ def check_class_weights(choice) -> None:
 def make_loss(config, info, train_columns) -> Any:
   """The task's loss; `balanced` class weights come from `train_columns()`' labels."""
   class_weights = None
-  choice = class_weights_choice(config.train.get("class_weights"))
+  choice = config_lib.class_weights_choice(config.train.get("class_weights"))
   check_class_weights(choice)
   if choice == "balanced" and info.multilabel:
     raise ValueError("config.train.class_weights='balanced' is for single-label tasks; "
@@ -171,32 +165,6 @@ class WorkdirConfigMismatch(ValueError):
   """A workdir trained (config.json) with a config that trains another model."""
 
 
-# The config.json keys that determine the trained model, less those that do not (paths, and
-# settings of speed, logging, checkpoint frequency or the final evaluation): a training run
-# on a workdir whose config.json differs in them would mix two models. Sections used only by
-# later stages (saliency, evaluation, shap, baselines, fairness, report, pipeline, eval,
-# variants) are not compared.
-RESUME_SECTIONS = ("seed", "model", "data", "optimizer", "train")
-RESUME_IGNORED = ("data.data_dir", "data.manual_dir", "data.eval_batch_size", "data.num_threads",
-                  "data.prefetch_to_device", "data.keep_fields", "train.log_every_steps",
-                  "train.progress", "train.async_checkpoints", "train.checkpoint_every_epochs",
-                  "train.checkpoint_every_steps", "train.final_eval_splits")
-
-
-def trained_model_settings(config_json: dict) -> dict:
-  """The flat {"a.b": value} settings of a config read back from JSON that determine the
-  trained model (RESUME_SECTIONS less RESUME_IGNORED), with the spellings of one setting made
-  one: class_weights "None" is None, patience None is 0."""
-  flat = config_lib.flat_items({k: config_json[k] for k in RESUME_SECTIONS if k in config_json})
-  flat = {k: v for k, v in flat.items()
-          if not any(k == i or k.startswith(f"{i}.") for i in RESUME_IGNORED)}
-  if "train.class_weights" in flat:
-    flat["train.class_weights"] = class_weights_choice(flat["train.class_weights"])
-  if "train.early_stopping.patience" in flat:
-    flat["train.early_stopping.patience"] = flat["train.early_stopping.patience"] or 0
-  return flat
-
-
 def check_workdir_config(config, workdir: str) -> None:
   """WorkdirConfigMismatch listing the differing keys (old -> new) when `workdir` holds a
   config.json whose trained-model settings differ from `config`'s; nothing without one. Keys
@@ -211,7 +179,8 @@ def check_workdir_config(config, workdir: str) -> None:
     raise WorkdirConfigMismatch(f"{path} is unreadable ({e}); use a new --workdir, or delete "
                                 f"{workdir} to train from scratch") from e
   new = json.loads(config.to_json_best_effort())
-  diffs = config_lib.differences(trained_model_settings(old), trained_model_settings(new))
+  diffs = config_lib.differences(config_lib.model_settings(old),
+                                   config_lib.model_settings(new))
   # A key only one side has is a setting added or removed by another jaxmm version, not a
   # changed one: it is named, and the run resumes.
   one_sided = [key for key, a, b in diffs if config_lib.MISSING in (a, b)]

@@ -49,12 +49,14 @@ def test_a_retrained_checkpoint_at_the_same_step_is_extracted_again(smoke_config
 
 def test_config_hash_covers_what_changes_the_model(smoke_config):
   """seed, train and optimizer were left out of the hash: a retrained model with another seed
-  or learning rate shared the cache key. Throughput and display keys stay out."""
+  or learning rate shared the cache key. The hash covers what a training run compares before
+  it resumes (the train batch size included); paths, speed and display keys stay out."""
   base = checkpointing.config_hash(smoke_config("synthetic_derm", "model=concat"))
   changes = {"seed": lambda c: setattr(c, "seed", c.seed + 1),
              "train": lambda c: setattr(c.train, "num_steps", (c.train.num_steps or 1) + 1),
              "optimizer": lambda c: setattr(c.optimizer, "learning_rate",
-                                            c.optimizer.learning_rate * 2)}
+                                            c.optimizer.learning_rate * 2),
+             "data.batch_size": lambda c: setattr(c.data, "batch_size", c.data.batch_size + 1)}
   for name, change in changes.items():
     config = smoke_config("synthetic_derm", "model=concat")
     with config.unlocked():
@@ -63,4 +65,6 @@ def test_config_hash_covers_what_changes_the_model(smoke_config):
   same = smoke_config("synthetic_derm", "model=concat")
   same.data.eval_batch_size = 3
   same.train.progress = True
+  same.data.data_dir = "/elsewhere"
+  same.train.log_every_steps = 1
   assert checkpointing.config_hash(same) == base

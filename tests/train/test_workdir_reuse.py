@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from jaxmm.train import loop
+from jaxmm.train import config_lib, loop
 
 RECORDS = ("config.json", "env_info.json", "metrics.jsonl", "results.json")
 
@@ -61,14 +61,14 @@ def test_the_same_model_with_other_later_stage_and_logging_settings_resumes(trai
   assert json.load(open(os.path.join(workdir, "config.json")))["train"]["log_every_steps"] == 7
 
 
-def test_trained_model_settings_skip_paths_and_later_stages_and_unify_spellings():
+def test_model_settings_skip_paths_and_later_stages_and_unify_spellings():
   base = {"seed": 0, "model": {"fusion": "concat"}, "data": {"data_dir": "/a", "batch_size": 8},
           "train": {"class_weights": None, "early_stopping": {"patience": None},
                     "log_every_steps": 5}, "saliency": {"methods": ["gradcam"]}}
   same = {"seed": 0, "model": {"fusion": "concat"}, "data": {"data_dir": "/b", "batch_size": 8},
           "train": {"class_weights": "None", "early_stopping": {"patience": 0},
                     "log_every_steps": 50}, "saliency": {"methods": ["hirescam"]}}
-  assert loop.trained_model_settings(base) == loop.trained_model_settings(same) == {
+  assert config_lib.model_settings(base) == config_lib.model_settings(same) == {
       "seed": 0, "model.fusion": "concat", "data.batch_size": 8, "train.class_weights": None,
       "train.early_stopping.patience": 0}
 
