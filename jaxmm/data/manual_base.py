@@ -311,9 +311,8 @@ def parse_age(field: str, text: str) -> float:
   number that is not an age (infinite, negative, above MAX_AGE)."""
   try:
     return metadata.parse_age(text)
-  except ValueError:
-    pass
-  if not metadata.DECIMAL.fullmatch(text.strip()):
-    raise bad_rows.BadInput("non_numeric_age", f"{field} {text!r} is not a number")
-  raise bad_rows.BadInput("age_out_of_range", f"{field} {text!r} is not an age in years "
-                                              f"(0 to {metadata.MAX_AGE})")
+  except metadata.FieldError as e:
+    if e.kind == "non_numeric_age":
+      raise bad_rows.BadInput(e.kind, f"{field} {text!r} is not a number") from None
+    raise bad_rows.BadInput(e.kind, f"{field} {text!r} is not an age in years "
+                                    f"(0 to {metadata.MAX_AGE})") from None

@@ -52,11 +52,13 @@ _FORMAT_VERSION = 1
 
 
 class FieldError(ValueError):
-  """A metadata value or column that cannot be encoded; `field` names the record field."""
+  """A metadata value or column that cannot be encoded; `field` names the record field and
+  `kind`, where set, which check failed (parse_age: "non_numeric_age", "age_out_of_range")."""
 
-  def __init__(self, field: str, message: str):
+  def __init__(self, field: str, message: str, kind: str | None = None):
     super().__init__(message)
     self.field = field
+    self.kind = kind
 
 
 def _as_text(value: Any) -> str:
@@ -84,13 +86,14 @@ def parse_age(value: Any, row: int | None = None) -> float:
     if text.lower() in MISSING_TEXTS:
       return math.nan
     if not DECIMAL.fullmatch(text):
-      raise FieldError(AGE_FIELD, f"metadata field 'age'{where}: non-numeric value {value!r}")
+      raise FieldError(AGE_FIELD, f"metadata field 'age'{where}: non-numeric value {value!r}",
+                       "non_numeric_age")
     age = float(text)
   else:
     age = float(value)
   if not math.isnan(age) and not 0 <= age <= MAX_AGE:
     raise FieldError(AGE_FIELD, f"metadata field 'age'{where}: {value!r} is not an age in years "
-                                f"(0 to {MAX_AGE})")
+                                f"(0 to {MAX_AGE})", "age_out_of_range")
   return age
 
 
