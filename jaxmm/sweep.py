@@ -648,8 +648,7 @@ def markdown_table(lines: Sequence[dict], columns: Sequence[str]) -> str:
 
 def summary_title(plan: Plan, options: Options) -> str:
   if any(axis.path == options.replicate_axis for axis in plan.axes):
-    # :g, not :.0%, so that a 0.975 interval is not called 98%.
-    over = (f"mean ± sd [{100 * options.confidence:g}% t interval] over "
+    over = (f"mean ± sd [{stats.level_percent(options.confidence)} t interval] over "
             f"{options.replicate_axis}; n = runs with results")
   else:
     over = f"one run per row (no {options.replicate_axis!r} axis to average over)"

@@ -551,7 +551,7 @@ def summary_lines(result: dict) -> list:
   accuracy = [r for r in result["headline_ci"] if r["metric"] == "accuracy" and
               (r["family"], r["model"]) in picks]
   lines = [(f"Fairness ({result['split']} split): accuracy with bootstrap "
-            f"{100 * result['config']['confidence']:g}% CI")]
+            f"{stats.level_percent(result['config']['confidence'])} CI")]
   lines += [(f"  {r['model']} ({r['family']}): {fmt(r['estimate'])} "
              f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
              f"{'' if r['family'] == JAXMM_FAMILY else ', ' + picks[(r['family'], r['model'])]}")

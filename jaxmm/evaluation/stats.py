@@ -34,6 +34,12 @@ def age_group(age) -> np.ndarray:
     return np.select([age < 30, age <= 60, age > 60], ["<30", "30-60", ">60"], UNKNOWN)
 
 
+def level_percent(confidence: float) -> str:
+  """A confidence level as a percentage, formatted :g so that 0.975 reads '97.5%', not '98%'
+  (as :.0% would have it)."""
+  return f"{100 * confidence:g}%"
+
+
 def bootstrap_ci(values, statistic=np.mean, num_resamples: int = 2000, confidence: float = 0.95,
                  seed: int = 0) -> tuple[float, float, float]:
   """(statistic(values), low, high): a percentile bootstrap confidence interval.

@@ -17,6 +17,7 @@ import re
 
 import numpy as np
 
+from jaxmm.evaluation import stats
 # saliency_figures sets matplotlib's Agg backend before pyplot is imported.
 from jaxmm.report.saliency_figures import clear_figures, plt, save_figure
 
@@ -32,10 +33,10 @@ def number(value) -> float:
 
 
 def interval_name(result: dict) -> str:
-  """'bootstrap 80%': the kind and level of fairness.json's intervals (`result`), as
-  f"{100 * c:g}%" so 0.975 is not rounded to 98%; 'bootstrap' when no level is recorded."""
+  """'bootstrap 80%': the kind and level of fairness.json's intervals (`result`); 'bootstrap'
+  when no level is recorded."""
   confidence = result.get("config", {}).get("confidence")
-  return "bootstrap" if confidence is None else f"bootstrap {100 * confidence:g}%"
+  return "bootstrap" if confidence is None else f"bootstrap {stats.level_percent(confidence)}"
 
 
 def file_part(name: str) -> str:
