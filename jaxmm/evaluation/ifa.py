@@ -374,17 +374,27 @@ def consistency(cam_sums, logits, alpha: float = 0.05) -> dict[str, Any]:
   Pearson's r if both samples pass a normality test at level `alpha` (Shapiro-Wilk for
   n <= 5000, else D'Agostino-Pearson `normaltest`), Spearman's rho otherwise. The paper asks
   for bivariate normality; normal marginals are the necessary condition tested here.
-  Returns "method", "r", "p", "n", "normal_cam", "normal_logit", "normality_test" (r, p NaN
-  and method None when n < 3).
+  Returns "method", "r", "p", "n", "normal_cam", "normal_logit", "normality_test"; r, p NaN
+  and method None, with a "note", when n < 3 or either sample is constant (Shapiro-Wilk
+  calls a constant sample normal, and Pearson's r of it is NaN). Non-finite values are a
+  ValueError.
   """
   x = np.asarray(cam_sums, np.float64).ravel()
   y = np.asarray(logits, np.float64).ravel()
   if x.shape != y.shape:
     raise ValueError(f"cam_sums {x.shape} and logits {y.shape} differ in size")
+  for name, values in (("cam_sums", x), ("logits", y)):
+    if not np.isfinite(values).all():
+      raise ValueError(f"{name} has {int((~np.isfinite(values)).sum())} non-finite values of "
+                       f"{values.size}")
   n = x.size
+  undefined = {"method": None, "r": math.nan, "p": math.nan, "n": n, "normal_cam": False,
+               "normal_logit": False, "normality_test": None}
   if n < 3:
-    return {"method": None, "r": math.nan, "p": math.nan, "n": n, "normal_cam": False,
-            "normal_logit": False, "normality_test": None}
+    return {**undefined, "note": "fewer than 3 examples"}
+  if np.ptp(x) == 0 or np.ptp(y) == 0:
+    constant = "cam_sums" if np.ptp(x) == 0 else "logits"
+    return {**undefined, "note": f"constant {constant}: no correlation is defined"}
   normal_cam, test = _is_normal(x, alpha)
   normal_logit, _ = _is_normal(y, alpha)
   method = "pearson" if normal_cam and normal_logit else "spearman"

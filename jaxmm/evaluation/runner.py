@@ -458,8 +458,14 @@ CONFOUNDER_ARRAYS = ("feature_confounder_share", "group_cam", "group_fs_cam")
 
 
 def ifa_results(units: UnitStore, run, variables, scfg, ecfg, affected, out_dir: str) -> dict:
-  """The integrated feature analysis of each of config.evaluation.ifa.methods (a unit each)."""
-  if not ecfg.ifa.enabled or "image" not in run.model.modalities or run.info.multilabel:
+  """The integrated feature analysis of each of config.evaluation.ifa.methods (a unit each);
+  none, with a printed line, for a model without an image or a multilabel task (paper 003's
+  analysis selects one class per example)."""
+  if not ecfg.ifa.enabled:
+    return {}
+  if "image" not in run.model.modalities or run.info.multilabel:
+    why = "a multilabel task" if run.info.multilabel else "the model has no image input"
+    print(f"evaluation: integrated feature analysis: skipped ({why})", flush=True)
     return {}
   layer = ifa_layer(run, scfg, ecfg)
   results = {}
@@ -920,8 +926,9 @@ def headline(result: dict, ecfg) -> dict:
     row = {"method": method}
     for metric in ("dice", "spearman", "pointing_game", "relevance_mass"):
       s = overall(roi_rows, method, metric)
-      row.update({metric: s.get("mean"), f"{metric}_ci": [s.get("ci_low"), s.get("ci_high")],
-                  "cases": s.get("n")})
+      row.update({metric: s.get("mean"), f"{metric}_ci": [s.get("ci_low"), s.get("ci_high")]})
+      if metric == "dice":  # defined for every case with an ROI (Spearman and relevance mass
+        row["cases"] = s.get("n")  # are not for a constant or all-zero map)
     faith = next((r for r in result["faithfulness"] if r["method"] == method), {})
     row.update({k: faith.get(k) for k in ("deletion_auc", "insertion_auc")})
     last = [r for r in result["sanity"] if r["method"] == method]

@@ -143,22 +143,40 @@ def _too_few(test: str, n: int, note: str) -> dict:
   return {"test": test, "statistic": math.nan, "p": math.nan, "n": n, "note": note}
 
 
+def _no_spread(test: str, groups: list) -> dict | None:
+  """The row of a test between groups that are each constant, which scipy would give as NaN
+  (equal groups) or an infinite statistic with p = 0 (different ones): no within-group
+  variance to test against; None when some group varies."""
+  if any(np.ptp(group) > 0 for group in groups):
+    return None
+  means = "equal" if len({float(group[0]) for group in groups}) == 1 else "different"
+  return _too_few(test, sum(group.size for group in groups),
+                  f"every group is constant ({means} values): no within-group variance")
+
+
 def two_sample_ttest(a, b, equal_var: bool = True) -> dict:
-  """scipy.stats.ttest_ind on the non-NaN values of a and b (Student's unless equal_var=False)."""
+  """scipy.stats.ttest_ind on the non-NaN values of a and b (Student's unless equal_var=False);
+  statistic and p NaN, with a note, when a group has fewer than 2 values or both are constant."""
   a, b = _finite(a), _finite(b)
   if min(a.size, b.size) < 2:
     return _too_few("ttest", a.size + b.size, "fewer than 2 values in a group")
+  if (constant := _no_spread("ttest", [a, b])) is not None:
+    return constant
   result = scipy.stats.ttest_ind(a, b, equal_var=equal_var)
   return {"test": "ttest", "statistic": float(result.statistic), "p": float(result.pvalue),
           "n": a.size + b.size}
 
 
 def one_way_anova(groups: list) -> dict:
-  """scipy.stats.f_oneway on the non-NaN values of each group (F statistic)."""
+  """scipy.stats.f_oneway on the non-NaN values of each group (F statistic); statistic and p
+  NaN, with a note, with fewer than 2 groups or 2 values in one, or when every group is
+  constant."""
   groups = [_finite(group) for group in groups]
   n = sum(group.size for group in groups)
   if len(groups) < 2 or min(group.size for group in groups) < 2:
     return _too_few("anova", n, "fewer than 2 groups, or fewer than 2 values in a group")
+  if (constant := _no_spread("anova", groups)) is not None:
+    return constant
   result = scipy.stats.f_oneway(*groups)
   return {"test": "anova", "statistic": float(result.statistic), "p": float(result.pvalue),
           "n": n}

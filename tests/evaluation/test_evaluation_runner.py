@@ -278,3 +278,18 @@ def test_confounder_rate_of_the_other_classes_is_pooled_over_their_images():
   assert finding["other_rate"] == pytest.approx(7 / 102)
   assert "(confounder in 100% of its images, 7% of the other classes')" in (
       runner.confounder_lines(finding))
+
+
+def test_headline_cases_count_the_cases_with_a_dice():
+  """"cases" was the count of the last metric looped over (relevance mass), which is NaN for
+  a map without a positive value: 2 cases shown next to a Dice mean over 3."""
+  rows = [{"method": "gradcam", "stratification": "all", "metric": metric, "mean": 0.5,
+           "ci_low": 0.4, "ci_high": 0.6, "n": n}
+          for metric, n in (("dice", 3), ("spearman", 2), ("pointing_game", 3),
+                            ("relevance_mass", 2))]
+  result = {"roi": {"summaries": rows}, "faithfulness": [], "sanity": [], "ifa": {},
+            "split": "test", "checkpoint_step": 1, "num_examples": 3}
+  ecfg = ml_collections.ConfigDict({"saliency_methods": ["gradcam"]})
+  (row,) = runner.headline(result, ecfg)["methods"]
+  assert row["cases"] == 3 and row["dice"] == 0.5
+  assert list(row)[:4] == ["method", "dice", "dice_ci", "cases"]

@@ -236,6 +236,18 @@ def test_consistency_picks_pearson_or_spearman():
   np.testing.assert_allclose(ifa.cam_sum(jnp.ones((2, 3, 4))), [12.0, 12.0])
 
 
+def test_consistency_of_a_constant_sample_is_undefined_with_a_note():
+  """Shapiro-Wilk calls a constant sample normal (p = 1), so Pearson was picked and its NaN r
+  was written as a "pearson" row with no note."""
+  for x, y, which in ((np.ones(10), np.arange(10.0), "cam_sums"),
+                      (np.arange(10.0), np.full(10, 3.0), "logits")):
+    result = ifa.consistency(x, y)
+    assert result["method"] is None and math.isnan(result["r"]) and math.isnan(result["p"])
+    assert result["note"] == f"constant {which}: no correlation is defined"
+  with pytest.raises(ValueError, match="logits has 1 non-finite values of 4"):
+    ifa.consistency(np.arange(4.0), [1.0, np.nan, 2.0, 3.0])
+
+
 def test_importance_distance():
   im = np.array([[1.0, 2.0, np.nan], [3.0, -1.0, np.nan], [0.5, 4.0, np.nan]])
   same = ifa.importance_distance(im, im)

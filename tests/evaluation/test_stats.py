@@ -62,6 +62,20 @@ def test_too_few_values_give_nan_and_a_note():
     assert math.isnan(test["statistic"]) and math.isnan(test["p"]) and test["note"]
 
 
+def test_constant_groups_give_nan_and_a_note_not_an_infinite_statistic():
+  """scipy gives NaN for equal constant groups and -inf with p = 0 for different ones, which
+  the JSON showed as statistic null, p 0, significant; a group that varies is tested."""
+  for same, groups in ((True, ([1.0, 1.0, 1.0], [1.0, 1.0])),
+                       (False, ([1.0, 1.0, 1.0], [2.0, 2.0]))):
+    for test in (stats.two_sample_ttest(*groups), stats.one_way_anova(list(groups))):
+      assert math.isnan(test["statistic"]) and math.isnan(test["p"]), test
+      assert f"({'equal' if same else 'different'} values)" in test["note"]
+      assert test["n"] == 5
+  assert not stats.bonferroni([stats.two_sample_ttest([1.0, 1.0], [2.0, 2.0])])[0]["significant"]
+  varied = stats.two_sample_ttest([1.0, 1.0, 1.0], [2.0, 2.5])
+  assert varied["p"] == pytest.approx(scipy.stats.ttest_ind([1, 1, 1], [2, 2.5]).pvalue)
+
+
 def test_bonferroni_divides_alpha_by_the_tests_with_a_p_value():
   tests = [{"test": "t", "p": p} for p in (0.0005, 0.0083, 0.0084, 0.02, 0.16, 0.83, math.nan)]
   adjusted = stats.bonferroni(tests)
