@@ -102,6 +102,7 @@ def test_defaults_differ_per_benchmark():
      r"--dtype, --torch_compile: `train` only"),
     (["saliency", "--fast_batch_norm"], r"--fast_batch_norm: `train` only"),
     (["saliency", "--warmup=0"], "--warmup: must be >= 1"),  # the first call compiles
+    (["train", "--warmup=0"], "--warmup: must be >= 1"),  # torch.compile's first step compiles
     (["saliency", "--steps=1"], "--steps: must be >= 2"),
     (["saliency", "--repeats=x"], "'x' is not an integer"),
 ])
