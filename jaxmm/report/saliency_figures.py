@@ -198,8 +198,11 @@ def saliency_figures(data: dict, methods: Sequence[str], class_names: Sequence[s
   if "multimodal_ig.text_tokens" in data and "tokens" in data:
     tokens = data["multimodal_ig.text_tokens"]
     for i in range(min(3, len(tokens))):
+      # A multilabel example's first (top-1) target; its class is named either way.
       values = tokens[i, 0] if multilabel else tokens[i]
+      target = int(data["targets"][i, 0] if multilabel else data["targets"][i])
       written.append(token_plot(list(data["tokens"][i]), values,
                                 os.path.join(out_dir, f"tokens_{i}.png"),
-                                title=f"example {int(data['index'][i])}"))
+                                title=f"example {int(data['index'][i])}: attributions to "
+                                      f"{class_names[target]}"))
   return written

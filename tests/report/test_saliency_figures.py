@@ -64,3 +64,23 @@ def test_top_k_inputs_name_the_class_of_their_roi_outline(tmp_path, monkeypatch)
   first = [list("abcd")[t] for t in data["targets"][:, 0]]
   assert titles[0] == f"a\nROI: {first[0]}" and titles[3] == "b"
   assert titles[6] == f"c\nROI: {first[2]}"
+
+
+def test_token_plots_name_the_class_they_explain(tmp_path, monkeypatch):
+  # A multilabel token plot shows the first target's attributions: its title said only
+  # "example N", though the example has k targets.
+  titles = []
+  def keep_titles(fig, path):
+    titles.extend(ax.get_title() for ax in fig.axes if ax.get_title())
+    saliency_figures.plt.close(fig)
+    return path
+  monkeypatch.setattr(saliency_figures, "save_figure", keep_titles)
+  for multilabel in (True, False):
+    titles.clear()
+    data = runner_like(multilabel)
+    data["index"] = np.array([7, 8, 9])
+    saliency_figures.saliency_figures(data, ["multimodal_ig"], list("abcd"), ("image", "text"),
+                                      str(tmp_path))
+    first = data["targets"][:, 0] if multilabel else data["targets"]
+    assert titles == [f"example {7 + i}: attributions to {'abcd'[t]}"
+                      for i, t in enumerate(first)]
