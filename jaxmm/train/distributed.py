@@ -7,6 +7,7 @@ $JAX_COORDINATOR_ADDRESS). After that `jax.devices()` lists every process's devi
 training mesh spans all of them, each process feeds only its share of every global batch, and
 files are written by process 0 (orbax checkpoints by all processes together).
 """
+import itertools
 import os
 import re
 from typing import Optional
@@ -14,6 +15,7 @@ from typing import Optional
 import jax
 import numpy as np
 from absl import logging
+from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -107,10 +109,44 @@ def initialize(mode: str = "auto", coordinator_address: Optional[str] = None,
   return True
 
 
-def barrier(name: str) -> None:
-  """Waits until every process reaches the barrier of this name (nothing with one process)."""
-  if jax.process_count() > 1:
+# How long a process waits at a barrier for the others: process 0 works alone for a whole stage
+# (on_process_zero) while they wait. A process that dies stops the run sooner: jax.distributed's
+# heartbeats take the others down.
+BARRIER_TIMEOUT_S = 24 * 3600
+_barrier_count = itertools.count()
+
+
+def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+  """Waits until every process reaches the barrier of this name (nothing with one process).
+
+  A barrier of jax.distributed's coordination service (as orbax's), not a device collective:
+  `multihost_utils.sync_global_devices` ran a computation over every device, whose first run
+  on CPU gave up when a process came more than 30 s after the others (gloo's context set-up:
+  "DEADLINE_EXCEEDED ... cpu:gloo"), as happens when process 0 works alone on a stage while
+  the others wait, and on GPUs kept the waiting ones busy in a collective. Every process
+  passes its barriers in the same order; the n-th barrier of each must have the same name, or
+  a ValueError names them.
+  """
+  if jax.process_count() == 1:
+    return
+  client = jax_distributed.global_state.client
+  if client is None:  # several processes without jax.distributed (not a jaxmm launch)
     multihost_utils.sync_global_devices(name)
+    return
+  count = next(_barrier_count)
+  key = f"jaxmm_barrier/{count}"
+  client.key_value_set(f"{key}/{jax.process_index()}", name)
+  try:
+    client.wait_at_barrier(key, int(timeout_s * 1000))
+  except Exception as e:  # the runtime's XlaRuntimeError / JaxRuntimeError
+    raise RuntimeError(f"process {jax.process_index()} waited {timeout_s:g} s at barrier "
+                       f"{name!r} (#{count}) and not every process came (one stuck, or one "
+                       f"that took another path): {e}") from e
+  names = {int(k.rsplit("/", 1)[1]): v for k, v in client.key_value_dir_get(key)}
+  if len(set(names.values())) > 1:
+    listed = "; ".join(f"process {p}: {n!r}" for p, n in sorted(names.items()))
+    raise ValueError(f"the processes met at barrier #{count} under different names, so they "
+                     f"run different code paths: {listed}")
 
 
 def _gather_strings(values: np.ndarray) -> np.ndarray:

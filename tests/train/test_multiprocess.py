@@ -299,6 +299,26 @@ def test_two_processes_save_latest_and_best_at_the_same_step(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints" / "best")) == ["12"]
 
 
+def test_a_process_late_at_a_barrier_by_more_than_30_s_is_waited_for(tmp_path):
+  """Barriers were a device collective: its first run gave up when a process came more than
+  30 s after the others (gloo's set-up, "DEADLINE_EXCEEDED ... cpu:gloo"), as process 0 does
+  after a stage it works on alone. Barriers met under different names are an error."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  script = os.path.join(REPO, "tests", "train", "two_process_barriers.py")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags())
+  procs = [subprocess.Popen([sys.executable, script, str(i), str(port), "33"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0 and "late barrier passed" in out, f"process {i}:\n{out[-3000:]}"
+    assert ("mismatch: the processes met at barrier #2 under different names, so they run "
+            "different code paths: process 0: 'path of process 0'; process 1: 'path of "
+            "process 1'") in out, out[-3000:]
+
+
 def test_prefetch_keeps_order_and_raises_at_the_bad_batch():
   mesh = sharding.make_mesh()
   n = mesh.devices.size
