@@ -71,7 +71,8 @@ def data_config(arg) -> ml_collections.ConfigDict:
       "name": "ham10000",
       "builder_config": "default",  # 224 px, strict
       "builder_overrides": builder_overrides(),
-      "data_dir": None,  # None: $JAXMM_DATA_DIR, else ~/jaxmm_datasets
+      "data_dir": config_dict.placeholder(str),  # None: $JAXMM_DATA_DIR, else ~/jaxmm_datasets
+      "prefetch_to_device": 2,  # batches copied to the devices ahead of the step
       # None: $JAXMM_MANUAL_DIR/ham10000, else <data_dir>/manual/ham10000
       "manual_dir": config_dict.placeholder(str),
       "label_key": "malignant" if arg.binary else "label",

@@ -50,7 +50,8 @@ def data_config(encoder: str) -> ml_collections.ConfigDict:
       "name": "isic2020",
       "builder_config": builder_config,
       "builder_overrides": builder_overrides(),
-      "data_dir": None,
+      "data_dir": config_dict.placeholder(str),
+      "prefetch_to_device": 2,  # batches copied to the devices ahead of the step
       # None: $JAXMM_MANUAL_DIR/isic2020, else <data_dir>/manual/isic2020
       "manual_dir": config_dict.placeholder(str),
       "label_key": "label",

@@ -87,7 +87,8 @@ def data_config(arg) -> ml_collections.ConfigDict:
       "name": "mimic_cxr",
       "builder_config": "grouped" if arg.split == "grouped" else "default",
       "builder_overrides": builder_overrides(),
-      "data_dir": None,
+      "data_dir": config_dict.placeholder(str),
+      "prefetch_to_device": 2,  # batches copied to the devices ahead of the step
       # None: $JAXMM_MANUAL_DIR/mimic_cxr, else <data_dir>/manual/mimic_cxr
       "manual_dir": config_dict.placeholder(str),
       "label_key": "label",

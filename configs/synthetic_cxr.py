@@ -51,7 +51,8 @@ def data_config() -> ml_collections.ConfigDict:
       "name": "synthetic_cxr",
       "builder_config": "default",
       "builder_overrides": config_lib.builder_overrides(),  # num_examples, image_size, seed
-      "data_dir": None,
+      "data_dir": config_dict.placeholder(str),
+      "prefetch_to_device": 2,  # batches copied to the devices ahead of the step
       "label_key": "label",
       "label_names": CHEXPERT_LABELS,
       "multilabel": True,

@@ -38,7 +38,8 @@ def data_config(arg) -> ml_collections.ConfigDict:
       "name": "synthetic_derm",
       "builder_config": "default",
       "builder_overrides": config_lib.builder_overrides(),  # num_examples, image_size, seed
-      "data_dir": None,  # None: $JAXMM_DATA_DIR, else ~/jaxmm_datasets
+      "data_dir": config_dict.placeholder(str),  # None: $JAXMM_DATA_DIR, else ~/jaxmm_datasets
+      "prefetch_to_device": 2,  # batches copied to the devices ahead of the step
       "label_key": "malignant" if arg.binary else "label",
       "label_names": ("benign", "malignant") if arg.binary else (),
       "multilabel": False,

@@ -48,7 +48,11 @@ def group_fields(data_config, builder) -> tuple:
 
 
 def data_dir(data_config) -> str:
-  return data_config.get("data_dir") or os.environ.get("JAXMM_DATA_DIR") or DEFAULT_DATA_DIR
+  """config.data.data_dir, else $JAXMM_DATA_DIR, else DEFAULT_DATA_DIR, with "~" expanded (a
+  shell leaves it in `--config.data.data_dir=~/x` and in a quoted variable: tfds wrote to a
+  literal `./~/x`)."""
+  path = data_config.get("data_dir") or os.environ.get("JAXMM_DATA_DIR") or DEFAULT_DATA_DIR
+  return os.path.expanduser(path)
 
 
 def configured_builder(data_config):
