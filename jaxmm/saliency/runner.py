@@ -92,8 +92,9 @@ def default_config() -> ml_collections.ConfigDict:
           "ig_smoothgrad": {"steps": 50, "rule": "riemann_right", "num_samples": 10,
                             "noise_level": 0.15, "path_chunk_size": 25,
                             "sample_chunk_size": 1},
-          "smoothgrad": {"num_samples": 25, "noise_level": 0.15, "chunk_size": 5},
-          "scorecam": {"chunk_size": 32},
+          "smoothgrad": {"num_samples": 25, "noise_level": 0.15, "chunk_size": 5,
+                         "kind": "smoothgrad"},  # or smoothgrad_squared, vargrad
+          "scorecam": {"chunk_size": 32, "score": "probability"},  # score=logit: see cams
           "multimodal_ig": {"steps": 50, "chunk_size": 10},
       },
   })
@@ -309,6 +310,14 @@ def check_manifest(path: str, manifest: dict) -> list:
     existing = {**LEGACY_MANIFEST, **json.load(f)}
   # Written before definitions were versioned: every method's first definition.
   existing.setdefault("definitions", dict.fromkeys(existing["methods"], 1))
+  # An option a manifest does not record had its default value (an option added to the
+  # defaults later, e.g. scorecam's score), as an option left at its default is that value.
+  defaults = default_config().options.to_dict()
+  with_defaults = lambda options: {m: {**defaults.get(m, {}), **dict(o)}
+                                   for m, o in options.items()}
+  if "options" in existing:
+    existing["options"] = with_defaults(existing["options"])
+  manifest = {**manifest, "options": with_defaults(manifest["options"])}
   changed = [k for k in MANIFEST_KEYS if k in existing and json.loads(json.dumps(existing[k]))
              != json.loads(json.dumps(manifest.get(k)))]
   if any(k not in MODEL_KEYS for k in changed):

@@ -240,3 +240,25 @@ def test_shards_of_an_older_method_definition_are_recomputed(trained, computed, 
     again = runner.run_saliency(config, workdir)
     assert again["computed_shards"] == list(range(again["num_shards"]))
     assert "another model or method definition (definitions changed)" in capsys.readouterr().out
+
+
+def test_options_a_manifest_does_not_record_had_their_default(tmp_path):
+  """scorecam's score and smoothgrad's kind could not be set on the command line (not in the
+  defaults); added to the defaults, they must not make shards written before refused."""
+  import ml_collections
+  scfg = runner.saliency_config(ml_collections.ConfigDict(
+      {"saliency": {"methods": ("scorecam", "smoothgrad")}}))
+  assert scfg.options.scorecam.score == "probability" and scfg.options.smoothgrad.kind == (
+      "smoothgrad")
+  manifest = runner.manifest_for(scfg, ("scorecam", "smoothgrad"), 10, 5, "record",
+                                 {"checkpoint_fingerprint": "f", "config_hash": "h"})
+  older = json.loads(json.dumps(manifest))
+  del older["options"]["scorecam"]["score"], older["options"]["smoothgrad"]["kind"]
+  path = str(tmp_path / "manifest.json")
+  with open(path, "w") as f:
+    json.dump(older, f)
+  assert runner.check_manifest(path, manifest) == []
+  logit = json.loads(json.dumps(manifest))
+  logit["options"]["scorecam"]["score"] = "logit"
+  with pytest.raises(ValueError, match="different settings \\(options"):
+    runner.check_manifest(path, logit)
