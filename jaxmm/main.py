@@ -12,6 +12,7 @@ Several processes (hosts): run the same command in each (launch/slurm.sh, launch
 `--distributed=auto` joins them through jax.distributed when the cluster's environment or
 `--num_processes` says there are several (see jaxmm.train.distributed).
 """
+import os
 import sys
 
 from absl import app, flags, logging
@@ -61,9 +62,15 @@ def main(argv):
 
 
 def preflight(argv) -> None:
-  """Fails early, with the valid keys, on a misspelt `--config.key=value` override (the
-  config given as `--config=FILE` or `--config FILE`)."""
+  """Fails early on a config file that does not exist (ml_collections reads it only when the
+  config is first used: a traceback after start-up, or none at all for a mode that reads the
+  workdir's own config) and, with the valid keys, on a misspelt `--config.key=value` override
+  (the config given as `--config=FILE` or `--config FILE`)."""
   spec = config_lib.config_spec_in(argv)
+  path = (spec or "").partition(":")[0]
+  if path and not os.path.isfile(path):
+    raise ValueError(f"--config: no config file {path!r} (paths are relative to the current "
+                     f"directory, {os.getcwd()})")
   if spec and any(a.startswith("--config.") for a in argv):
     config_lib.check_override_paths(config_lib.load_config_file(spec), argv)
 
