@@ -172,7 +172,10 @@ def extract_split(run, variables: dict, preprocessor, split: str, fields: tuple,
 
 
 def checkpoint_step(workdir: str, which: str = "best") -> Optional[int]:
-  """The step of the workdir's `which` checkpoint, or None, without restoring it."""
+  """The step of the workdir's `which` checkpoint, or None, without restoring it (or creating
+  the checkpoint folders, as a Checkpointer does, in a workdir without any)."""
+  if not checkpointing.has_checkpoint(workdir):
+    return None
   checkpointer = checkpointing.Checkpointer(workdir, async_save=False)
   try:
     return checkpointer.latest_step(which)
@@ -232,7 +235,7 @@ def compute_embeddings(config, workdir: str, splits: Sequence[str], key: dict,
   the `kept` {split: examples} already cached with the same key); the other processes wait
   for it. Returns the extracted splits on process 0, {} on the others."""
   which = key["checkpoint"]
-  run = loop.setup_run(config, workdir, record_run=False)
+  run = loop.setup_trained_run(config, workdir)
   try:
     variables, step = saliency_runner.restore_variables(run, which)
   finally:

@@ -844,7 +844,7 @@ def usable(methods, modalities) -> tuple:
 
 def restored_run(config, workdir: str):
   """The run's setup, the checkpoint's variables and its step."""
-  run = loop.setup_run(config, workdir, record_run=False)
+  run = loop.setup_trained_run(config, workdir)
   try:
     variables, step = saliency_runner.restore_variables(
         run, saliency_runner.saliency_config(config).checkpoint)

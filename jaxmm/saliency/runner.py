@@ -354,7 +354,7 @@ def run_saliency(config, workdir: str) -> dict:
   scfg = saliency_config(config)
   for name in scfg.methods or ():
     methods_lib.get_method(name)
-  run = loop.setup_run(config, workdir, record_run=False)
+  run = loop.setup_trained_run(config, workdir)
   try:
     variables, step = restore_variables(run, scfg.checkpoint)
   finally:

@@ -196,12 +196,16 @@ def id_values(raw: dict, n: int) -> np.ndarray:
   return np.asarray(raw[field]).astype(str) if field else np.arange(n).astype(str)
 
 
-def check_run(run, scfg) -> None:
-  """The model has a modality SHAP explains, and the configured splits exist."""
-  modalities = tuple(run.model.modalities)
+def check_modalities(modalities) -> None:
+  """The model has a modality SHAP explains (checked before the run is set up)."""
   if "meta" not in modalities and "text" not in modalities:
     raise ValueError(f"--mode=shap explains metadata fields or report tokens; this model's "
                      f"modalities are {list(modalities)}")
+
+
+def check_run(run, scfg) -> None:
+  """The model has a modality SHAP explains, and the configured splits exist."""
+  check_modalities(tuple(run.model.modalities))
   for key in ("split", "background_split"):
     if scfg[key] not in run.info.split_sizes:
       raise ValueError(f"unknown config.shap.{key} {scfg[key]!r}; valid: "
@@ -221,8 +225,9 @@ def run_shap(config, workdir: str) -> dict:
   """Computes config.shap's explanations from the workdir's checkpoint; returns a summary:
   the directory, each written file under "fields" / "tokens", counts, seconds per part."""
   scfg = shap_config(config)
+  check_modalities(tuple(config.model.get("modalities", ("image",))))
   start = time.perf_counter()
-  run = loop.setup_run(config, workdir, record_run=False)
+  run = loop.setup_trained_run(config, workdir)
   try:
     check_run(run, scfg)
     variables, step = saliency_runner.restore_variables(run, scfg.checkpoint)

@@ -239,6 +239,15 @@ def _first_line(error: Exception) -> str:
 
 # ------------------------------------------------------------------ which model a checkpoint is
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a saved step of the `latest` or `best` checkpoint: a step folder
+  (orbax renames its temporary folder to the step number once the save is complete)."""
+  root = os.path.join(os.path.abspath(workdir), "checkpoints")
+  return any(name.isdigit() for which in ("latest", "best")
+             if os.path.isdir(os.path.join(root, which))
+             for name in os.listdir(os.path.join(root, which)))
+
+
 def config_hash(config) -> str:
   """sha256 (16 hex digits) of config_lib.model_settings of `config`: the settings that train
   (or feed) another model, the same ones a training run compares before it resumes a workdir."""

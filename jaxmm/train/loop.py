@@ -114,7 +114,7 @@ def setup_run(config, workdir: str, record_run: bool = True) -> Run:
   It first checks that the workdir's config.json, if any, trains the same model
   (check_workdir_config) and config.train.early_stopping (its metric once the task is known).
   Evaluating an existing workdir (False) checks neither and leaves the training run's records
-  alone.
+  alone (setup_trained_run: of a trained workdir).
   """
   if record_run:
     check_workdir_config(config, workdir)
@@ -540,6 +540,17 @@ def abstract_state(run: Run) -> TrainState:
                       template)
 
 
+def setup_trained_run(config, workdir: str) -> Run:
+  """setup_run of a trained workdir, for the modes that use its checkpoint (eval, saliency,
+  evaluate_explanations, baselines, shap); FileNotFoundError, before the dataset is prepared
+  or anything is written, when it holds none (an analysis run had created the workdir and
+  written it a metadata encoder, which a later training run there then used)."""
+  if not checkpointing.has_checkpoint(workdir):
+    raise FileNotFoundError(f"no checkpoint under {os.path.join(workdir, 'checkpoints')}; train "
+                            f"first with --mode=train (or give the --workdir of a trained run)")
+  return setup_run(config, workdir, record_run=False)
+
+
 def restore_checkpoint(run: Run, which: str = "best") -> TrainState:
   """The `which` ("best" / "latest") checkpoint of a trained workdir; FileNotFoundError if none."""
   restored = run.checkpointer.restore(abstract_state(run), which=which)
@@ -552,7 +563,7 @@ def restore_checkpoint(run: Run, which: str = "best") -> TrainState:
 
 def evaluate(config, workdir: str, which: str = "best") -> dict:
   """Evaluates a trained workdir's checkpoint on `config.eval.splits`; writes eval_<split>.json."""
-  run = setup_run(config, workdir, record_run=False)
+  run = setup_trained_run(config, workdir)
   try:
     state = restore_checkpoint(run, which)
     out = {}

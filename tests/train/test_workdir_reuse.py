@@ -86,3 +86,18 @@ def test_a_key_only_one_config_has_is_named_and_resumes(trained):
                                           r"'train.a_setting_of_another_version'"):
     resumed = loop.train_and_evaluate(config(), workdir)
   assert resumed["test"] == results["test"]
+
+
+def test_analysis_modes_on_an_untrained_workdir_write_nothing(smoke_config, tmp_path):
+  """They created the workdir and its metadata encoder (and prepared the dataset) before
+  finding no checkpoint; a later training run there then used that encoder."""
+  from jaxmm import workflow
+  from jaxmm.saliency import runner as saliency_runner
+  config = smoke_config("synthetic_derm", "model=concat")
+  workdir = str(tmp_path / "untrained")
+  for mode in (loop.evaluate, saliency_runner.run_saliency, workflow.run_evaluate_explanations,
+               workflow.run_baselines, workflow.run_shap):
+    with pytest.raises(FileNotFoundError, match="no (best )?checkpoint under .*untrained/checkpoints; "
+                                                "train first with --mode=train"):
+      mode(config, workdir)
+    assert not os.path.exists(workdir), mode.__name__
