@@ -323,6 +323,17 @@ def test_preflight_reads_the_config_given_with_a_space(tmp_path):
       main.preflight(argv + [f"--workdir={tmp_path}", "--config.optimizer.learning_rat=1e-3"])
 
 
+def test_preflight_refuses_a_config_file_that_does_not_exist(tmp_path):
+  # ml_collections reads the file at the config's first use: --mode=report (which reads the
+  # workdir's own config) ended with rc 0, other modes with a traceback after start-up.
+  from jaxmm import main
+  for overrides in ([], ["--config.seed=1"]):
+    with pytest.raises(ValueError, match=r"--config: no config file 'configs/nope.py' \(paths "
+                                         r"are relative to the current directory"):
+      main.preflight(["main", "--config=configs/nope.py:smoke", f"--workdir={tmp_path}",
+                      "--mode=report", *overrides])
+
+
 @pytest.mark.parametrize("path", CONFIG_FILES)
 def test_a_main_job_variant_resumes_under_its_model_argument(path):
   # --mode=pipeline trains DIR/<variant> with variant_config; the README then runs single
