@@ -4,13 +4,14 @@
 // (M = size / C):
 //   jaxmm_bn_moments    (x)                       -> [2, C]: mean, biased variance
 //   jaxmm_bn_grad_sums  (g, x, mean, inv, a, b)   -> [2, C]: sum g', sum g' (x - mean) inv
-// where g' = g, or with the attribute relu = 1, g' = g where x a + b > 0 and 0 elsewhere (the
-// ReLU after the normalisation y = x a + b, its mask recomputed from x rather than stored).
-// Each reads the activations once, rows split across the OpenMP threads; sums of x - k (k the
-// first row of x) run in float over blocks of kBlock rows, then go into double sums. Both hold
+// where g' = g, or with the attribute relu = 1, g' = g where (x - mean) a + b > 0 and 0
+// elsewhere (the ReLU after the normalisation y = (x - mean) a + b, b the bias, its mask
+// recomputed from x rather than stored). Each reads the activations once, rows split across
+// the OpenMP threads; sums of x - k (k the first row of x for the moments, the mean for the
+// gradient sums) run in float over blocks of kBlock rows, then go into double sums. Both hold
 // their jaxmm::CallTurn (the library's lock) while they run. The library is built with
-// -ffp-contract=off, so x a + b rounds as XLA's fusion that applies the ReLU rounds it, and
-// -fopenmp-simd, so the loops marked `omp simd` are vectorised.
+// -ffp-contract=off, so (x - mean) a + b rounds as XLA's fusion that applies the ReLU rounds
+// it, and -fopenmp-simd, so the loops marked `omp simd` are vectorised.
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
@@ -35,17 +36,16 @@ namespace {
 constexpr int64_t kBlock = 64;              // rows summed in float before the double sums
 constexpr int64_t kParallel = int64_t{1} << 16;  // fewer elements than this: one thread
 
-// Adds the column sums over rows [begin, end) into s1 and s2 (C columns each), with d = x - k,
-// k the first row of x (the shift keeps a mean far from zero from cancelling the variance out
-// of the sums):
-//   moments (kSquares): of d and of d^2;
-//   gradient sums: of g' and of g' d.
+// Adds the column sums over rows [begin, end) into s1 and s2 (C columns each), with d = x - k
+// (the shift k [C] keeps a mean far from zero from cancelling the variance out of the sums):
+//   moments (kSquares): of d and of d^2, k x's first row;
+//   gradient sums: of g' and of g' d, k the mean, so that d a + b is the normalisation y.
 template <bool kSquares, bool kRelu>
 inline __attribute__((always_inline)) void SumRows(
-    const float* __restrict g, const float* __restrict x, const float* __restrict a,
-    const float* __restrict b, int64_t begin, int64_t end, int64_t c, double* __restrict s1,
-    double* __restrict s2, float* __restrict f1, float* __restrict f2) {
-  const float* __restrict k = x;  // the shift: x's first row
+    const float* __restrict g, const float* __restrict x, const float* __restrict k,
+    const float* __restrict a, const float* __restrict b, int64_t begin, int64_t end,
+    int64_t c, double* __restrict s1, double* __restrict s2, float* __restrict f1,
+    float* __restrict f2) {
   for (int64_t r0 = begin; r0 < end; r0 += kBlock) {
     const int64_t r1 = std::min(end, r0 + kBlock);
     std::fill(f1, f1 + c, 0.0f);
@@ -63,9 +63,10 @@ inline __attribute__((always_inline)) void SumRows(
         const float* __restrict gr = g + r * c;
 #pragma omp simd
         for (int64_t j = 0; j < c; ++j) {
-          const float gj = (!kRelu || xr[j] * a[j] + b[j] > 0.0f) ? gr[j] : 0.0f;
+          const float d = xr[j] - k[j];
+          const float gj = (!kRelu || d * a[j] + b[j] > 0.0f) ? gr[j] : 0.0f;
           f1[j] += gj;
-          f2[j] += gj * (xr[j] - k[j]);
+          f2[j] += gj * d;
         }
       }
     }
@@ -87,20 +88,22 @@ inline __attribute__((always_inline)) void SumRows(
 
 #define JAXMM_SUM_ROWS(name, squares, relu)                                                 \
   JAXMM_CLONES void name(                                                                   \
-      const float* g, const float* x, const float* a, const float* b, int64_t begin,        \
-      int64_t end, int64_t c, double* s1, double* s2, float* f1, float* f2) {               \
-    SumRows<squares, relu>(g, x, a, b, begin, end, c, s1, s2, f1, f2);                       \
+      const float* g, const float* x, const float* k, const float* a, const float* b,       \
+      int64_t begin, int64_t end, int64_t c, double* s1, double* s2, float* f1,             \
+      float* f2) {                                                                          \
+    SumRows<squares, relu>(g, x, k, a, b, begin, end, c, s1, s2, f1, f2);                   \
   }
 JAXMM_SUM_ROWS(MomentRows, true, false)
 JAXMM_SUM_ROWS(GradRows, false, false)
 JAXMM_SUM_ROWS(GradReluRows, false, true)
 
-using RowsFn = void (*)(const float*, const float*, const float*, const float*, int64_t,
-                        int64_t, int64_t, double*, double*, float*, float*);
+using RowsFn = void (*)(const float*, const float*, const float*, const float*, const float*,
+                        int64_t, int64_t, int64_t, double*, double*, float*, float*);
 
 // The column sums s1, s2 [C] (double) of all M rows, the rows split across threads.
-void ColumnSums(RowsFn rows, const float* g, const float* x, const float* a, const float* b,
-                int64_t m, int64_t c, std::vector<double>& s1, std::vector<double>& s2) {
+void ColumnSums(RowsFn rows, const float* g, const float* x, const float* k, const float* a,
+                const float* b, int64_t m, int64_t c, std::vector<double>& s1,
+                std::vector<double>& s2) {
   s1.assign(c, 0.0);
   s2.assign(c, 0.0);
   int threads = 1;
@@ -119,7 +122,7 @@ void ColumnSums(RowsFn rows, const float* g, const float* x, const float* a, con
 #endif
     std::vector<float> f(2 * c);
     const int64_t begin = m * t / n, end = m * (t + 1) / n;
-    rows(g, x, a, b, begin, end, c, &partial[2 * c * t], &partial[2 * c * t + c], f.data(),
+    rows(g, x, k, a, b, begin, end, c, &partial[2 * c * t], &partial[2 * c * t + c], f.data(),
          f.data() + c);
   }
   for (int t = 0; t < threads; ++t) {
@@ -150,8 +153,8 @@ ffi::Error MomentsImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> out)
   if (m == 0) return Invalid("moments of an empty batch");
   const auto turn = jaxmm::CallTurn(true);
   std::vector<double> s1, s2;
-  ColumnSums(MomentRows, nullptr, x.typed_data(), nullptr, nullptr, m, c, s1, s2);
-  const float* k = x.typed_data();
+  const float* k = x.typed_data();  // the shift: x's first row
+  ColumnSums(MomentRows, nullptr, x.typed_data(), k, nullptr, nullptr, m, c, s1, s2);
   float* o = out->typed_data();
   for (int64_t j = 0; j < c; ++j) {
     const double shifted_mean = s1[j] / m;
@@ -173,16 +176,13 @@ ffi::Error GradSumsImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
                    "result [2, C]");
   const auto turn = jaxmm::CallTurn(true);
   std::vector<double> s1, s2;
-  ColumnSums(relu ? GradReluRows : GradRows, g.typed_data(), x.typed_data(), a.typed_data(),
-             b.typed_data(), m, c, s1, s2);
-  const float* k = x.typed_data();
-  const float* mu = mean.typed_data();
+  ColumnSums(relu ? GradReluRows : GradRows, g.typed_data(), x.typed_data(),
+             mean.typed_data(), a.typed_data(), b.typed_data(), m, c, s1, s2);
   const float* iv = inv.typed_data();
   float* o = out->typed_data();
-  for (int64_t j = 0; j < c; ++j) {  // sum g' (x - mean) = sum g' (x - k) - (mean - k) sum g'
+  for (int64_t j = 0; j < c; ++j) {
     o[j] = static_cast<float>(s1[j]);
-    const double shift = static_cast<double>(mu[j]) - k[j];
-    o[c + j] = static_cast<float>(iv[j] * (s2[j] - shift * s1[j]));
+    o[c + j] = static_cast<float>(iv[j] * s2[j]);
   }
   return ffi::Error::Success();
 }

@@ -18,6 +18,11 @@ there (`scatter`); `max_pool_ops` builds the pool, gather and scatter primitives
 Under vmap, operands whose vmapped axis is the only one are folded into the images (one larger
 call: a conv's forward and input gradient, and every pooling primitive, are per image);
 otherwise the calls run one after another with lax.map.
+
+Inside jax.shard_map, where an operand varies over the manual mesh axes, each primitive computes
+its `reference` in lax ops instead (`primitive`): the kernels' results do not carry that type,
+so their cotangents would not match the operands' (an error), or JAX would take per-device
+values for replicated ones (wrong kernel gradients over several devices).
 """
 import functools
 import math
@@ -59,9 +64,33 @@ class PoolOps(NamedTuple):
   scatter: Primitive  # (g [N,Oh,Ow,C], x; ...) -> [N,H,W,C]: the transpose of gather
 
 
-def primitive(name: str, impl: Callable, platform: str | None) -> Primitive:
-  """A primitive computed by `impl(*operands, **params)` (JAX code, traced when lowered)."""
-  p = Primitive(name)
+def varying(x) -> bool:
+  """Whether x varies over manual mesh axes (a value per device inside jax.shard_map)."""
+  aval = jax.typeof(x)
+  axis_type = getattr(aval, "manual_axis_type", None)  # JAX 0.10; `vma` before
+  return bool(axis_type.varying if axis_type is not None else getattr(aval, "vma", ()))
+
+
+class _Primitive(Primitive):
+  """A Primitive that binds as `reference(*operands, **params)` (plain JAX code, which types
+  and differentiates per-device values) where an operand is `varying`."""
+
+  def __init__(self, name: str, reference: Callable):
+    super().__init__(name)
+    self.reference = reference
+
+  def bind(self, *args, **params):
+    if any(map(varying, args)):
+      return self.reference(*args, **params)
+    return super().bind(*args, **params)
+
+
+def primitive(name: str, impl: Callable, platform: str | None,
+              reference: Callable | None = None) -> Primitive:
+  """A primitive computed by `impl(*operands, **params)` (JAX code, traced when lowered), and
+  by `reference` (the same function in lax ops; default `impl`) inside jax.shard_map where an
+  operand varies over its manual axes."""
+  p = _Primitive(name, reference or impl)
   p.def_impl(impl)
 
   @p.def_abstract_eval
@@ -109,15 +138,36 @@ def _batch_rule(p: Primitive, per_image: tuple[bool, ...]):
   return rule
 
 
+def lax_conv(x, kernel, *, stride, padding):
+  """The NHWC / HWIO convolution in lax: every ConvOps family's values, and its reference."""
+  return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def lax_input_grad(g, kernel, *, stride, padding, input_hw):
+  """d<g, lax_conv(x, kernel)>/dx, x [N, *input_hw, I]."""
+  x = jax.ShapeDtypeStruct((g.shape[0], *input_hw, kernel.shape[2]), g.dtype)
+  return jax.linear_transpose(lambda x: lax_conv(x, kernel, stride=stride, padding=padding),
+                              x)(g)[0]
+
+
+def lax_kernel_grad(x, g, *, stride, padding, kernel_hw):
+  """d<g, lax_conv(x, kernel)>/dkernel, kernel [*kernel_hw, I, O]."""
+  kernel = jax.ShapeDtypeStruct((*kernel_hw, x.shape[-1], g.shape[-1]), x.dtype)
+  return jax.linear_transpose(lambda k: lax_conv(x, k, stride=stride, padding=padding),
+                              kernel)(g)[0]
+
+
 def conv_ops(name: str, forward: Callable, input_grad: Callable, kernel_grad: Callable,
              platform: str | None = None) -> ConvOps:
   """The three bilinear convolution primitives `name`_{forward,input_grad,kernel_grad}, from
   implementations forward(x, kernel, *, stride, padding), input_grad(g, kernel, *, stride,
   padding, input_hw) and kernel_grad(x, g, *, stride, padding, kernel_hw); `platform`
-  restricts where they lower (None: everywhere)."""
-  ops = ConvOps(primitive(f"{name}_forward", forward, platform),
-                primitive(f"{name}_input_grad", input_grad, platform),
-                primitive(f"{name}_kernel_grad", kernel_grad, platform))
+  restricts where they lower (None: everywhere). Their references are lax_conv,
+  lax_input_grad and lax_kernel_grad."""
+  ops = ConvOps(primitive(f"{name}_forward", forward, platform, lax_conv),
+                primitive(f"{name}_input_grad", input_grad, platform, lax_input_grad),
+                primitive(f"{name}_kernel_grad", kernel_grad, platform, lax_kernel_grad))
 
   def conv(x, kernel, stride, padding):
     return ops.forward.bind(x, kernel, stride=stride, padding=padding)
@@ -151,13 +201,13 @@ def conv_ops(name: str, forward: Callable, input_grad: Callable, kernel_grad: Ca
   return ops
 
 
-def max_pool_ops(name: str, pool: Callable, gather: Callable, scatter: Callable) -> PoolOps:
+def max_pool_ops(name: str, pool: Callable, gather: Callable, scatter: Callable,
+                 references: tuple[Callable, Callable, Callable]) -> PoolOps:
   """The max-pool primitives from pool(x, *, window, stride, padding), gather(t, x, ...) and
   scatter(g, x, ...) (the last two linear in their first operand; the choice of maximum is
-  locally constant in x, so x carries no derivative)."""
-  ops = PoolOps(primitive(f"{name}_pool", pool, None),
-                primitive(f"{name}_gather", gather, None),
-                primitive(f"{name}_scatter", scatter, None))
+  locally constant in x, so x carries no derivative), and their references in lax ops."""
+  ops = PoolOps(*(primitive(f"{name}_{role}", impl, None, reference) for role, impl, reference
+                  in zip(PoolOps._fields, (pool, gather, scatter), references)))
 
   ad.defjvp(ops.pool, lambda t, x, **params: ops.gather.bind(t, x, **params))
   for linear, transpose in ((ops.gather, ops.scatter), (ops.scatter, ops.gather)):

@@ -17,7 +17,8 @@ when only input gradients are taken, as in saliency):
     values): 1.9 ms forward (XLA's 7.9), 18 ms gradient.
 All of them are `conv_ops` primitives whose derivatives are primitives too, so jax.jvp, grad of
 grad (input-gradient penalties) and hessian-vector products work through the ResNets and
-reach the same fast kernels.
+reach the same fast kernels. Inside jax.shard_map, on values that vary over its manual axes,
+they are lax's ops (`conv_ops.primitive`).
 """
 import functools
 from typing import Sequence
@@ -64,22 +65,12 @@ def polyphase_input_gradient(g: jax.Array, kernel: jax.Array, stride: int,
            padding[1][0]:padding[1][0] + input_hw[1]]
 
 
-def _lax_conv(x, kernel, *, stride, padding):
-  return lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=NHWC)
-
-
 def _polyphase_input_grad(g, kernel, *, stride, padding, input_hw):
   return polyphase_input_gradient(g, kernel, stride, padding, input_hw)
 
 
-def _lax_kernel_grad(x, g, *, stride, padding, kernel_hw):
-  kernel = jax.ShapeDtypeStruct((*kernel_hw, x.shape[-1], g.shape[-1]), x.dtype)
-  return jax.linear_transpose(lambda k: _lax_conv(x, k, stride=stride, padding=padding),
-                              kernel)(g)[0]
-
-
-STRIDED = conv_ops.conv_ops("jaxmm_strided_conv", _lax_conv, _polyphase_input_grad,
-                            _lax_kernel_grad)
+STRIDED = conv_ops.conv_ops("jaxmm_strided_conv", conv_ops.lax_conv, _polyphase_input_grad,
+                            conv_ops.lax_kernel_grad)
 
 
 def strided_conv(x: jax.Array, kernel: jax.Array, stride: int,
@@ -226,5 +217,7 @@ def _scatter(g, x, *, window, stride, padding):
       g, x, **_pool_attrs(window, stride, padding))
 
 
-# The gather (the pool's tangent, forward mode only) stays XLA's on every platform.
-POOL = conv_ops.max_pool_ops("jaxmm_max_pool", _pool, _gather_first_max, _scatter)
+# The gather (the pool's tangent, forward mode only) stays XLA's on every platform. Inside
+# jax.shard_map (operands varying over its manual axes) the pool is lax's, with XLA's gradient.
+POOL = conv_ops.max_pool_ops("jaxmm_max_pool", _pool, _gather_first_max, _scatter,
+                             (_pool_max, _gather_first_max, _scatter_to_first_max))

@@ -17,7 +17,9 @@ the headers of jaxlib (XLA FFI) and of the `onednn-devel-cpu-gomp` wheel, into
 `usable(x, kernel)` says whether a convolution should take this path: float32 operands, the
 CPU backend, and the library builds and loads. Over several CPU devices or processes (data
 parallel) each device runs oneDNN on its own images and the kernel gradients are all-reduced
-(custom_partitioning, `_partitioned`). JAXMM_ONEDNN=0 turns it off, =1 makes a failed
+(custom_partitioning, `_partitioned`, which inside jax.shard_map over every mesh axis, or
+pmap, is each device's local call); where an operand varies over shard_map's manual axes the
+convolution is lax's (`conv_ops.primitive`). JAXMM_ONEDNN=0 turns it off, =1 makes a failed
 build an error instead of a one-time warning and a fall back to XLA's convolutions.
 """
 import ctypes
@@ -50,8 +52,9 @@ TARGETS = {"jaxmm_onednn_conv_fwd": "JaxmmConvFwd",
            "jaxmm_bn_grad_sums": "JaxmmBnGradSums",
            "jaxmm_max_pool": "JaxmmMaxPool",
            "jaxmm_max_pool_scatter": "JaxmmMaxPoolScatter"}
-# batch_norm.cc recomputes a ReLU's mask, x a + b > 0, rounded as XLA does (-ffp-contract=off);
-# loops marked `omp simd` are vectorised (-fopenmp-simd, also without -fopenmp).
+# batch_norm.cc recomputes a ReLU's mask, (x - mean) a + b > 0, rounded as XLA does
+# (-ffp-contract=off); loops marked `omp simd` are vectorised (-fopenmp-simd, also without
+# -fopenmp).
 FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-ffp-contract=off", "-fopenmp-simd")
 ENV = "JAXMM_ONEDNN"  # auto (default) | 0 / off | 1 / on
 

@@ -1,6 +1,7 @@
 """jaxmm's training-mode BatchNorm (C++ reductions) against flax's nn.BatchNorm and the math:
-values, statistics and running averages, gradients, jvp, grad of grad and vmap, the threaded
-kernel path in float64, and a ResNet's training step with either BatchNorm."""
+values, statistics and running averages, gradients, jvp, grad of grad (in the parameters and in
+x) and vmap, the threaded kernel path in float64, one value per channel, and a ResNet's
+training step with either BatchNorm."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -90,6 +91,54 @@ def test_jvp_grad_of_grad_and_vmap_match_the_reference(relu):
         jax.vmap(theirs(relu), (0, None, None))(xs, scale, bias), 1e-5)
 
 
+def flax_batch_norm(relu):
+  """nn.BatchNorm in training mode (then nn.relu when relu), as a function of (x, scale, bias)."""
+  def apply(x, scale, bias):
+    c = x.shape[-1]
+    variables = {"params": {"scale": scale, "bias": bias},
+                 "batch_stats": {"mean": jnp.zeros(c), "var": jnp.ones(c)}}
+    y = nn.BatchNorm(use_running_average=False, epsilon=EPS).apply(
+        variables, x, mutable=["batch_stats"])[0]
+    return nn.relu(y) if relu else y
+  return apply
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_second_and_third_derivatives_in_x_match_flax(relu):
+  """The BatchNorm's input differentiated twice (hessian-vector products, an input-gradient
+  penalty's gradient in x) and three times, against nn.BatchNorm: the batch statistics' own
+  derivatives in x (the C++ moments) are part of each."""
+  x, scale, bias, g = data((3, 6, 5, 7), seed=5)
+  v = data((3, 6, 5, 7), seed=6)[0]
+  f = lambda bn: lambda x: jnp.sum(jnp.sin(bn(x, scale, bias)) * g)
+  mine = lambda x, scale, bias: ours(relu)(x, scale, bias)[0]
+  hvp = lambda bn: lambda x: jax.jvp(jax.grad(f(bn)), (x,), (v,))[1]
+  penalty_grad = lambda bn: jax.grad(lambda x: jnp.sum(jax.grad(f(bn))(x) ** 2))
+  third = lambda bn: lambda x: jax.jvp(hvp(bn), (x,), (v,))[1]
+  for derivative in (hvp, penalty_grad, third):
+    close(jax.jit(derivative(mine))(x), derivative(flax_batch_norm(relu))(x), 1e-3)
+
+
+def test_one_value_per_channel_gives_exactly_the_bias():
+  """Batch 1 over a 1x1 map (a ResNet's last stage below 64 px): x - mean is exactly 0, so y is
+  exactly bias, and the ReLU passes bias gradients only where bias > 0, as nn.relu after
+  nn.BatchNorm does. x a + (bias - mean a), a = scale / sqrt(epsilon) ~ 949, left the rounding
+  of x a (~1e5 here) in y: 1e-3 off here, and where XLA fuses x a + b into a multiply-add
+  (outside the tests' -O0), noise around zero biases that flipped ReLU masks."""
+  x = data((1, 1, 1, 8), seed=7)[0] * 50
+  scale = jnp.full((8,), 3.0)
+  bias = jnp.asarray([-1e-3, 0.0, 3e-3, 0.0, 0.3, -0.7, 1e-3, 1.1])
+  for relu in (False, True):
+    y, mean, var = jax.jit(ours(relu))(x, scale, bias)
+    np.testing.assert_array_equal(y[0, 0, 0], jnp.maximum(bias, 0.0) if relu else bias)
+    np.testing.assert_array_equal(mean, x[0, 0, 0])
+    np.testing.assert_array_equal(var, 0.0)
+    grads = lambda bn: jax.grad(lambda *v: jnp.sum(bn(*v)), argnums=(0, 1, 2))(x, scale, bias)
+    mine = jax.jit(lambda: grads(lambda *v: ours(relu)(*v)[0]))()
+    np.testing.assert_array_equal(mine[2], (bias > 0) if relu else jnp.ones(8))
+    close(mine, grads(flax_batch_norm(relu)), 1e-6)
+
+
 def test_kernels_against_float64():
   """The C++ sums in float64: a large mean (100) next to a unit spread, where single-pass float
   sums of x and x^2 (or of g x) would lose the variance (or the scale's gradient), and the
@@ -102,7 +151,6 @@ def test_kernels_against_float64():
   np.testing.assert_allclose(var, var64, rtol=1e-5)
   inv = 1 / np.sqrt(np.asarray(var, np.float64) + EPS)
   a = np.asarray(scale, np.float64) * inv
-  b = np.asarray(bias, np.float64) - np.asarray(mean, np.float64) * a
   xhat = (x64 - np.asarray(mean, np.float64)) * inv
   g_pre = np.where(np.asarray(y) > 0, g64, 0.0)
   dx, dscale, dbias = jax.jit(jax.grad(lambda *v: jnp.sum(ours(True)(*v)[0] * g),
@@ -113,7 +161,8 @@ def test_kernels_against_float64():
   sums = [np.asarray(v, np.float64) / m for v in (dbias, dscale)]
   dx64 = a * (g_pre - sums[0] - xhat * sums[1])
   np.testing.assert_allclose(dx, dx64, rtol=1e-3, atol=1e-5)
-  assert np.allclose(x64 * a + b > 0, np.asarray(y) > 0)
+  assert np.allclose(xhat * np.asarray(scale, np.float64) + np.asarray(bias, np.float64) > 0,
+                     np.asarray(y) > 0)
 
 
 def test_module_has_flax_variables_and_training_updates():
