@@ -384,11 +384,10 @@ def log_train_metrics(run: Run, pending: list, first_step: int) -> None:
     if not bool(m["finite"]):
       index = first_step + offset  # 0-based position of the batch in the training stream
       raise FloatingPointError(
-          f"non-finite loss ({float(m['loss'])}) or gradient norm ({float(m['grad_norm'])}) at "
-          f"step {index + 1} (training batch index {index}, epoch "
-          f"{index // run.steps_per_epoch}); the "
-          f"update was not applied and the last good checkpoint in "
-          f"{os.path.join(run.workdir, 'checkpoints')} is kept")
+          f"non-finite loss ({float(m['loss'])}), gradient norm ({float(m['grad_norm'])}) or "
+          f"updated parameters at step {index + 1} (training batch index {index}, epoch "
+          f"{index // run.steps_per_epoch}); the checkpoints in "
+          f"{os.path.join(run.workdir, 'checkpoints')}, of earlier steps, are kept")
   step = first_step + len(values)
   run.writer.write(step, "train", {
       "loss": float(np.mean([m["loss"] for m in values])),

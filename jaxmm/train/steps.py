@@ -47,11 +47,22 @@ def describe_update_guard() -> str:
           else "optimizer update selected per leaf on the finite flag")
 
 
+def all_finite(tree) -> jax.Array:
+  """Whether every value of every leaf of `tree` is finite (a scalar bool)."""
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else \
+      jnp.asarray(True)
+
+
 def update_if_finite(finite: jax.Array, state: TrainState, grads: Any, new_batch_stats: Any,
                      tx: optax.GradientTransformation, *,
-                     in_cond: bool | None = None) -> tuple[Any, Any, Any]:
-  """(params, batch_stats, opt_state) after the optimizer update when `finite`, else the
-  state's own.
+                     in_cond: bool | None = None) -> tuple[Any, Any, Any, jax.Array]:
+  """(params, batch_stats, opt_state, finite): after the optimizer update when `finite`, else
+  the state's own; the returned `finite` is also False when the updated parameters or batch
+  statistics are not finite (a finite gradient can overflow them, e.g. with a learning rate
+  of 3e38; that state was checkpointed as the last good one). The overflowed state is kept,
+  not replaced (choosing after the update would copy the donated optimizer state, see
+  below): the loop stops at its next check, before any checkpoint or evaluation of it.
 
   `in_cond` (default: on CPU) runs the update inside a `lax.cond`. Selecting per leaf
   between the updated and the old values (`jnp.where`) makes XLA's copy insertion copy every
@@ -65,13 +76,15 @@ def update_if_finite(finite: jax.Array, state: TrainState, grads: Any, new_batch
 
   def update():
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    return optax.apply_updates(state.params, updates), new_batch_stats, new_opt_state
+    params = optax.apply_updates(state.params, updates)
+    return params, new_batch_stats, new_opt_state, all_finite((params, new_batch_stats))
 
   if in_cond is None:
     in_cond = update_in_cond()
   if in_cond:
-    return jax.lax.cond(finite, update, lambda: old)
-  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), update(), old)
+    return jax.lax.cond(finite, update, lambda: (*old, jnp.asarray(False)))
+  *new, ok = update()
+  return (*jax.tree.map(lambda n, o: jnp.where(finite, n, o), tuple(new), old), finite & ok)
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
@@ -79,8 +92,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
   """One optimisation step on a (sharded) global batch.
 
   A non-finite loss or gradient leaves the state unchanged (only the step advances) and is
-  reported in the returned metrics, so the loop can stop naming the step while the last
-  good parameters are still intact.
+  reported in the returned metrics ("finite" False), so the loop can stop naming the step
+  while the last good parameters are still intact; non-finite updated parameters or batch
+  statistics are reported alike (see update_if_finite), before anything saves them.
   """
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   weights = batch.get("weight")
@@ -96,7 +110,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
   (loss, new_batch_stats), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(state.params)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  params, batch_stats, opt_state = update_if_finite(finite, state, grads, new_batch_stats, tx)
+  params, batch_stats, opt_state, finite = update_if_finite(finite, state, grads,
+                                                            new_batch_stats, tx)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)
   return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from jaxmm.train import losses, optimizers, steps
@@ -89,3 +90,17 @@ def test_cpu_step_does_not_copy_the_optimizer_state(monkeypatch):
             for k, text in compiled.items()}
   assert copies[False], "the select path no longer copies: update_if_finite's note is stale"
   assert not copies[None], copies[None]
+
+
+@pytest.mark.parametrize("in_cond", [True, False])
+def test_an_update_that_overflows_the_parameters_is_reported(in_cond, monkeypatch):
+  """A finite loss and gradient whose update overflows the parameters (a learning rate of
+  3e38) counted as finite, and its state was checkpointed as the last good one."""
+  model, _, state, batch = make_state("sgd")
+  tx = optax.chain(optax.scale(1e38), optax.scale(1e38))  # finite gradient -> inf update
+  state = state.replace(opt_state=tx.init(state.params))
+  step = compiled_step(model, tx, state, batch, monkeypatch, in_cond)
+  after, metrics = step(jax.tree.map(jnp.array, state), batch)
+  assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+  assert not bool(metrics["finite"]) and int(after.step) == 1
+  assert not steps.all_finite(after.params)
