@@ -368,12 +368,15 @@ def write_predictions(run: Run, split: str, pred: dict) -> str:
 
 
 def evaluate_split(run: Run, state: TrainState, split: str) -> dict:
-  """Loss and metrics of the model on a split; its predictions go to predictions/<split>.npz."""
+  """Loss and metrics of the model on a split; its predictions go to predictions/<split>.npz
+  once its logits are found finite (a diverged model's replaced the last good ones, which
+  fairness and the report read; the ValueError names the step)."""
   pred = predict(run, state, split, pipeline.group_fields(run.config.data, run.builder))
-  write_predictions(run, split, pred)
   result = compute_metrics(run, pred["logits"], pred["label"],
-                           f"{run.workdir}: the {split} split's logits (predictions/{split}.npz)")
+                           f"{run.workdir}: the {split} split's logits of the model at step "
+                           f"{int(state.step)} (predictions/{split}.npz is left as it was)")
   result["loss"] = float(run.loss_fn(jnp.asarray(pred["logits"]), jnp.asarray(pred["label"])))
+  write_predictions(run, split, pred)
   return result
 
 

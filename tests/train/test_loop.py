@@ -3,6 +3,7 @@ naming the step (resume after a real SIGKILL: test_preemption.py)."""
 import contextlib
 import functools
 import json
+import os
 import shutil
 import types
 
@@ -230,3 +231,32 @@ def test_class_weights_other_than_none_or_balanced_are_refused():
       loop.make_loss(config(bad), single, lambda: None)
   with pytest.raises(ValueError, match="synthetic_cxr is multilabel"):
     loop.make_loss(config("balanced"), multi, lambda: None)
+
+
+def test_nan_validation_logits_name_the_step_and_keep_the_last_predictions(smoke_config,
+                                                                          tmp_path, monkeypatch):
+  """predictions/validation.npz was written before its logits were checked: a diverged
+  step's NaN logits replaced those of the best checkpoint's step."""
+  config = smoke_config("synthetic_derm", "model=meta")
+  config.train.num_steps = 3
+  config.train.eval_every_steps = 1
+  real_predict, calls = loop.predict, []
+
+  def diverging(run, state, split, *args, **kwargs):
+    pred = real_predict(run, state, split, *args, **kwargs)
+    calls.append(split)
+    return dict(pred, logits=pred["logits"] * np.nan) if len(calls) == 2 else pred
+
+  monkeypatch.setattr(loop, "predict", diverging)
+  workdir = str(tmp_path / "run")
+  path = os.path.join(workdir, "predictions", "validation.npz")
+  saved = []
+  real_write = loop.write_predictions
+  monkeypatch.setattr(loop, "write_predictions", lambda run, split, pred: saved.append(
+      (split, np.array(pred["logits"]))) or real_write(run, split, pred))
+  with pytest.raises(ValueError, match=r"validation split's logits of the model at step 2 "
+                                       r"\(predictions/validation.npz is left as it was\): "
+                                       r"\d+ of \d+ rows hold NaN"):
+    loop.train_and_evaluate(config, workdir)
+  assert [split for split, _ in saved] == ["validation"]
+  np.testing.assert_array_equal(np.load(path)["logits"], saved[0][1])
