@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmm.evaluation.roi import nonfinite_maps
+from jaxmm.evaluation.roi import constant_maps, nonfinite_maps
 from jaxmm.saliency.targets import target_scores
 
 MODES = ("deletion", "insertion")
@@ -95,7 +95,8 @@ def perturbation_curve(f: ModelFn, x: jax.Array, maps: jax.Array, targets: jax.A
   multilabel and score static.
   Returns {"fractions": [steps + 1] perturbed fraction of pixels (0 .. 1), "curve":
   [N, steps + 1] target scores, "auc": [N] trapezoid area under the curve over fractions};
-  curve and AUC are NaN for a map holding a non-finite value (`nonfinite_maps`).
+  curve and AUC are NaN for a map holding a non-finite value (`nonfinite_maps`) or a constant
+  one (`constant_maps`: no pixel order, which its row-major ranks had stood in for).
   """
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; valid modes: {list(MODES)}")
@@ -112,7 +113,7 @@ def perturbation_curve(f: ModelFn, x: jax.Array, maps: jax.Array, targets: jax.A
     return target_scores(logits, targets, score, multilabel)
 
   curve = map_over_chunks(score_at, jnp.asarray(counts), chunk_size).T
-  curve = jnp.where(nonfinite_maps(maps)[:, None], jnp.nan, curve)
+  curve = jnp.where((nonfinite_maps(maps) | constant_maps(maps))[:, None], jnp.nan, curve)
   fractions = jnp.asarray(counts / ranks[0].size, jnp.float32)
   return {"fractions": fractions, "curve": curve,
           "auc": jnp.trapezoid(curve, fractions, axis=-1)}

@@ -17,7 +17,11 @@ the map as given, and a pixel is "salient at t" iff map >= t.
 An empty mask gives NaN for every metric (there is nothing to agree with); so does a full mask
 for the rank metrics (Spearman, ROC-AUC), whose second class is then empty, and so does a map
 with a NaN or infinite value (a failed attribution: its ranks, maximum and mass are undefined,
-and a score for it would be counted as a real one).
+and a score for it would be counted as a real one). A constant map (an all-zero CAM) has no
+maximum, order or positive mass: Spearman, the pointing game, relevance mass and relevance
+rank are NaN for it (the first maximum and a stable sort had scored it by where its ROI lay,
+a "hit" for an ROI at the top-left corner); its Dice (at threshold 0) and ROC-AUC (0.5, every
+pixel tied) are defined.
 """
 import functools
 import warnings
@@ -52,6 +56,13 @@ def nonfinite_maps(maps) -> jax.Array | np.ndarray:
   faithfulness curves and the sanity similarities of such a map are NaN."""
   xp = jnp if isinstance(maps, jax.Array) else np
   return ~xp.isfinite(maps.reshape(maps.shape[0], -1)).all(1)
+
+
+def constant_maps(maps) -> jax.Array | np.ndarray:
+  """Maps [N, ...] whose values are all equal, bool [N] (jax in, jax out; NumPy in, NumPy
+  out): they rank no pixel above another."""
+  flat = maps.reshape(maps.shape[0], -1)
+  return flat.max(1) == flat.min(1)
 
 
 def warn_nonfinite(broken, names, subject: str, consequence: str, stacklevel: int = 2) -> None:
@@ -190,12 +201,14 @@ def dilate(masks: jax.Array, tolerance: int) -> jax.Array:
 def pointing_game(maps: jax.Array, masks: jax.Array, tolerance: int = 0) -> jax.Array:
   """1.0 if the map's maximum lies in the mask dilated by `tolerance` pixels, else 0.0, [N].
 
-  The maximum is the first one in row-major order. An empty mask or a non-finite map gives NaN.
+  The maximum is the first one in row-major order. An empty mask, or a constant or non-finite
+  map, gives NaN.
   """
   x, roi = _flat(maps, masks)
   near_roi = dilate(masks, tolerance).reshape(x.shape[0], -1)
   hit = jnp.take_along_axis(near_roi, jnp.argmax(x, axis=1)[:, None], axis=1)[:, 0]
-  return _nan_where(~roi.any(1) | nonfinite_maps(x), hit.astype(jnp.float32))
+  invalid = ~roi.any(1) | nonfinite_maps(x) | constant_maps(x)
+  return _nan_where(invalid, hit.astype(jnp.float32))
 
 
 def mass_fraction(maps: jax.Array, region: jax.Array) -> jax.Array:
@@ -223,14 +236,14 @@ def relevance_rank(maps: jax.Array, masks: jax.Array) -> jax.Array:
 
   With K = |ROI|, the fraction of the K highest-valued pixels that lie in the ROI. Ties are
   broken by a stable descending sort: of equal values, the lower flat index ranks first.
-  NaN for an empty mask or a non-finite map.
+  NaN for an empty mask or a constant or non-finite map.
   """
   x, roi = _flat(maps, masks)
   k = roi.sum(1)
   order = jnp.argsort(x, axis=1, descending=True, stable=True)
   in_top_k = jnp.arange(x.shape[1])[None, :] < k[:, None]
   hits = (jnp.take_along_axis(roi, order, axis=1) & in_top_k).sum(1)
-  return _nan_where((k == 0) | nonfinite_maps(x), hits / jnp.maximum(k, 1))
+  return _nan_where((k == 0) | nonfinite_maps(x) | constant_maps(x), hits / jnp.maximum(k, 1))
 
 
 @functools.partial(jax.jit, static_argnames="tolerance")

@@ -36,6 +36,7 @@ import functools
 import json
 import os
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -611,18 +612,28 @@ def faithfulness_inputs(run, variables, data: dict, ecfg, count: int, split: str
 def faithfulness_row(method: str, data: dict, ecfg, count: int, f, images, targets,
                      options: dict) -> dict:
   """Mean deletion / insertion AUCs and curves of one method ("random": random pixel orders)
-  over the n of the first `count` examples whose map is finite (the others' curves are NaN:
-  they are named in a RuntimeWarning and left out); the insertion baseline's blur sigma."""
+  over the n of the first `count` examples whose map is finite and not constant (the others'
+  curves are NaN: they are named in a RuntimeWarning and left out); the insertion baseline's
+  blur sigma."""
   if method == "random":
     c = faithfulness.random_order_auc(f, images, targets, jax.random.key(ecfg.seed), **options)
   else:
-    maps = jnp.asarray(agreement.selected_maps(data, method, "raw")[:count])
-    c = faithfulness.deletion_insertion(f, images, maps, targets, **options)
+    maps = np.asarray(agreement.selected_maps(data, method, "raw")[:count])
+    c = faithfulness.deletion_insertion(f, images, jnp.asarray(maps), targets, **options)
+    broken = roi.nonfinite_maps(maps)
+    constant = roi.constant_maps(maps) & ~broken
+    names = example_names(data, count)
+    if broken.any():
+      roi.warn_nonfinite(broken, names, f"raw {method} maps of the deletion / insertion "
+                         f"examples hold", "their curves are NaN and left out of the means")
+    if constant.any():
+      flat = names[constant]
+      warnings.warn(f"{len(flat)} of {len(constant)} raw {method} maps of the deletion / "
+                    f"insertion examples are constant (examples "
+                    f"{', '.join(map(str, flat[:5]))}{', ...' if len(flat) > 5 else ''}): no "
+                    f"pixel order; their curves are NaN and left out of the means",
+                    RuntimeWarning, stacklevel=2)
   kept = ~np.isnan(np.asarray(c["deletion_auc"])) & ~np.isnan(np.asarray(c["insertion_auc"]))
-  if not kept.all():
-    roi.warn_nonfinite(~kept, example_names(data, count),
-                       f"raw {method} maps of the deletion / insertion examples hold",
-                       "their curves are NaN and left out of the means")
   mean = {k: kept_mean(c[k], kept) for k in ("deletion_auc", "insertion_auc", "deletion",
                                               "insertion")}
   return {"method": method, "n": int(kept.sum()), "steps": ecfg.faithfulness.steps,

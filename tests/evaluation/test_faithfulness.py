@@ -148,6 +148,17 @@ def test_a_map_with_a_non_finite_value_gets_nan_curves_and_aucs(problem, bad):
   assert np.isnan(faithfulness.perturbation_curve(f, x, all_nan, TARGETS, steps=STEPS)["auc"]).all()
 
 
+def test_a_constant_map_gets_nan_curves_and_aucs(problem):
+  # No pixel order: its row-major ranks had given a plausible curve (AUCs 0.958 / 0.905).
+  x, _, f, maps = problem
+  flat = maps.at[1].set(0.0)
+  out = faithfulness.deletion_insertion(f, x, flat, TARGETS, steps=STEPS)
+  clean = faithfulness.deletion_insertion(f, x, maps, TARGETS, steps=STEPS)
+  for key in ("deletion", "insertion", "deletion_auc", "insertion_auc"):
+    assert np.isnan(out[key][1]).all(), key
+    np.testing.assert_array_equal(out[key][::2], clean[key][::2], err_msg=key)
+
+
 def test_blurred_baseline_defaults_to_rise_sigma():
   x = jax.random.normal(jax.random.key(4), (1, 12, 12, 2))
   np.testing.assert_array_equal(faithfulness.blurred_baseline(x),

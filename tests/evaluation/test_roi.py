@@ -141,11 +141,27 @@ def test_relevance_rank_with_distinct_and_tied_values():
   maps = np.float32([[[5, 4, 3], [2, 1, 0]]])
   mask = np.bool_([[[True, False, False], [False, True, False]]])  # K = 2; top 2: 5 and 4
   np.testing.assert_allclose(roi.relevance_rank(maps, mask), [0.5])
-  tied = np.ones_like(maps)
+  tied = np.float32([[[1, 1, 1], [1, 0, 0]]])
   first_two = np.bool_([[[True, True, False], [False, False, False]]])
   np.testing.assert_allclose(roi.relevance_rank(tied, first_two), [1.0])  # lower index first
   np.testing.assert_allclose(roi.relevance_rank(tied, first_two[:, ::-1, ::-1]), [0.0])
   assert np.isnan(roi.relevance_rank(maps, np.zeros_like(mask))).all()
+
+
+def test_a_constant_map_has_no_maximum_order_or_mass():
+  """An all-zero CAM got a pointing-game hit and a relevance rank from where its ROI lay (the
+  first maximum, a stable sort): 1.0 and 0.44 with the ROI at the top-left, 0 elsewhere."""
+  maps = np.zeros((2, 6, 6), np.float32)
+  masks = np.zeros((2, 6, 6), bool)
+  masks[0, :3, :3] = masks[1, 3:, 3:] = True
+  out = roi.roi_metrics(maps, masks)
+  for name in ("pointing_game", "relevance_rank", "relevance_mass", "spearman"):
+    assert np.isnan(out[name]).all(), name
+  np.testing.assert_allclose(out["roc_auc"], [0.5, 0.5])  # every pixel tied
+  assert np.isfinite(out["dice"]).all()
+  np.testing.assert_array_equal(roi.constant_maps(np.stack([maps[0], maps[0] + 1,
+                                                            np.eye(6, dtype=np.float32)])),
+                                [True, True, False])
 
 
 def test_roi_metrics_batches_agree_with_one_batch_and_an_empty_mask_gives_nan():
