@@ -5,8 +5,9 @@ like table 4 of paper 000, plus the fusion-vs-unimodal margins) goes to
 `workdir/comparison.{csv,json}` and stdout. Then the saliency runner explains a sample of test
 examples of `config.pipeline.saliency_variant` (Grad-CAM, IG + SmoothGrad, and the multimodal
 IG when it has text or metadata) and overlay figures go to `workdir/<variant>/figures/saliency/`;
-its explanations are evaluated on the whole test split (evaluation.runner: ROI agreement,
-integrated feature analysis, faithfulness, sanity, the confounder finding) with tables under
+its explanations are evaluated on the test split (evaluation.runner: ROI agreement,
+integrated feature analysis and the confounder finding on every example; faithfulness and
+sanity on the first config.evaluation.faithfulness / sanity.num_examples) with tables under
 `workdir/<variant>/analysis/` and figures under `.../figures/evaluation/`. Then come the
 scikit-learn baselines on the embeddings of `config.pipeline.baselines_variant` (with SHAP of
 its metadata models), SHAP of the saliency variant's metadata fields / report tokens, the

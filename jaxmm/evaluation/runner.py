@@ -2,7 +2,7 @@
 
 Steps (each writes under DIR/analysis/ and DIR/figures/evaluation/):
   1. saliency maps of `config.evaluation.saliency_methods` for the split, through the saliency
-     runner (resumable shards in analysis/saliency/<split>/; finished shards are reused);
+     runner (resumable shards in analysis/saliency/evaluation_<split>/; finished shards are reused);
   2. ROI agreement (paper 004) per method: analysis/roi_agreement/;
   3. the integrated feature analysis (paper 003) per CAM method: analysis/ifa/<method>/, with
      the scaling statistics and importance matrices saved for later maps;
