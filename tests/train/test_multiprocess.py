@@ -155,6 +155,7 @@ def one_process_run(data_dir, tmp_path_factory):
   return config, one
 
 
+@pytest.mark.usefixtures("late_barrier_processes")  # their 33 s wait overlaps this test
 def test_two_processes_train_like_one_and_share_saliency(data_dir, tmp_path, one_process_run):
   two = str(tmp_path / "two")
   log = slurm_launch(two, data_dir, tmp_path)
@@ -299,10 +300,11 @@ def test_two_processes_save_latest_and_best_at_the_same_step(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints" / "best")) == ["12"]
 
 
-def test_a_process_late_at_a_barrier_by_more_than_30_s_is_waited_for(tmp_path):
-  """Barriers were a device collective: its first run gave up when a process came more than
-  30 s after the others (gloo's set-up, "DEADLINE_EXCEEDED ... cpu:gloo"), as process 0 does
-  after a stage it works on alone. Barriers met under different names are an error."""
+@pytest.fixture(scope="module")
+def late_barrier_processes():
+  """The two processes of tests/train/two_process_barriers.py, process 0 coming 33 s late to
+  the first barrier. Started by the first test that asks (the two-process training test
+  does, so that the wait overlaps it), checked by the barrier test."""
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
@@ -311,6 +313,18 @@ def test_a_process_late_at_a_barrier_by_more_than_30_s_is_waited_for(tmp_path):
   procs = [subprocess.Popen([sys.executable, script, str(i), str(port), "33"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(2)]
+  yield procs
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.communicate()
+
+
+def test_a_process_late_at_a_barrier_by_more_than_30_s_is_waited_for(late_barrier_processes):
+  """Barriers were a device collective: its first run gave up when a process came more than
+  30 s after the others (gloo's set-up, "DEADLINE_EXCEEDED ... cpu:gloo"), as process 0 does
+  after a stage it works on alone. Barriers met under different names are an error."""
+  procs = late_barrier_processes
   outs = [p.communicate(timeout=300)[0] for p in procs]
   for i, (p, out) in enumerate(zip(procs, outs)):
     assert p.returncode == 0 and "late barrier passed" in out, f"process {i}:\n{out[-3000:]}"
