@@ -15,7 +15,6 @@ Three pieces of evidence, each a plain record with its test:
     measured on the artefact against the full CAM of the same class (paired t-test).
 """
 import numpy as np
-from scipy import stats as scipy_stats
 
 from jaxmm.evaluation import roi, stats
 
@@ -87,18 +86,6 @@ def describe_controls(drawn: dict, class_names=None) -> str:
   return text
 
 
-def paired_ttest(a, b) -> dict:
-  """scipy.stats.ttest_rel of a vs b on the pairs where both are finite."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  ok = np.isfinite(a) & np.isfinite(b)
-  if ok.sum() < 2:
-    return {"test": "ttest_rel", "statistic": np.nan, "p": np.nan, "n": int(ok.sum()),
-            "note": "fewer than 2 pairs"}
-  result = scipy_stats.ttest_rel(a[ok], b[ok])
-  return {"test": "ttest_rel", "statistic": float(result.statistic),
-          "p": float(result.pvalue), "n": int(ok.sum())}
-
-
 def mass_on_artefact(maps: np.ndarray, masks: np.ndarray, confounder: np.ndarray,
                      labels: np.ndarray, seed: int = 0) -> dict:
   """Positive mass share inside the artefact: each image's own mask on its map vs on its
@@ -112,7 +99,7 @@ def mass_on_artefact(maps: np.ndarray, masks: np.ndarray, confounder: np.ndarray
   region = np.asarray(masks)[with_c].astype(bool)
   own = np.asarray(roi.mass_fraction(maps[with_c], region))
   placebo = np.asarray(roi.mass_fraction(maps[control], region))
-  test = paired_ttest(own, placebo)
+  test = stats.paired_ttest(own, placebo)
   return {**test, "mass": float(np.nanmean(own)), "control_mass": float(np.nanmean(placebo)),
           "area": float(region.mean()), "n_with": len(with_c), **drawn}
 
@@ -143,12 +130,7 @@ def fs_cam_on_artefact(cam: np.ndarray, fs_cam: np.ndarray, masks: np.ndarray,
   full = np.asarray(roi.mass_fraction(cam[idx], region), np.float64)
   selected = np.asarray(roi.mass_fraction(fs_cam[idx], region), np.float64)
   ok = np.isfinite(full) & np.isfinite(selected)
-  if ok.sum() < 2:
-    t, p = np.nan, np.nan
-  else:
-    result = scipy_stats.ttest_rel(selected[ok], full[ok])
-    t, p = float(result.statistic), float(result.pvalue)
-  return {"test": "ttest_rel", "statistic": t, "p": p, "n": int(ok.sum()),
+  return {**stats.paired_ttest(selected, full),
           "fs_cam_mass": float(np.nanmean(selected)) if ok.any() else np.nan,
           "cam_mass": float(np.nanmean(full)) if ok.any() else np.nan,
           "area": float(region.mean()) if len(idx) else np.nan}

@@ -9,6 +9,7 @@ A table is a dict of equal-length 1-D numpy arrays (columns), e.g. {"dice", "spe
   compare_groups, bonferroni    t-test (sex), one-way ANOVA (skin tone), Pearson (age) at a
                                 Bonferroni-adjusted alpha (Sec. 4.3)
   gallery_indices               the top and bottom 10% of images (Sec. 4.1)
+  paired_ttest                  t-test on pairs (the confounder's same-image comparisons)
   write_table_csv, write_json   atomic outputs
 """
 import csv
@@ -165,6 +166,19 @@ def two_sample_ttest(a, b, equal_var: bool = True) -> dict:
   result = scipy.stats.ttest_ind(a, b, equal_var=equal_var)
   return {"test": "ttest", "statistic": float(result.statistic), "p": float(result.pvalue),
           "n": a.size + b.size}
+
+
+def paired_ttest(a, b) -> dict:
+  """scipy.stats.ttest_rel of a vs b on the pairs where both are finite; statistic and p NaN,
+  with a note, with fewer than 2 such pairs."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  ok = np.isfinite(a) & np.isfinite(b)
+  n = int(ok.sum())
+  if n < 2:
+    return _too_few("ttest_rel", n, "fewer than 2 pairs")
+  result = scipy.stats.ttest_rel(a[ok], b[ok])
+  return {"test": "ttest_rel", "statistic": float(result.statistic), "p": float(result.pvalue),
+          "n": n}
 
 
 def one_way_anova(groups: list) -> dict:
